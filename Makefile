@@ -1,0 +1,31 @@
+# Two commands: `make experiment NAME=depth_extrap` and `make test`. Each sets up .venv when missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NAME ?= depth_extrap
+PRESET ?=
+ARGS ?=
+
+.PHONY: experiment test test-slow clean-venv
+
+$(VENV)/.stamp-run: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-run
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+experiment: $(VENV)/.stamp-run
+	$(PY) -m looprec experiment $(NAME) $(if $(PRESET),--preset $(PRESET)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+test-slow: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -m slow
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,134 @@
+"""Task B of the recipe: a permutation graph and k-hop chains over it.
+
+Every relation is a random permutation of the entities, so a chain (head, r_1..r_k) has exactly one tail.
+Which chains are held out for testing is a pure function of the chain itself (a keyed hash), so a held-out
+chain can never be drawn for training, whatever the sampling order. Atomic facts (1 hop) are never held out.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_MAX_ATTEMPTS = 256
+_ENUMERATE_LIMIT = 1 << 21  # enumerate the chain space below this size, sample above it
+_SALT_TRAIN, _SALT_SPLIT, _SALT_TEST = 0x7261696E, 0x73706C74, 0x74657374
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+  """splitmix64 finaliser: a well-mixed uint64 hash of each element."""
+  x = np.asarray(x, dtype=np.uint64)
+  with np.errstate(over="ignore"):
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_columns(seed: int, *columns) -> np.ndarray:
+  """Hash of (seed, column_0[i], column_1[i], ...) for each row i."""
+  h = mix64(np.uint64(seed % (1 << 64)))
+  for col in columns:
+    h = mix64(h ^ np.asarray(col).astype(np.uint64))
+  return h
+
+
+def uniform01(h: np.ndarray) -> np.ndarray:
+  """Map uint64 hashes to floats in [0, 1)."""
+  return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def permutation_graph(seed: int, n_entities: int, n_relations: int) -> np.ndarray:
+  """perms_MxN[r, h] = tail of relation r from head h; each row is a permutation."""
+  if n_entities < 2 or n_relations < 1:
+    raise ValueError(f"need n_entities >= 2 and n_relations >= 1, got {n_entities}, {n_relations}")
+  rng = np.random.default_rng([seed, 0xB])
+  return np.stack([rng.permutation(n_entities) for _ in range(n_relations)]).astype(np.int32)
+
+
+def follow(perms_MxN: np.ndarray, heads_B, rels_BxK) -> np.ndarray:
+  """Tail entity of each chain: apply relations left to right."""
+  e_B = np.asarray(heads_B, dtype=np.int64)
+  for r_B in np.asarray(rels_BxK, dtype=np.int64).T:
+    e_B = perms_MxN[r_B, e_B]
+  return e_B.astype(np.int32)
+
+
+def is_held_out(seed: int, heads_B, rels_BxK, test_fraction: float) -> np.ndarray:
+  """Whether each chain belongs to the held-out test class. 1-hop facts never do."""
+  rels_BxK = np.asarray(rels_BxK)
+  if rels_BxK.shape[1] < 2:
+    return np.zeros(rels_BxK.shape[0], dtype=bool)
+  hop = np.full(rels_BxK.shape[0], rels_BxK.shape[1])
+  h = hash_columns(seed ^ _SALT_SPLIT, hop, heads_B, *rels_BxK.T)
+  return uniform01(h) < test_fraction
+
+
+def _draw(seed: int, salt: int, n_entities: int, n_relations: int, hop: int, ids_B, attempt: int):
+  ids_B = np.asarray(ids_B)
+  base = (seed ^ salt, np.full(ids_B.shape, hop), ids_B, np.full(ids_B.shape, attempt))
+  heads = hash_columns(*base, np.zeros_like(ids_B)) % np.uint64(n_entities)
+  rels = [hash_columns(*base, np.full(ids_B.shape, j + 1)) % np.uint64(n_relations) for j in range(hop)]
+  return heads.astype(np.int32), np.stack(rels, axis=1).astype(np.int32).reshape(len(ids_B), hop)
+
+
+def train_chains(seed: int, n_entities: int, n_relations: int, hop: int, chain_ids, test_fraction: float):
+  """The training chain with each id: a deterministic draw, redrawn while it falls in the held-out class.
+
+  Returns heads_B, rels_BxK. For hop 1 the id enumerates the atomic facts (id mod N*M).
+  """
+  chain_ids = np.asarray(chain_ids, dtype=np.int64)
+  if hop == 1:
+    c = chain_ids % (n_entities * n_relations)
+    return (c // n_relations).astype(np.int32), (c % n_relations).astype(np.int32)[:, None]
+  if not 0.0 <= test_fraction < 1.0:
+    raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+  heads, rels = _draw(seed, _SALT_TRAIN, n_entities, n_relations, hop, chain_ids, 0)
+  for attempt in range(1, _MAX_ATTEMPTS):
+    bad = np.flatnonzero(is_held_out(seed, heads, rels, test_fraction))
+    if bad.size == 0:
+      return heads, rels
+    heads[bad], rels[bad] = _draw(seed, _SALT_TRAIN, n_entities, n_relations, hop, chain_ids[bad], attempt)
+  raise ValueError(f"could not draw a training {hop}-hop chain outside the held-out class")
+
+
+def chain_space(n_entities: int, n_relations: int, hop: int) -> int:
+  return n_entities * n_relations**hop
+
+
+def held_out_chains(seed: int, n_entities: int, n_relations: int, hop: int, n: int, test_fraction: float):
+  """Up to n distinct held-out chains of the given hop (all of them when fewer exist), in a fixed order.
+
+  Hop 1 returns a sample of atomic facts instead (they are all trained). Returns heads_B, rels_BxK.
+  """
+  space = chain_space(n_entities, n_relations, hop)
+  if space <= _ENUMERATE_LIMIT:
+    codes = np.arange(space, dtype=np.int64)
+    heads, rels = _decode(codes, n_entities, n_relations, hop)
+    if hop > 1:
+      keep = is_held_out(seed, heads, rels, test_fraction)
+      heads, rels = heads[keep], rels[keep]
+    order = np.argsort(hash_columns(seed ^ _SALT_TEST, np.full(len(heads), hop), np.arange(len(heads))))
+    order = order[:n]
+    return heads[order], rels[order]
+  seen, out_h, out_r, start = set(), [], [], 0
+  while len(out_h) < n:
+    ids = np.arange(start, start + 4 * n)
+    start += 4 * n
+    h, r = _draw(seed, _SALT_TEST, n_entities, n_relations, hop, ids, 0)
+    keep = is_held_out(seed, h, r, test_fraction)
+    for hh, rr in zip(h[keep], r[keep]):
+      key = (int(hh), *rr.tolist())
+      if key not in seen and len(out_h) < n:
+        seen.add(key)
+        out_h.append(hh)
+        out_r.append(rr)
+    if start > 1000 * n:
+      raise ValueError(f"found only {len(out_h)} held-out {hop}-hop chains; raise test_fraction")
+  return np.asarray(out_h, np.int32), np.asarray(out_r, np.int32).reshape(len(out_h), hop)
+
+
+def _decode(codes, n_entities: int, n_relations: int, hop: int):
+  rels = []
+  for _ in range(hop):
+    rels.append(codes % n_relations)
+    codes = codes // n_relations
+  return codes.astype(np.int32), np.stack(rels[::-1], axis=1).astype(np.int32)

@@ -1,0 +1,126 @@
+"""Depth extrapolation (RECIPE task B): train on chains of up to k hops, answer deeper chains by looping longer.
+
+    make experiment NAME=depth_extrap                  # cpu preset (default)
+    make experiment NAME=depth_extrap PRESET=smoke     # <= 2 minutes, used by the tests
+    make experiment NAME=depth_extrap PRESET=paper     # RECIPE task B exactly (GPU/TPU)
+    make experiment NAME=depth_extrap ARGS="train.steps=500 model.d_model=64"
+
+Trains each entry of `models` (a looped model with dynamic recurrence and the hop curriculum, and baselines),
+then evaluates accuracy[hop, R] on held-out chains of hops 1..eval.max_hop for R = 1..eval.max_loops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from looprec import config as C
+from looprec import data, eval as evaluation, plots, sharding, train
+from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  data: ChainDataConfig = ChainDataConfig()
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+  eval: EvalConfig = EvalConfig()
+  models: dict[str, ModelRun] = dataclasses.field(default_factory=dict)
+
+
+def smoke() -> Config:
+  """Tiny and fast: exercises every part (curriculum, dynamic R, checkpoints, sweep) in well under 2 minutes."""
+  return Config(
+      data=ChainDataConfig(n_entities=8, n_relations=2, seq_len=8, n_eval=64, test_fraction=0.2),
+      model=ModelConfig(d_model=32, n_heads=2, n_layers=1, attn_window=3),
+      train=TrainConfig(steps=200, batch_size=32, warmup_steps=20, start_hop=2, max_hop=3, threshold=0.5,
+                        eval_every=50, checkpoint_every=100, log_every=10),
+      eval=EvalConfig(max_hop=5, max_loops=8, batch_size=64),
+      models={"looped": ModelRun(n_layers=1, recurrence="dynamic:2,1,3"),
+              "vanilla": ModelRun(n_layers=2, recurrence="fixed:1", steps=100)})
+
+
+def cpu() -> Config:
+  """The default: a small graph and a one-layer looped block on a 2-core CPU (see docs/reproducing.md).
+
+  Deviations from the recipe, for tiny scale: rotary positions with a 3-token causal window, the answer read at
+  the last input token, input injection, lr 3e-3 with clipping, a curriculum from 2 to 4 hops.
+  """
+  return Config(
+      data=ChainDataConfig(n_entities=20, n_relations=4, seq_len=12, n_eval=256, test_fraction=0.1),
+      model=ModelConfig(d_model=64, n_heads=4, n_layers=1, pos_emb="rope", attn_window=3, injection="add"),
+      train=TrainConfig(steps=12000, batch_size=64, lr=3e-3, warmup_steps=200, grad_clip=1.0, start_hop=2,
+                        max_hop=4, threshold=0.95, eval_every=250, checkpoint_every=1000),
+      eval=EvalConfig(max_hop=10, max_loops=20),
+      models={"looped": ModelRun(n_layers=1, recurrence="dynamic:4,2,8"),
+              "vanilla": ModelRun(n_layers=4, recurrence="fixed:1", steps=4000)})
+
+
+def paper() -> Config:
+  """RECIPE task B exactly: N=200, M=10, d=768, 12 heads, L=4, NoPE, zero-init output projections,
+  R = clip(Poisson(4), 2, 8), curriculum from 2 hops at 0.95 with optimizer restarts, bf16."""
+  return Config(
+      data=ChainDataConfig(n_entities=200, n_relations=10, seq_len=50, n_eval=750, test_fraction=750 / 15750,
+                           train_chains_per_hop=15000, hop_weights="pool", answer_at="next"),
+      model=ModelConfig(d_model=768, n_heads=12, n_layers=4, pos_emb="none", attn_window=0, out_init_scale=0.0,
+                        injection="none", dropout=0.0, dtype="bfloat16", max_positions=50),
+      train=TrainConfig(steps=1_000_000, batch_size=128, lr=1e-4, warmup_steps=2000, weight_decay=0.01,
+                        grad_clip=0.0, label_smoothing=0.0, start_hop=2, max_hop=20, threshold=0.95,
+                        restart_optimizer=True, eval_every=2000, checkpoint_every=5000),
+      eval=EvalConfig(max_hop=40, max_loops=40),
+      models={"looped": ModelRun(n_layers=4, recurrence="dynamic:4,2,8")})
+
+
+PRESETS = {"smoke": smoke, "cpu": cpu, "paper": paper}
+DEFAULT_PRESET = "cpu"
+
+
+def validate(cfg: Config):
+  """Cross-field checks; raises ConfigError naming the culprit."""
+  cfg.data.validate()
+  cfg.model.validate()
+  cfg.train.validate()
+  if not cfg.models:
+    raise ConfigError("the experiment trains no models")
+  for name, run in cfg.models.items():
+    run.validate(name)
+  fits = cfg.data.max_hops()
+  for key, hop in (("train.max_hop", cfg.train.max_hop), ("eval.max_hop", cfg.eval.max_hop)):
+    if hop > fits:
+      raise ConfigError(f"{key}={hop} needs more than data.seq_len={cfg.data.seq_len} allows ({fits} hops)")
+  if cfg.eval.max_loops < 1:
+    raise ConfigError(f"eval.max_loops={cfg.eval.max_loops} must be >= 1 (R >= 1)")
+  if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
+    raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
+  if cfg.data.source != "generate" and not os.path.isdir(cfg.data.source):
+    raise ConfigError(f"data.source={cfg.data.source!r} is not a folder")
+
+
+def eval_splits(task, max_hop: int) -> dict:
+  return {("atomic" if hop == 1 else f"{hop}hop_test"): task.eval_split(hop) for hop in range(1, max_hop + 1)}
+
+
+def run(cfg: Config, run_dir: str) -> dict:
+  """Trains and evaluates every model; returns the `models` part of results.json and writes the plots."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch(cfg.train.batch_size, mesh)
+  task = data.make_task(cfg.data)
+  if cfg.train.max_hop > task.max_hop:
+    raise ConfigError(f"train.max_hop={cfg.train.max_hop} exceeds the data's deepest chain ({task.max_hop} hops)")
+  splits = eval_splits(task, min(cfg.eval.max_hop, task.max_hop))
+  results = {}
+  for i, (name, mrun) in enumerate(cfg.models.items()):
+    model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
+    result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
+                               mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
+    model = train.LoopedTransformer(model_cfg, task.vocab.size)
+    accuracy = evaluation.sweep(model, result.params, splits, cfg.eval.max_loops, mesh, cfg.eval.batch_size)
+    results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
+                     "trained_max_hop": result.trained_max_hop, "steps": result.steps,
+                     "train_seconds": result.wall_seconds, "stages": result.stages, "accuracy": accuracy}
+  if jax.process_index() == 0:
+    plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
+                   {n: r["trained_max_hop"] for n, r in results.items()})
+  return {"models": results}

@@ -1,0 +1,5 @@
+import sys
+
+from looprec.cli import main
+
+sys.exit(main())

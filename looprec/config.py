@@ -1,0 +1,264 @@
+"""Typed configuration: dataclasses for model / data / train / eval, and `a.b=c` overrides.
+
+An experiment config is a tree of dataclasses (and dicts of them). `override(cfg, ["train.steps=500"])`
+walks the dotted path, parses the value as the type of the field it replaces and returns a new config;
+an unknown key or an ill-typed value raises ConfigError naming it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+
+
+class ConfigError(ValueError):
+  """A bad configuration value; the message is one line naming the culprit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recurrence:
+  """How many loops a training batch runs: fixed R, or R = clip(Poisson(lam), low, high) per batch."""
+
+  kind: str  # "fixed" | "dynamic"
+  loops: int = 1  # fixed R
+  lam: float = 4.0
+  low: int = 2
+  high: int = 8
+
+  @classmethod
+  def parse(cls, spec: str) -> "Recurrence":
+    """Parses "fixed:R" or "dynamic:lam,low,high" (the results.json spelling)."""
+    m = re.fullmatch(r"fixed:(\d+)", spec) or re.fullmatch(r"dynamic:([\d.]+),(\d+),(\d+)", spec)
+    if m is None:
+      raise ConfigError(f"recurrence {spec!r} is neither 'fixed:R' nor 'dynamic:lam,low,high'")
+    if spec.startswith("fixed"):
+      rec = cls("fixed", loops=int(m.group(1)))
+    else:
+      rec = cls("dynamic", lam=float(m.group(1)), low=int(m.group(2)), high=int(m.group(3)))
+    if rec.min_loops < 1 or rec.min_loops > rec.max_loops:
+      raise ConfigError(f"recurrence {spec!r}: loop counts must satisfy 1 <= low <= high (R >= 1)")
+    return rec
+
+  @property
+  def min_loops(self) -> int:
+    return self.loops if self.kind == "fixed" else self.low
+
+  @property
+  def max_loops(self) -> int:
+    return self.loops if self.kind == "fixed" else self.high
+
+  @property
+  def mean_loops(self) -> float:
+    """Expected R, for sizing a vanilla model of the same unrolled depth."""
+    if self.kind == "fixed":
+      return float(self.loops)
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    draws = np.clip(np.random.default_rng(0).poisson(self.lam, 200_000), self.low, self.high)
+    return float(draws.mean())
+
+  def __str__(self) -> str:
+    if self.kind == "fixed":
+      return f"fixed:{self.loops}"
+    return f"dynamic:{self.lam:g},{self.low},{self.high}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The recurrent-depth transformer: embed -> (block of n_layers) x R -> final norm -> tied head."""
+
+  d_model: int = 64
+  n_heads: int = 4
+  n_layers: int = 1  # L, layers in the looped block
+  d_ff: int = 0  # 0 = 4 * d_model
+  pos_emb: str = "rope"  # learned | sinusoidal | rope | none
+  max_positions: int = 64  # table size for learned positions
+  attn_window: int = 0  # 0 = full causal attention; w = each query sees itself and w-1 tokens before
+  out_init_scale: float = 1.0  # std multiplier of attention/MLP output projections; 0 = zero init
+  init_std: float = 0.02
+  injection: str = "add"  # none | add (embedding added before every loop after the first) | adapter
+  dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  def validate(self):
+    _check(self.d_model % max(self.n_heads, 1) == 0 and self.n_heads >= 1,
+           f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
+    _check(self.n_layers >= 1, f"model.n_layers={self.n_layers} must be >= 1")
+    _check(self.pos_emb in ("learned", "sinusoidal", "rope", "none"),
+           f"model.pos_emb={self.pos_emb!r} is not one of learned, sinusoidal, rope, none")
+    _check(self.pos_emb != "rope" or (self.d_model // self.n_heads) % 2 == 0,
+           "model.pos_emb=rope needs an even head dimension")
+    _check(self.injection in ("none", "add", "adapter"),
+           f"model.injection={self.injection!r} is not one of none, add, adapter")
+    _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
+    _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+    _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainDataConfig:
+  """k-hop chains over a permutation graph (RECIPE task B), generated on the fly or read from JSON."""
+
+  source: str = "generate"  # "generate" or the path of an official-format JSON folder
+  seed: int = 0
+  n_entities: int = 20
+  n_relations: int = 4
+  test_fraction: float = 0.1  # share of each hop's chain space held out (never trained)
+  train_chains_per_hop: int = 0  # 0 = a fresh chain per example; n = a fixed pool of n chains per hop
+  hop_weights: str = "uniform"  # uniform over the stage's hops | pool (proportional to pool sizes)
+  n_eval: int = 256  # examples per evaluation split
+  seq_len: int = 16  # padded sequence length
+  answer_at: str = "last_input"  # last_input (pred_pos=inp_len) | next (a pad position after the input)
+
+  def validate(self):
+    _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction={self.test_fraction} must be in (0, 1)")
+    _check(self.answer_at in ("last_input", "next"),
+           f"data.answer_at={self.answer_at!r} is not last_input or next")
+    _check(self.n_entities >= 2 and self.n_relations >= 1,
+           f"data needs n_entities >= 2 and n_relations >= 1, got {self.n_entities}, {self.n_relations}")
+    _check(self.hop_weights in ("uniform", "pool"), f"data.hop_weights={self.hop_weights!r} is not uniform or pool")
+    _check(self.n_eval >= 1, f"data.n_eval={self.n_eval} must be >= 1")
+
+  def max_hops(self) -> int:
+    """The deepest chain that fits in seq_len."""
+    return self.seq_len - 1 - (self.answer_at == "next")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000  # total steps over all curriculum stages
+  max_minutes: float = 0.0  # wall-time budget; 0 = none
+  batch_size: int = 64
+  lr: float = 3e-3
+  warmup_steps: int = 200
+  decay_steps: int = 0  # linear decay to 0 over this many steps of a stage; 0 = no decay after warmup
+  weight_decay: float = 0.01
+  b1: float = 0.9
+  b2: float = 0.999
+  grad_clip: float = 1.0  # 0 = off
+  label_smoothing: float = 0.0
+  start_hop: int = 2  # curriculum: first stage trains on hops <= start_hop
+  max_hop: int = 4  # last stage; the trained depth k
+  threshold: float = 0.95  # advance when the current hop's held-out accuracy exceeds this
+  restart_optimizer: bool = True  # fresh optimizer state and schedule at each stage (the recipe)
+  eval_every: int = 250
+  eval_loops: int = 0  # loops for the curriculum check; 0 = the largest training R
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  log_every: int = 25
+
+  def validate(self):
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+      _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
+    _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+    _check(1 <= self.start_hop <= self.max_hop,
+           f"train.start_hop={self.start_hop} and train.max_hop={self.max_hop} need 1 <= start <= max")
+    _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  max_hop: int = 10  # evaluate hops 1..max_hop
+  max_loops: int = 16  # sweep R = 1..max_loops
+  batch_size: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+  """One model an experiment trains: its depth, recurrence and step budget (0 = train.steps)."""
+
+  n_layers: int = 1
+  recurrence: str = "dynamic:4,2,8"
+  steps: int = 0
+
+  def validate(self, name: str):
+    _check(self.n_layers >= 1, f"models.{name}.n_layers={self.n_layers} must be >= 1")
+    try:
+      Recurrence.parse(self.recurrence)
+    except ConfigError as e:
+      raise ConfigError(f"models.{name}.{e}") from None
+
+
+# ---------------------------------------------------------------- overrides and serialisation
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def _parse_value(text: str, like, path: str):
+  kind = type(like)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError
+      return text.lower() in ("true", "1")
+    if kind is int:
+      return int(text)
+    if kind is float:
+      return float(text)
+    if kind is str:
+      return text
+  except ValueError:
+    raise ConfigError(f"override {path}={text!r}: expected {kind.__name__}") from None
+  raise ConfigError(f"override {path}: cannot set a {kind.__name__} from the command line")
+
+
+def _replace(node, keys: list[str], text: str, path: str):
+  key, rest = keys[0], keys[1:]
+  if dataclasses.is_dataclass(node):
+    names = {f.name for f in dataclasses.fields(node)}
+    if key not in names:
+      raise ConfigError(f"unknown config key {path!r}")
+    old = getattr(node, key)
+    new = _replace(old, rest, text, path) if rest else _parse_value(text, old, path)
+    return dataclasses.replace(node, **{key: new})
+  if isinstance(node, dict):
+    if key not in node:
+      raise ConfigError(f"unknown config key {path!r}")
+    old = node[key]
+    new = _replace(old, rest, text, path) if rest else _parse_value(text, old, path)
+    return {**node, key: new}
+  raise ConfigError(f"unknown config key {path!r}")
+
+
+def override(cfg, assignments: typing.Iterable[str]):
+  """Returns cfg with each `dotted.path=value` applied, values typed like the fields they replace."""
+  for item in assignments:
+    path, sep, text = item.partition("=")
+    if not sep or not path:
+      raise ConfigError(f"override {item!r} is not of the form key=value")
+    cfg = _replace(cfg, path.split("."), text, path)
+  return cfg
+
+
+def to_dict(cfg) -> dict:
+  """Plain JSON-able dict of a config tree."""
+  if dataclasses.is_dataclass(cfg):
+    return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+  if isinstance(cfg, dict):
+    return {k: to_dict(v) for k, v in cfg.items()}
+  return cfg
+
+
+def from_dict(cls, data: dict):
+  """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars."""
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in data:
+      continue
+    hint, value = hints[f.name], data[f.name]
+    if dataclasses.is_dataclass(hint):
+      value = from_dict(hint, value)
+    elif typing.get_origin(hint) is dict:
+      item_type = typing.get_args(hint)[1]
+      if dataclasses.is_dataclass(item_type):
+        value = {k: from_dict(item_type, v) for k, v in value.items()}
+    kwargs[f.name] = value
+  return cls(**kwargs)
+
+
+def dumps(cfg) -> str:
+  return json.dumps(to_dict(cfg), indent=2, sort_keys=True)

@@ -1,0 +1,179 @@
+"""Data pipeline: k-hop chain tasks as grain datasets of batches, fixed evaluation splits, placement on a mesh.
+
+A task turns example ids into arrays, deterministically. Step s of a curriculum stage that began at step s0
+reads example ids [(s0 + j) * B, (s0 + j + 1) * B) with j = s - s0, so a grain `MapDataset` of batches has
+random access and its iterator state (`next_index`) plus (stage, s0) resumes the stream exactly.
+
+A batch is a dict of numpy arrays: `tokens` (B x T int32, right-padded with 0), `read_pos` (B, where the
+answer is read), `target` (B, the answer's token id), `hop` (B).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import grain
+import jax
+import numpy as np
+
+from data_gen import chains
+from data_gen.vocab import Vocab
+from looprec.config import ChainDataConfig, ConfigError
+
+_MAX_STEPS = 1 << 40
+_SALT_HOP = 0x686F70
+
+
+def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: str, hops_B=None) -> dict:
+  """Token arrays of facts `head r_1..r_k -> tail`; rows of rels_BxK may be right-padded with -1."""
+  rels_BxK = np.asarray(rels_BxK)
+  b = len(heads_B)
+  hops_B = np.full(b, rels_BxK.shape[1]) if hops_B is None else np.asarray(hops_B)
+  width = 1 + int(hops_B.max(initial=0)) + (answer_at == "next")
+  if width > seq_len:
+    raise ConfigError(f"a {int(hops_B.max())}-hop query needs data.seq_len >= {width}, got {seq_len}")
+  tokens_BxT = np.zeros((b, seq_len), np.int32)
+  tokens_BxT[:, 0] = vocab.entity_ids(heads_B)
+  cols = np.arange(rels_BxK.shape[1])[None, :]
+  valid_BxK = cols < hops_B[:, None]
+  tokens_BxT[:, 1:1 + rels_BxK.shape[1]] = np.where(valid_BxK, vocab.relation_ids(np.maximum(rels_BxK, 0)), 0)
+  read_pos_B = hops_B + (answer_at == "next")
+  return {"tokens": tokens_BxT, "read_pos": read_pos_B.astype(np.int32),
+          "target": vocab.entity_ids(tails_B).astype(np.int32), "hop": hops_B.astype(np.int32)}
+
+
+def concat(parts: list[dict]) -> dict:
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def take(examples: dict, idx) -> dict:
+  return {k: v[idx] for k, v in examples.items()}
+
+
+@dataclasses.dataclass
+class ChainTask:
+  """RECIPE task B: chains over a permutation graph, generated on the fly (`source="generate"`)."""
+
+  cfg: ChainDataConfig
+
+  def __post_init__(self):
+    c = self.cfg
+    self.vocab = Vocab.standard(c.n_entities, c.n_relations)
+    self.perms_MxN = chains.permutation_graph(c.seed, c.n_entities, c.n_relations)
+
+  @property
+  def max_hop(self) -> int:
+    return self.cfg.max_hops()
+
+  def hop_weights(self, max_hop: int) -> np.ndarray:
+    c = self.cfg
+    if c.hop_weights == "uniform":
+      w = np.ones(max_hop)
+    else:
+      pool = c.train_chains_per_hop or chains.chain_space(c.n_entities, c.n_relations, 2)
+      w = np.array([c.n_entities * c.n_relations] + [min(pool, chains.chain_space(c.n_entities, c.n_relations, k))
+                                                       for k in range(2, max_hop + 1)], float)
+    return w / w.sum()
+
+  def train_examples(self, max_hop: int, ids_B) -> dict:
+    """Training examples with the given ids, hops drawn from 1..max_hop (held-out chains never appear)."""
+    c = self.cfg
+    ids_B = np.asarray(ids_B, np.int64)
+    u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), max_hop), ids_B))
+    hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(max_hop))[:-1], u, side="right")
+    if c.train_chains_per_hop:
+      chain_ids = chains.hash_columns(c.seed, ids_B) % np.uint64(c.train_chains_per_hop)
+    else:
+      chain_ids = ids_B
+    heads_B = np.zeros(len(ids_B), np.int32)
+    rels_BxK = np.full((len(ids_B), max_hop), -1, np.int32)
+    for hop in np.unique(hops_B):
+      rows = np.flatnonzero(hops_B == hop)
+      h, r = chains.train_chains(c.seed, c.n_entities, c.n_relations, int(hop), chain_ids[rows], c.test_fraction)
+      heads_B[rows], rels_BxK[rows, :hop] = h, r
+    tails_B = self._tails(heads_B, rels_BxK)
+    return encode(self.vocab, heads_B, rels_BxK, tails_B, c.seq_len, c.answer_at, hops_B)
+
+  def _tails(self, heads_B, rels_BxK):
+    e_B = np.asarray(heads_B, np.int64)
+    for r_B in rels_BxK.T:
+      e_B = np.where(r_B >= 0, self.perms_MxN[np.maximum(r_B, 0), e_B], e_B)
+    return e_B
+
+  def eval_split(self, hop: int) -> dict:
+    """Held-out chains of one hop (hop 1: a sample of the atomic facts, which are all trained)."""
+    c = self.cfg
+    if hop > self.max_hop:
+      raise ConfigError(f"{hop}-hop evaluation needs a longer data.seq_len (at most {self.max_hop} hops fit)")
+    heads, rels = chains.held_out_chains(c.seed, c.n_entities, c.n_relations, hop, c.n_eval, c.test_fraction)
+    return encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at)
+
+
+@dataclasses.dataclass
+class JsonChainTask:
+  """The same interface over an official-format folder (`train.json`, `test.json`, `vocab.json`)."""
+
+  cfg: ChainDataConfig
+
+  def __post_init__(self):
+    from data_gen import io  # pylint: disable=import-outside-toplevel
+    if not os.path.isdir(self.cfg.source):
+      raise ConfigError(f"data folder {self.cfg.source!r} does not exist")
+    self.vocab, train_rows, test_rows = io.read_dataset(self.cfg.source)
+    self.train = self._encode(io.rows_to_facts(self.vocab, train_rows))
+    self.test = {}
+    for row_type, facts in _by_type(io, self.vocab, test_rows).items():
+      self.test[row_type] = self._encode(facts)
+
+  def _encode(self, facts) -> dict:
+    return encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, self.cfg.seq_len,
+                  self.cfg.answer_at, facts.hops_B)
+
+  @property
+  def max_hop(self) -> int:
+    return int(self.train["hop"].max())
+
+  def train_examples(self, max_hop: int, ids_B) -> dict:
+    rows = np.flatnonzero(self.train["hop"] <= max_hop)
+    pick = chains.hash_columns(self.cfg.seed ^ max_hop, np.asarray(ids_B)) % np.uint64(len(rows))
+    return take(self.train, rows[pick.astype(np.int64)])
+
+  def eval_split(self, hop: int) -> dict:
+    name = "atomic" if hop == 1 else f"{hop}hop_test"
+    if name in self.test:
+      ex = self.test[name]
+    else:
+      ex = take(self.train, np.flatnonzero(self.train["hop"] == hop))
+      if hop != 1 or not len(ex["hop"]):
+        raise ConfigError(f"data folder {self.cfg.source!r} has no test rows of type {name!r}")
+    return take(ex, slice(0, self.cfg.n_eval))
+
+
+def _by_type(io, vocab, rows) -> dict:
+  groups: dict[str, list] = {}
+  for row in rows:
+    groups.setdefault(row.get("type", "test"), []).append(row)
+  return {t: io.rows_to_facts(vocab, g) for t, g in groups.items()}
+
+
+def make_task(cfg: ChainDataConfig):
+  cfg.validate()
+  return ChainTask(cfg) if cfg.source == "generate" else JsonChainTask(cfg)
+
+
+def stage_dataset(task, max_hop: int, batch_size: int, start_step: int) -> grain.MapDataset:
+  """A MapDataset whose element j is this process's rows of the global batch at step start_step + j."""
+  n_proc, proc = jax.process_count(), jax.process_index()
+  local = batch_size // n_proc
+
+  def make_batch(step):
+    ids = step * batch_size + proc * local + np.arange(local)
+    return task.train_examples(max_hop, ids)
+
+  return grain.MapDataset.range(start_step, _MAX_STEPS).map(make_batch)
+
+
+def stage_iterator(task, max_hop: int, batch_size: int, start_step: int, prefetch: int = 2):
+  """The grain iterator over stage_dataset, with background prefetch; get_state()/set_state() resume it."""
+  options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
+  return iter(stage_dataset(task, max_hop, batch_size, start_step).to_iter_dataset(options))

@@ -1,0 +1,27 @@
+"""Scan over depth: one weight-tied step function applied R times.
+
+`loop_step(h_BxTxD, t, rng) -> (h_BxTxD, extras)` is supplied by the model; this module only decides how it is
+iterated. R is static here (one compiled program per R, compile time independent of R thanks to scan).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None):
+  """Applies loop_step n_loops times with lax.scan.
+
+  Returns the final state and the per-loop values of `readout(h_BxTxD, extras)` stacked on a leading R axis
+  (None without a readout), where extras is what loop_step returned beside the new state.
+  """
+  if n_loops < 1:
+    raise ValueError(f"n_loops must be >= 1, got {n_loops}")
+  keys = jax.random.split(rng, n_loops) if rng is not None else jnp.zeros((n_loops,), jnp.uint32)
+
+  def body(h, xs):
+    t, key = xs
+    h, extras = loop_step(h, t, key if rng is not None else None)
+    return h, (readout(h, extras) if readout is not None else None)
+
+  return jax.lax.scan(body, h_BxTxD, (jnp.arange(n_loops), keys))

@@ -1,0 +1,227 @@
+"""The recurrent-depth transformer: embed -> (block of L pre-LN layers) x R -> final norm -> tied head.
+
+Layers are Flax Linen modules; the model itself is a pair of pure functions over a plain params pytree
+(`init`, `forward`), so the depth loop is an ordinary `lax.scan` closing over the block's params (weight
+tying for free) and the jit boundary sees only arrays. R = 1 is the vanilla transformer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from looprec import loop
+from looprec.config import ModelConfig
+
+
+def _dtype(cfg: ModelConfig):
+  return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+
+
+def _out_init(cfg: ModelConfig):
+  """GPT-2 residual-projection init, scaled by out_init_scale (0 = each layer starts as the identity)."""
+  std = cfg.init_std * cfg.out_init_scale / math.sqrt(2 * cfg.n_layers)
+  return nn.initializers.zeros if std == 0 else nn.initializers.normal(std)
+
+
+def rope_tables(n_positions: int, head_dim: int):
+  """cos/sin tables (T x head_dim/2) of rotary position embeddings."""
+  inv_freq = 1.0 / (10_000 ** (jnp.arange(0, head_dim, 2) / head_dim))
+  angles_TxF = jnp.arange(n_positions)[:, None] * inv_freq[None, :]
+  return jnp.cos(angles_TxF), jnp.sin(angles_TxF)
+
+
+def apply_rope(x_BxTxHxK, cos_TxF, sin_TxF):
+  x1, x2 = jnp.split(x_BxTxHxK, 2, axis=-1)
+  cos, sin = cos_TxF[None, :, None, :], sin_TxF[None, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x_BxTxHxK.dtype)
+
+
+def sinusoidal_table(n_positions: int, d_model: int):
+  pos = jnp.arange(n_positions)[:, None]
+  inv_freq = 1.0 / (10_000 ** (jnp.arange(0, d_model, 2) / d_model))
+  table = jnp.zeros((n_positions, d_model))
+  table = table.at[:, 0::2].set(jnp.sin(pos * inv_freq))
+  return table.at[:, 1::2].set(jnp.cos(pos * inv_freq[: d_model // 2]))
+
+
+def attention_mask(tokens_BxT, window: int, pad_id: int = 0):
+  """B x 1 x T x T booleans: causal, pads masked as keys, optional local window."""
+  t = tokens_BxT.shape[1]
+  q, k = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+  allowed_TxT = k <= q
+  if window:
+    allowed_TxT &= k > q - window
+  key_ok_Bx1x1xT = (tokens_BxT != pad_id)[:, None, None, :]
+  return allowed_TxT[None, None] & key_ok_Bx1x1xT
+
+
+class Attention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_Bx1xTxT, rope, deterministic: bool):
+    cfg = self.cfg
+    h, k_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+    dense = lambda n, init, name: nn.DenseGeneral(n, dtype=_dtype(cfg), kernel_init=init, name=name)
+    qkv_BxTx3xHxK = dense((3, h, k_dim), nn.initializers.normal(cfg.init_std), "qkv")(x_BxTxD)
+    q, k, v = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(k_dim)
+    logits_BxHxTxT = jnp.where(mask_Bx1xTxT, logits_BxHxTxT.astype(jnp.float32), -1e30)
+    probs = jax.nn.softmax(logits_BxHxTxT, axis=-1).astype(v.dtype)
+    probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
+    out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs, v)
+    out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=_dtype(cfg), kernel_init=_out_init(cfg), name="out")
+    return out(out_BxTxHxK)
+
+
+class Layer(nn.Module):
+  """A GPT-2 pre-LN layer: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_Bx1xTxT, rope, deterministic: bool):
+    cfg = self.cfg
+    drop = nn.Dropout(cfg.dropout)
+    a = Attention(cfg, name="attn")(nn.LayerNorm(name="ln1")(x_BxTxD), mask_Bx1xTxT, rope, deterministic)
+    x_BxTxD = x_BxTxD + drop(a, deterministic=deterministic)
+    m = nn.LayerNorm(name="ln2")(x_BxTxD)
+    m = nn.Dense(cfg.d_ff or 4 * cfg.d_model, dtype=_dtype(cfg), kernel_init=nn.initializers.normal(cfg.init_std),
+                 name="fc")(m)
+    m = nn.Dense(cfg.d_model, dtype=_dtype(cfg), kernel_init=_out_init(cfg), name="proj")(nn.gelu(m))
+    return x_BxTxD + drop(m, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  """The L layers that are looped. Returns the output and, if asked, every layer's output (L x B x T x D)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, mask_Bx1xTxT, rope, deterministic: bool = True, per_layer: bool = False):
+    outs = []
+    for i in range(self.cfg.n_layers):
+      x_BxTxD = Layer(self.cfg, name=f"layer_{i}")(x_BxTxD, mask_Bx1xTxT, rope, deterministic)
+      outs.append(x_BxTxD)
+    return x_BxTxD, (jnp.stack(outs) if per_layer else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopedTransformer:
+  """Pure functions of a params pytree. `vocab_size` comes from the data."""
+
+  cfg: ModelConfig
+  vocab_size: int
+
+  def init(self, rng, seq_len: int = 8) -> dict:
+    cfg = self.cfg
+    cfg.validate()
+    k_emb, k_pos, k_block, k_adapt = jax.random.split(rng, 4)
+    d = cfg.d_model
+    params = {"embed": jax.random.normal(k_emb, (self.vocab_size, d)) * cfg.init_std}
+    if cfg.pos_emb == "learned":
+      params["pos"] = jax.random.normal(k_pos, (cfg.max_positions, d)) * cfg.init_std
+    x = jnp.zeros((1, seq_len, d))
+    mask = attention_mask(jnp.ones((1, seq_len), jnp.int32), cfg.attn_window)
+    params["block"] = Block(cfg).init(k_block, x, mask, self._rope(seq_len))["params"]
+    params["final_norm"] = nn.LayerNorm().init(k_block, x)["params"]
+    if cfg.injection == "adapter":
+      # Huginn-style adapter on concat(state, embedding); starts as state + embedding.
+      eye = jnp.eye(d)
+      params["adapter"] = {"kernel": jnp.concatenate([eye, eye]) + jax.random.normal(k_adapt, (2 * d, d)) * cfg.init_std,
+                           "bias": jnp.zeros((d,))}
+    return params
+
+  def _rope(self, seq_len: int):
+    cfg = self.cfg
+    return rope_tables(seq_len, cfg.d_model // cfg.n_heads) if cfg.pos_emb == "rope" else None
+
+  def embed(self, params, tokens_BxT):
+    """Token (+ absolute position) embeddings, the state entering the first loop."""
+    cfg, t = self.cfg, tokens_BxT.shape[1]
+    e_BxTxD = params["embed"][tokens_BxT]
+    if cfg.pos_emb == "learned":
+      if t > cfg.max_positions:
+        raise ValueError(f"sequence length {t} exceeds model.max_positions={cfg.max_positions}")
+      e_BxTxD = e_BxTxD + params["pos"][:t]
+    elif cfg.pos_emb == "sinusoidal":
+      e_BxTxD = e_BxTxD + sinusoidal_table(t, cfg.d_model)
+    return e_BxTxD.astype(_dtype(cfg))
+
+  def head(self, params, h_xD):
+    """Final norm and the head tied to the token embedding: logits over the vocabulary."""
+    h = nn.LayerNorm().apply({"params": params["final_norm"]}, h_xD.astype(jnp.float32))
+    return h @ params["embed"].T
+
+  def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
+    """Runs R = n_loops loops. Returns (final state B x T x D, per-loop readouts or None).
+
+    `readout(h_BxTxD, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked
+    on a leading R axis; per_layer passes every layer's output to it. rng enables dropout.
+    """
+    cfg = self.cfg
+    e_BxTxD = self.embed(params, tokens_BxT)
+    mask = attention_mask(tokens_BxT, cfg.attn_window)
+    rope = self._rope(tokens_BxT.shape[1])
+    block = Block(cfg)
+    deterministic = rng is None or cfg.dropout == 0.0
+    if not deterministic:
+      rng, k_emb = jax.random.split(rng)
+      e_BxTxD = nn.Dropout(cfg.dropout).apply({}, e_BxTxD, deterministic=False, rngs={"dropout": k_emb})
+
+    def loop_step(h_BxTxD, t, key):
+      h_BxTxD = jnp.where(t > 0, self._inject(params, h_BxTxD, e_BxTxD), h_BxTxD)
+      rngs = None if deterministic else {"dropout": key}
+      return block.apply({"params": params["block"]}, h_BxTxD, mask, rope, deterministic, per_layer, rngs=rngs)
+
+    return loop.scan_loops(loop_step, e_BxTxD, n_loops, rng=None if deterministic else rng, readout=readout)
+
+  def _inject(self, params, h_BxTxD, e_BxTxD):
+    if self.cfg.injection == "add":
+      return h_BxTxD + e_BxTxD
+    if self.cfg.injection == "adapter":
+      a = params["adapter"]
+      return (jnp.concatenate([h_BxTxD, e_BxTxD], -1) @ a["kernel"].astype(h_BxTxD.dtype) + a["bias"]).astype(h_BxTxD.dtype)
+    return h_BxTxD
+
+  def apply(self, params, tokens_BxT, n_loops: int, *, rng=None):
+    """Logits B x T x V after n_loops loops."""
+    h_BxTxD, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
+    return self.head(params, h_BxTxD)
+
+  def answer_logits(self, params, tokens_BxT, read_pos_B, n_loops: int, *, rng=None):
+    """Logits B x V at each example's answer position (cheaper than all positions)."""
+    h_BxTxD, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
+    return self.head(params, gather_positions(h_BxTxD, read_pos_B))
+
+  def loop_logits(self, params, tokens_BxT, read_pos_B, n_loops: int):
+    """Logits at the answer position after every loop: R x B x V (one forward pass for all R)."""
+    readout = lambda h, _: self.head(params, gather_positions(h, read_pos_B))
+    return self.forward(params, tokens_BxT, n_loops, readout=readout)[1]
+
+  def trace(self, params, tokens_BxT, read_pos_B, n_loops: int, per_layer: bool = False):
+    """Per-loop analysis: `hidden` (R x B x T x D), `logits` (R x B x V at the answer position) and, with
+    per_layer, `layers` (R x L x B x T x D) and `layer_logits` (R x L x B x V)."""
+    def readout(h_BxTxD, layers):
+      out = {"hidden": h_BxTxD, "logits": self.head(params, gather_positions(h_BxTxD, read_pos_B))}
+      if per_layer:
+        out["layers"] = layers
+        out["layer_logits"] = self.head(params, jax.vmap(gather_positions, (0, None))(layers, read_pos_B))
+      return out
+
+    return self.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=per_layer)[1]
+
+
+def gather_positions(h_BxTxD, pos_B):
+  """h[b, pos[b]] for each b: B x D."""
+  return jnp.take_along_axis(h_BxTxD, pos_B[:, None, None], axis=1)[:, 0]
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,34 @@
+"""Run folders: runs/<name>/<preset>-<YYYYmmdd-HHMMSS>/, a `latest` link, and atomic JSON writes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+def make_run_dir(root: str, name: str, preset: str) -> str:
+  base = os.path.join(root, name)
+  os.makedirs(base, exist_ok=True)
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  run_dir, i = os.path.join(base, f"{preset}-{stamp}"), 1
+  while os.path.exists(run_dir):  # two runs in the same second
+    run_dir, i = os.path.join(base, f"{preset}-{stamp}-{i}"), i + 1
+  os.makedirs(run_dir)
+  link, tmp = os.path.join(base, "latest"), os.path.join(base, f".latest-{os.getpid()}")
+  os.symlink(os.path.basename(run_dir), tmp)
+  os.replace(tmp, link)
+  return run_dir
+
+
+def write_json(path: str, obj) -> None:
+  """Writes to a temporary file then renames, so a reader never sees half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)

@@ -1,0 +1,206 @@
+"""Training: the optimizer, the pure jitted step, and the loop (recurrence schedule, hop curriculum,
+checkpoints with exact resume, tensorboard scalars, progress bar)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from tensorboardX import SummaryWriter
+
+from looprec import checkpoint, data, eval as evaluation, sharding
+from looprec.config import ModelConfig, Recurrence, TrainConfig
+from looprec.model import LoopedTransformer
+
+
+def schedule(cfg: TrainConfig):
+  """Linear warmup to lr, then constant (decay_steps = 0) or linear decay to 0 at decay_steps."""
+  warmup = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+  after = (optax.linear_schedule(cfg.lr, 0.0, max(cfg.decay_steps - cfg.warmup_steps, 1)) if cfg.decay_steps
+           else optax.constant_schedule(cfg.lr))
+  return optax.join_schedules([warmup, after], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only, as GPT-2 trainers do) behind optional global-norm clipping."""
+  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+
+
+def loss_fn(params, batch, rng, *, model: LoopedTransformer, n_loops: int, label_smoothing: float):
+  """Cross-entropy of the answer token over the whole vocabulary, read at each example's answer position."""
+  logits_BxV = model.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng)
+  labels_BxV = optax.smooth_labels(jax.nn.one_hot(batch["target"], logits_BxV.shape[-1]), label_smoothing)
+  loss = optax.softmax_cross_entropy(logits_BxV, labels_BxV).mean()
+  return loss, jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+
+
+def train_step(state, batch, rng, *, model, tx, n_loops: int, label_smoothing: float):
+  """state = {"params", "opt_state"} -> (new state, metrics). Pure; R = n_loops is static."""
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
+                                                 label_smoothing=label_smoothing), has_aux=True)
+  (loss, acc), grads = grad_fn(state["params"], batch, rng)
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
+             "param_norm": optax.global_norm(params), "update_norm": optax.global_norm(updates)}
+  return {"params": params, "opt_state": opt_state}, metrics
+
+
+class StepFunctions:
+  """One jitted, sharded, state-donating step per loop count R, compiled on first use and cached."""
+
+  def __init__(self, model, tx, mesh, label_smoothing: float):
+    self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
+    self._cache = {}
+
+  def __call__(self, n_loops: int):
+    if n_loops not in self._cache:
+      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                             label_smoothing=self.label_smoothing)
+      rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
+      self._cache[n_loops] = jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
+    return self._cache[n_loops]
+
+
+def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
+  """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
+  if rec.kind == "fixed":
+    return rec.loops
+  return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
+
+
+def init_state(model, tx, rng, seq_len: int, mesh) -> dict:
+  params = model.init(rng, seq_len)
+  state = {"params": params, "opt_state": tx.init(params)}
+  return jax.device_put(state, sharding.replicated(mesh))
+
+
+@dataclasses.dataclass
+class TrainResult:
+  params: dict
+  steps: int
+  trained_max_hop: int
+  stages: list  # [[step, hop], ...] when each curriculum stage began
+  wall_seconds: float
+
+
+class StopRequested:
+  """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint before exiting."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    return self
+
+  def _handle(self, *_):
+    self.requested = True
+
+  def __exit__(self, *_):
+    for s, handler in self._old.items():
+      signal.signal(s, handler)
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint."""
+
+
+def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, cfg: TrainConfig, task, mesh,
+                run_dir: str, seed: int, config_json: dict) -> TrainResult:
+  """Trains one model of an experiment, resuming from run_dir/checkpoints/<name> when it holds a checkpoint."""
+  rec = Recurrence.parse(recurrence)
+  sharding.check_batch(cfg.batch_size, mesh)
+  model = LoopedTransformer(model_cfg, task.vocab.size)
+  tx = make_optimizer(cfg)
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
+  key = jax.random.PRNGKey(seed)
+  state = init_state(model, tx, jax.random.fold_in(key, 0), task.cfg.seq_len, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
+  step, stage, stages, elapsed = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0
+  latest = ckpt.latest_step()
+  iterator = None
+  if latest is not None:
+    meta = ckpt.restore_meta(latest)
+    step, stage, stages, elapsed = latest, meta["stage"], meta["stages"], meta["wall_seconds"]
+    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0])
+    state = ckpt.restore(latest, checkpoint.abstract_like(state), iterator)
+    if meta.get("done"):
+      ckpt.close()
+      return TrainResult(state["params"], step, stage, stages, elapsed)
+  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
+  eval_loops = cfg.eval_loops or rec.max_loops
+  stage_split = task.eval_split(stage)
+  lr_at = schedule(cfg)
+  writer = SummaryWriter(os.path.join(run_dir, "tb", name)) if jax.process_index() == 0 else None
+  bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
+                  mininterval=1.0)
+  deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
+  started, stage_acc, pending = time.time() - elapsed, float("nan"), None
+
+  def save(done: bool):
+    meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "done": done,
+            "model": name, "config": config_json}
+    ckpt.save(step, state, iterator, meta)
+
+  with StopRequested() as stop:
+    while step < steps and time.time() < deadline and not stop.requested:
+      n_loops = draw_loops(rec, seed, step)
+      batch = sharding.put_batch(next(iterator), mesh)
+      state, metrics = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1))
+      if pending is not None:  # fetched one step late so the device never waits for the host
+        _log_train(writer, bar, *pending, stage, stage_acc)
+        pending = None
+      if step % cfg.log_every == 0:
+        lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
+        pending = (step, metrics, float(lr_at(lr_step)), n_loops)
+      step += 1
+      bar.update(1)
+      if step % cfg.eval_every == 0 or step == steps:
+        stage_acc = evaluation.accuracy(model, state["params"], stage_split, eval_loops, mesh)
+        if writer:
+          writer.add_scalar(f"eval/{stage}hop_curriculum", stage_acc, step)
+        if stage_acc > cfg.threshold and stage < cfg.max_hop:
+          stage += 1
+          stages.append([step, stage])
+          iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
+          stage_split = task.eval_split(stage)
+          stage_acc = float("nan")
+          if cfg.restart_optimizer:
+            state = {"params": state["params"],
+                     "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
+      if step % cfg.checkpoint_every == 0 and step < steps:
+        save(done=False)
+    if pending is not None:
+      _log_train(writer, bar, *pending, stage, stage_acc)
+    interrupted = stop.requested and step < steps
+    save(done=not interrupted)
+  ckpt.wait()
+  ckpt.close()
+  bar.close()
+  if writer:
+    writer.close()
+  if interrupted:
+    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved")
+  return TrainResult(state["params"], step, stage, stages, time.time() - started)
+
+
+def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):
+  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", hop=stage, R=n_loops,
+                  eval=f"{stage_acc:.2f}", refresh=False)
+  if writer:
+    for k, v in m.items():
+      writer.add_scalar(f"train/{k}", v, step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/loops", n_loops, step)
+    writer.add_scalar("train/stage_hop", stage, step)
