@@ -83,9 +83,12 @@ def main(argv=None) -> int:
   exp.add_argument("--runs-dir", default=os.environ.get("LOOPREC_RUNS", "runs"))
   exp.add_argument("--resume", default=None, help="a run folder to continue")
   try:
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+      raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
-      return run_experiment(args.name, args.preset, args.overrides, args.runs_dir, args.resume)
+      return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
   except (C.ConfigError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -24,15 +24,25 @@ _MAX_STEPS = 1 << 40
 _SALT_HOP = 0x686F70
 
 
-def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: str, hops_B=None) -> dict:
-  """Token arrays of facts `head r_1..r_k -> tail`; rows of rels_BxK may be right-padded with -1."""
+def width(hop: int, answer_at: str) -> int:
+  """Tokens a hop-k query occupies: head, k relations, and the read position when it is separate."""
+  return 1 + hop + (answer_at == "next")
+
+
+def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: str, hops_B=None, pad_hop=0) -> dict:
+  """Token arrays of facts `head r_1..r_k -> tail`; rows of rels_BxK may be right-padded with -1.
+
+  Sequences are right-padded only as far as the deepest query (or pad_hop, for a fixed shape) needs: trailing
+  pads change nothing in a causal model with pads masked as keys, and they cost compute.
+  """
   rels_BxK = np.asarray(rels_BxK)
   b = len(heads_B)
   hops_B = np.full(b, rels_BxK.shape[1]) if hops_B is None else np.asarray(hops_B)
-  width = 1 + int(hops_B.max(initial=0)) + (answer_at == "next")
-  if width > seq_len:
-    raise ConfigError(f"a {int(hops_B.max())}-hop query needs data.seq_len >= {width}, got {seq_len}")
-  tokens_BxT = np.zeros((b, seq_len), np.int32)
+  deepest = max(rels_BxK.shape[1], pad_hop)
+  t = width(deepest, answer_at)
+  if t > seq_len:
+    raise ConfigError(f"a {deepest}-hop query needs data.seq_len >= {t}, got {seq_len}")
+  tokens_BxT = np.zeros((b, t), np.int32)
   tokens_BxT[:, 0] = vocab.entity_ids(heads_B)
   cols = np.arange(rels_BxK.shape[1])[None, :]
   valid_BxK = cols < hops_B[:, None]
@@ -40,10 +50,6 @@ def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: st
   read_pos_B = hops_B + (answer_at == "next")
   return {"tokens": tokens_BxT, "read_pos": read_pos_B.astype(np.int32),
           "target": vocab.entity_ids(tails_B).astype(np.int32), "hop": hops_B.astype(np.int32)}
-
-
-def concat(parts: list[dict]) -> dict:
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def take(examples: dict, idx) -> dict:
@@ -75,8 +81,9 @@ class ChainTask:
                                                        for k in range(2, max_hop + 1)], float)
     return w / w.sum()
 
-  def train_examples(self, max_hop: int, ids_B) -> dict:
-    """Training examples with the given ids, hops drawn from 1..max_hop (held-out chains never appear)."""
+  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
+    """Training examples with the given ids, hops drawn from 1..max_hop (held-out chains never appear),
+    padded to fit pad_hop hops."""
     c = self.cfg
     ids_B = np.asarray(ids_B, np.int64)
     u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), max_hop), ids_B))
@@ -92,7 +99,7 @@ class ChainTask:
       h, r = chains.train_chains(c.seed, c.n_entities, c.n_relations, int(hop), chain_ids[rows], c.test_fraction)
       heads_B[rows], rels_BxK[rows, :hop] = h, r
     tails_B = self._tails(heads_B, rels_BxK)
-    return encode(self.vocab, heads_B, rels_BxK, tails_B, c.seq_len, c.answer_at, hops_B)
+    return encode(self.vocab, heads_B, rels_BxK, tails_B, c.seq_len, c.answer_at, hops_B, pad_hop)
 
   def _tails(self, heads_B, rels_BxK):
     e_B = np.asarray(heads_B, np.int64)
@@ -120,20 +127,24 @@ class JsonChainTask:
     if not os.path.isdir(self.cfg.source):
       raise ConfigError(f"data folder {self.cfg.source!r} does not exist")
     self.vocab, train_rows, test_rows = io.read_dataset(self.cfg.source)
-    self.train = self._encode(io.rows_to_facts(self.vocab, train_rows))
-    self.test = {}
-    for row_type, facts in _by_type(io, self.vocab, test_rows).items():
-      self.test[row_type] = self._encode(facts)
+    self.train = self._encode(io.rows_to_facts(self.vocab, train_rows, "train.json"))["all"]
+    self.test = self._encode(io.rows_to_facts(self.vocab, test_rows, "test.json"))
 
-  def _encode(self, facts) -> dict:
-    return encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, self.cfg.seq_len,
-                  self.cfg.answer_at, facts.hops_B)
+  def _encode(self, groups: dict) -> dict:
+    """{(hop, type): Facts} -> {type: examples}, plus "all"."""
+    c, by_type = self.cfg, {}
+    for (_, row_type), f in groups.items():
+      ex = encode(self.vocab, f.heads_B, f.rels_BxK, f.tails_B, c.seq_len, c.answer_at, pad_hop=c.max_hops())
+      by_type.setdefault(row_type, []).append(ex)
+      by_type.setdefault("all", []).append(ex)
+    return {t: concat(parts) for t, parts in by_type.items()}
 
   @property
   def max_hop(self) -> int:
     return int(self.train["hop"].max())
 
-  def train_examples(self, max_hop: int, ids_B) -> dict:
+  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
+    del pad_hop  # rows are already padded to the deepest training query
     rows = np.flatnonzero(self.train["hop"] <= max_hop)
     pick = chains.hash_columns(self.cfg.seed ^ max_hop, np.asarray(ids_B)) % np.uint64(len(rows))
     return take(self.train, rows[pick.astype(np.int64)])
@@ -142,18 +153,15 @@ class JsonChainTask:
     name = "atomic" if hop == 1 else f"{hop}hop_test"
     if name in self.test:
       ex = self.test[name]
+    elif hop == 1:  # no atomic probe: atomic facts are all trained
+      ex = take(self.train, np.flatnonzero(self.train["hop"] == 1))
     else:
-      ex = take(self.train, np.flatnonzero(self.train["hop"] == hop))
-      if hop != 1 or not len(ex["hop"]):
-        raise ConfigError(f"data folder {self.cfg.source!r} has no test rows of type {name!r}")
+      raise ConfigError(f"data folder {self.cfg.source!r} has no test rows of type {name!r}")
     return take(ex, slice(0, self.cfg.n_eval))
 
 
-def _by_type(io, vocab, rows) -> dict:
-  groups: dict[str, list] = {}
-  for row in rows:
-    groups.setdefault(row.get("type", "test"), []).append(row)
-  return {t: io.rows_to_facts(vocab, g) for t, g in groups.items()}
+def concat(parts: list[dict]) -> dict:
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def make_task(cfg: ChainDataConfig):
@@ -161,19 +169,21 @@ def make_task(cfg: ChainDataConfig):
   return ChainTask(cfg) if cfg.source == "generate" else JsonChainTask(cfg)
 
 
-def stage_dataset(task, max_hop: int, batch_size: int, start_step: int) -> grain.MapDataset:
-  """A MapDataset whose element j is this process's rows of the global batch at step start_step + j."""
+def stage_dataset(task, max_hop: int, batch_size: int, start_step: int, pad_hop: int = 0) -> grain.MapDataset:
+  """A MapDataset whose element j is this process's rows of the global batch at step start_step + j.
+
+  pad_hop (the curriculum's last hop) keeps one batch shape across stages, so steps compile once."""
   n_proc, proc = jax.process_count(), jax.process_index()
   local = batch_size // n_proc
 
   def make_batch(step):
     ids = step * batch_size + proc * local + np.arange(local)
-    return task.train_examples(max_hop, ids)
+    return task.train_examples(max_hop, ids, pad_hop)
 
   return grain.MapDataset.range(start_step, _MAX_STEPS).map(make_batch)
 
 
-def stage_iterator(task, max_hop: int, batch_size: int, start_step: int, prefetch: int = 2):
+def stage_iterator(task, max_hop: int, batch_size: int, start_step: int, pad_hop: int = 0, prefetch: int = 2):
   """The grain iterator over stage_dataset, with background prefetch; get_state()/set_state() resume it."""
   options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-  return iter(stage_dataset(task, max_hop, batch_size, start_step).to_iter_dataset(options))
+  return iter(stage_dataset(task, max_hop, batch_size, start_step, pad_hop).to_iter_dataset(options))

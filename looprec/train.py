@@ -124,7 +124,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
   key = jax.random.PRNGKey(seed)
-  state = init_state(model, tx, jax.random.fold_in(key, 0), task.cfg.seq_len, mesh)
+  state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(cfg.max_hop, task.cfg.answer_at), mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
   step, stage, stages, elapsed = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0
   latest = ckpt.latest_step()
@@ -132,12 +132,12 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   if latest is not None:
     meta = ckpt.restore_meta(latest)
     step, stage, stages, elapsed = latest, meta["stage"], meta["stages"], meta["wall_seconds"]
-    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0])
+    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0], cfg.max_hop)
     state = ckpt.restore(latest, checkpoint.abstract_like(state), iterator)
     if meta.get("done"):
       ckpt.close()
       return TrainResult(state["params"], step, stage, stages, elapsed)
-  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
+  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0, cfg.max_hop)
   eval_loops = cfg.eval_loops or rec.max_loops
   stage_split = task.eval_split(stage)
   lr_at = schedule(cfg)
@@ -172,7 +172,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
         if stage_acc > cfg.threshold and stage < cfg.max_hop:
           stage += 1
           stages.append([step, stage])
-          iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
+          iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
           stage_split = task.eval_split(stage)
           stage_acc = float("nan")
           if cfg.restart_optimizer:
