@@ -150,7 +150,7 @@ class JsonChainTask:
     return take(self.train, rows[pick.astype(np.int64)])
 
   def eval_split(self, hop: int) -> dict:
-    name = "atomic" if hop == 1 else f"{hop}hop_test"
+    name = "atomic_facts" if hop == 1 else f"{hop}hop_test"
     if name in self.test:
       ex = self.test[name]
     elif hop == 1:  # no atomic probe: atomic facts are all trained
