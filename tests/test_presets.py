@@ -1,0 +1,40 @@
+"""Presets: `paper` is RECIPE task B value by value; `cpu` never trains beyond its trained depth."""
+import numpy as np
+
+from experiments import depth_extrap
+from looprec import data
+from looprec.config import Recurrence
+
+
+def test_paper_preset_is_the_recipe():
+  cfg = depth_extrap.paper()
+  depth_extrap.validate(cfg)
+  d, m, t = cfg.data, cfg.model, cfg.train
+  assert (d.n_entities, d.n_relations) == (200, 10)
+  assert d.train_chains_per_hop == 15000 and abs(d.test_fraction - 750 / 15750) < 1e-12 and d.n_eval == 750
+  assert d.seq_len == 50 and d.answer_at == "next" and d.hop_weights == "pool"
+  assert (m.d_model, m.n_heads, m.n_layers) == (768, 12, 4)
+  assert m.pos_emb == "none" and m.attn_window == 0 and m.out_init_scale == 0.0
+  assert m.dropout == 0.0 and m.dtype == "bfloat16" and m.injection == "none"
+  assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps) == (1e-4, 0.01, 128, 2000)
+  assert t.decay_steps == 0 or t.decay_steps >= t.steps  # linear schedule over a nominal run far longer than any
+  assert t.label_smoothing == 0.0 and t.grad_clip == 0.0
+  assert t.start_hop == 2 and t.threshold == 0.95 and t.restart_optimizer
+  assert cfg.eval.max_loops == 40 and cfg.eval.max_hop == 40
+  looped = Recurrence.parse(cfg.models["looped"].recurrence)
+  assert (looped.kind, looped.lam, looped.low, looped.high) == ("dynamic", 4.0, 2, 8)
+  assert cfg.models["looped"].n_layers == 4
+
+
+def test_cpu_preset_trains_no_hop_beyond_its_depth():
+  cfg = depth_extrap.cpu()
+  depth_extrap.validate(cfg)
+  task = data.make_task(cfg.data)
+  k = cfg.train.max_hop
+  ds = data.stage_dataset(task, k, cfg.train.batch_size, start_step=0, pad_hop=k)
+  hops = np.concatenate([ds[i]["hop"] for i in range(0, 20000, 97)])
+  assert hops.max() == k and set(np.unique(hops)) == set(range(1, k + 1))
+  assert cfg.eval.max_hop >= k + 6 and cfg.eval.max_loops >= 2 * 8
+  vanilla = cfg.models["vanilla"]
+  assert Recurrence.parse(vanilla.recurrence).loops == 1
+  assert vanilla.n_layers == round(Recurrence.parse(cfg.models["looped"].recurrence).mean_loops)
