@@ -12,23 +12,6 @@ from data_gen.facts import Facts
 from data_gen.io import facts_to_rows, write_dataset
 from data_gen.vocab import Vocab
 
-_MAX_DRAW_FACTOR = 64
-
-
-def distinct_train_chains(seed: int, n_entities: int, n_relations: int, hop: int, n: int,
-                          test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """The first n distinct training chains in chain-id order (heads_B, rels_BxK)."""
-  n_draw = max(n, 1)
-  while True:
-    heads, rels = chains.train_chains(seed, n_entities, n_relations, hop, np.arange(n_draw), test_fraction)
-    _, first = np.unique(np.column_stack([heads, rels]), axis=0, return_index=True)
-    if first.size >= n:
-      keep = np.sort(first)[:n]
-      return heads[keep], rels[keep]
-    if n_draw >= _MAX_DRAW_FACTOR * n:
-      raise ValueError(f"only {first.size} distinct training {hop}-hop chains in {n_draw} draws, "
-                       f"{n} wanted; lower --train-per-hop or enlarge the graph")
-    n_draw *= 2
 
 
 def chains_dataset(seed: int, n_entities: int, n_relations: int, min_hop: int, max_hop: int,
@@ -56,7 +39,7 @@ def chains_dataset(seed: int, n_entities: int, n_relations: int, min_hop: int, m
   train_rows = facts_to_rows(vocab, atomic, "atomic")
   test_rows, probe_rows = [], facts_to_rows(vocab, facts(*atomic_probe), "atomic_facts")
   for hop in range(min_hop, max_hop + 1):
-    train = facts(*distinct_train_chains(seed, n_entities, n_relations, hop, train_per_hop, test_fraction))
+    train = facts(*chains.distinct_train_chains(seed, n_entities, n_relations, hop, train_per_hop, test_fraction))
     test = facts(*chains.held_out_chains(seed, n_entities, n_relations, hop, test_per_hop, test_fraction))
     hop_rows = facts_to_rows(vocab, train, f"{hop}hop_train")
     pick = np.random.default_rng([seed, 0xB, hop]).choice(len(train), min(probe_size, len(train)), replace=False)

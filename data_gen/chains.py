@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 _MAX_ATTEMPTS = 256
+_MAX_DRAW_FACTOR = 64
 _ENUMERATE_LIMIT = 1 << 21  # enumerate the chain space below this size, sample above it
 _SALT_TRAIN, _SALT_SPLIT, _SALT_TEST = 0x7261696E, 0x73706C74, 0x74657374
 
@@ -88,6 +89,22 @@ def train_chains(seed: int, n_entities: int, n_relations: int, hop: int, chain_i
       return heads, rels
     heads[bad], rels[bad] = _draw(seed, _SALT_TRAIN, n_entities, n_relations, hop, chain_ids[bad], attempt)
   raise ValueError(f"could not draw a training {hop}-hop chain outside the held-out class")
+
+
+def distinct_train_chains(seed: int, n_entities: int, n_relations: int, hop: int, n: int,
+                          test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """The first n distinct training chains in chain-id order (heads_B, rels_BxK)."""
+  n_draw = max(n, 1)
+  while True:
+    heads, rels = train_chains(seed, n_entities, n_relations, hop, np.arange(n_draw), test_fraction)
+    _, first = np.unique(np.column_stack([heads, rels]), axis=0, return_index=True)
+    if first.size >= n:
+      keep = np.sort(first)[:n]
+      return heads[keep], rels[keep]
+    if n_draw >= _MAX_DRAW_FACTOR * n:
+      raise ValueError(f"only {first.size} distinct training {hop}-hop chains in {n_draw} draws, "
+                       f"{n} wanted; ask for fewer or enlarge the graph")
+    n_draw *= 2
 
 
 def chain_space(n_entities: int, n_relations: int, hop: int) -> int:

@@ -18,6 +18,7 @@ import jax
 from looprec import config as C
 from looprec import data, eval as evaluation, plots, sharding, train
 from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
+from looprec.model import LoopedTransformer, count_params, params_checksum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,34 +102,38 @@ def validate(cfg: Config):
     if hop > fits:
       raise ConfigError(f"{key}={hop} needs more than data.seq_len={cfg.data.seq_len} allows ({fits} hops)")
   sharding.check_batch(cfg.train.batch_size, sharding.make_mesh())
-  if cfg.eval.max_loops < 1:
-    raise ConfigError(f"eval.max_loops={cfg.eval.max_loops} must be >= 1 (R >= 1)")
+  cfg.eval.validate()
+  for name, run in cfg.models.items():
+    if C.Recurrence.parse(run.recurrence).max_loops > cfg.eval.max_loops:
+      raise ConfigError(f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
   if cfg.data.source != "generate":
     task = data.make_task(cfg.data)  # reads and checks the folder before anything is written
     if cfg.train.max_hop > task.max_hop:
       raise ConfigError(f"train.max_hop={cfg.train.max_hop} exceeds the data's deepest chain ({task.max_hop} hops)")
+    eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
 
 
 def eval_splits(task, max_hop: int) -> dict:
-  return {("atomic" if hop == 1 else f"{hop}hop_test"): task.eval_split(hop) for hop in range(1, max_hop + 1)}
+  return {data.split_name(hop): task.eval_split(hop) for hop in range(1, max_hop + 1)}
 
 
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains and evaluates every model; returns the `models` part of results.json and writes the plots."""
   mesh = sharding.make_mesh()
   task = data.make_task(cfg.data)
-  splits = eval_splits(task, min(cfg.eval.max_hop, task.max_hop))
+  splits = eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
   results = {}
   for i, (name, mrun) in enumerate(cfg.models.items()):
     model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
     result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
                                mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
-    model = train.LoopedTransformer(model_cfg, task.vocab.size)
+    model = LoopedTransformer(model_cfg, task.vocab.size)
     accuracy = evaluation.sweep(model, result.params, splits, cfg.eval.max_loops, mesh, cfg.eval.batch_size)
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
+                     "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                      "train_seconds": result.wall_seconds, "stages": result.stages, "accuracy": accuracy}
   if jax.process_index() == 0:
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
@@ -147,8 +152,8 @@ def best_over_loops(accuracy_by_r: dict) -> tuple[float, int]:
 def report(cfg: Config, results: dict) -> str:
   """A short markdown report: best-over-R accuracy per hop and model, what it shows, the recipe deviations."""
   names = list(results)
-  hops = sorted({plots.hop_of(s) for r in results.values() for s in r["accuracy"]})
-  split = lambda hop: "atomic" if hop == 1 else f"{hop}hop_test"
+  hops = sorted({data.hop_of(s) for r in results.values() for s in r["accuracy"]})
+  split = data.split_name
   lines = ["# Depth extrapolation", "",
            "Accuracy on held-out chains, best over R = 1..%d loops (the smallest R reaching it)." % cfg.eval.max_loops,
            "", "| hop | " + " | ".join(f"{n} ({results[n]['train_loops']}, L={results[n]['n_layers']})" for n in names)

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import time
 
 from looprec import config as C
 from looprec import runs
+
+
+RESUMABLE = re.compile(r"train\.(steps|max_minutes)|models\.\w+\.steps|eval\.\w+")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,32 +48,42 @@ def resolve(module, preset: str | None, overrides: list[str]):
 def run_experiment(name: str, preset: str | None, overrides: list[str], runs_root: str, resume: str | None):
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+  main_process = jax.process_index() == 0
   module = load_experiment(name)
   if resume:
     config_path = os.path.join(resume, "config.json")
     if not os.path.isfile(config_path):
       raise C.ConfigError(f"--resume {resume!r}: no config.json there")
     saved = runs.read_json(config_path)
-    preset, cfg = saved["preset"], C.from_dict(module.Config, saved["config"])
-    cfg = C.override(cfg, overrides)
+    if saved.get("experiment") != name:
+      raise C.ConfigError(f"--resume {resume!r} is a run of {saved.get('experiment')!r}, not {name!r}")
+    changing = [o for o in overrides if not RESUMABLE.fullmatch(o.partition("=")[0])]
+    if changing:
+      raise C.ConfigError(f"--resume can change only step budgets and evaluation settings, not {changing[0]!r}")
+    preset, cfg = saved["preset"], C.override(C.from_dict(module.Config, saved["config"]), overrides)
     module.validate(cfg)
     run_dir = os.path.realpath(resume)
   else:
     preset, cfg = resolve(module, preset, overrides)
-    run_dir = runs.make_run_dir(runs_root, name, preset)
+    when = sharding.same_on_all_processes(int(time.time()))
+    run_dir = runs.make_run_dir(runs_root, name, preset, when, create=main_process)
+  if main_process:
     runs.write_json(os.path.join(run_dir, "config.json"),
                     {"experiment": name, "preset": preset, "config": C.to_dict(cfg)})
   start = time.time()
   try:
-    body = module.run(cfg, run_dir)
+    with train.stop_on_signals():
+      body = module.run(cfg, run_dir)
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {run_dir}",
           file=sys.stderr)
     return 130
   results = {"experiment": name, "preset": preset, "wall_seconds": time.time() - start, **body}
   path = os.path.join(run_dir, "results.json")
-  runs.write_json(path, results)
-  print(f"results: {path}")
+  if main_process:
+    runs.write_json(path, results)
+    print(f"results: {path}")
   return 0
 
 
@@ -89,7 +103,7 @@ def main(argv=None) -> int:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
-  except (C.ConfigError, ValueError, FileNotFoundError) as e:
+  except C.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0

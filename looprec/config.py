@@ -29,7 +29,7 @@ class Recurrence:
   @classmethod
   def parse(cls, spec: str) -> "Recurrence":
     """Parses "fixed:R" or "dynamic:lam,low,high" (the results.json spelling)."""
-    m = re.fullmatch(r"fixed:(\d+)", spec) or re.fullmatch(r"dynamic:([\d.]+),(\d+),(\d+)", spec)
+    m = re.fullmatch(r"fixed:(\d+)", spec) or re.fullmatch(r"dynamic:(\d+(?:\.\d*)?),(\d+),(\d+)", spec)
     if m is None:
       raise ConfigError(f"recurrence {spec!r} is neither 'fixed:R' nor 'dynamic:lam,low,high'")
     if spec.startswith("fixed"):
@@ -118,6 +118,7 @@ class ChainDataConfig:
            f"data needs n_entities >= 2 and n_relations >= 1, got {self.n_entities}, {self.n_relations}")
     _check(self.hop_weights in ("uniform", "pool"), f"data.hop_weights={self.hop_weights!r} is not uniform or pool")
     _check(self.n_eval >= 1, f"data.n_eval={self.n_eval} must be >= 1")
+    _check(self.train_chains_per_hop >= 0, f"data.train_chains_per_hop={self.train_chains_per_hop} must be >= 0")
 
   def max_hops(self) -> int:
     """The deepest chain that fits in seq_len."""
@@ -151,6 +152,10 @@ class TrainConfig:
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
       _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
     _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+    for name in ("warmup_steps", "decay_steps", "max_minutes", "grad_clip", "weight_decay", "eval_loops"):
+      _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
+    _check(not self.decay_steps or self.decay_steps > self.warmup_steps,
+           f"train.decay_steps={self.decay_steps} must exceed train.warmup_steps={self.warmup_steps} (or be 0)")
     _check(1 <= self.start_hop <= self.max_hop,
            f"train.start_hop={self.start_hop} and train.max_hop={self.max_hop} need 1 <= start <= max")
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
@@ -161,6 +166,11 @@ class EvalConfig:
   max_hop: int = 10  # evaluate hops 1..max_hop
   max_loops: int = 16  # sweep R = 1..max_loops
   batch_size: int = 256
+
+  def validate(self):
+    _check(self.max_hop >= 1, f"eval.max_hop={self.max_hop} must be >= 1")
+    _check(self.max_loops >= 1, f"eval.max_loops={self.max_loops} must be >= 1 (R >= 1)")
+    _check(self.batch_size >= 1, f"eval.batch_size={self.batch_size} must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,15 @@ def width(hop: int, answer_at: str) -> int:
   return 1 + hop + (answer_at == "next")
 
 
+def split_name(hop: int) -> str:
+  """Evaluation split of a hop count: `atomic` for 1 hop, `{k}hop_test` (held-out chains) beyond."""
+  return "atomic" if hop == 1 else f"{hop}hop_test"
+
+
+def hop_of(split: str) -> int:
+  return 1 if split == "atomic" else int(split.removesuffix("hop_test"))
+
+
 def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: str, hops_B=None, pad_hop=0) -> dict:
   """Token arrays of facts `head r_1..r_k -> tail`; rows of rels_BxK may be right-padded with -1.
 
@@ -66,9 +75,15 @@ class ChainTask:
     c = self.cfg
     self.vocab = Vocab.standard(c.n_entities, c.n_relations)
     self.perms_MxN = chains.permutation_graph(c.seed, c.n_entities, c.n_relations)
+    self._pools = {}
 
   @property
   def max_hop(self) -> int:
+    """The deepest chain that fits in data.seq_len (training or evaluation)."""
+    return self.cfg.max_hops()
+
+  @property
+  def eval_max_hop(self) -> int:
     return self.cfg.max_hops()
 
   def hop_weights(self, max_hop: int) -> np.ndarray:
@@ -88,18 +103,26 @@ class ChainTask:
     ids_B = np.asarray(ids_B, np.int64)
     u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), max_hop), ids_B))
     hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(max_hop))[:-1], u, side="right")
-    if c.train_chains_per_hop:
-      chain_ids = chains.hash_columns(c.seed, ids_B) % np.uint64(c.train_chains_per_hop)
-    else:
-      chain_ids = ids_B
     heads_B = np.zeros(len(ids_B), np.int32)
     rels_BxK = np.full((len(ids_B), max_hop), -1, np.int32)
     for hop in np.unique(hops_B):
       rows = np.flatnonzero(hops_B == hop)
-      h, r = chains.train_chains(c.seed, c.n_entities, c.n_relations, int(hop), chain_ids[rows], c.test_fraction)
-      heads_B[rows], rels_BxK[rows, :hop] = h, r
+      heads_B[rows], rels_BxK[rows, :hop] = self._chains(int(hop), ids_B[rows])
     tails_B = self._tails(heads_B, rels_BxK)
     return encode(self.vocab, heads_B, rels_BxK, tails_B, c.seq_len, c.answer_at, hops_B, pad_hop)
+
+  def _chains(self, hop: int, ids_B):
+    """Training chains for example ids: fresh ones, or picks from a fixed pool of distinct chains per hop.
+    Atomic facts (hop 1) are always all in play."""
+    c = self.cfg
+    if hop == 1 or not c.train_chains_per_hop:
+      return chains.train_chains(c.seed, c.n_entities, c.n_relations, hop, ids_B, c.test_fraction)
+    if hop not in self._pools:
+      self._pools[hop] = chains.distinct_train_chains(c.seed, c.n_entities, c.n_relations, hop,
+                                                      c.train_chains_per_hop, c.test_fraction)
+    heads, rels = self._pools[hop]
+    pick = (chains.hash_columns(c.seed, ids_B) % np.uint64(len(heads))).astype(np.int64)
+    return heads[pick], rels[pick]
 
   def _tails(self, heads_B, rels_BxK):
     e_B = np.asarray(heads_B, np.int64)
@@ -126,9 +149,14 @@ class JsonChainTask:
     from data_gen import io  # pylint: disable=import-outside-toplevel
     if not os.path.isdir(self.cfg.source):
       raise ConfigError(f"data folder {self.cfg.source!r} does not exist")
-    self.vocab, train_rows, test_rows = io.read_dataset(self.cfg.source)
-    self.train = self._encode(io.rows_to_facts(self.vocab, train_rows, "train.json"))["all"]
-    self.test = self._encode(io.rows_to_facts(self.vocab, test_rows, "test.json"))
+    try:
+      self.vocab, train_rows, test_rows = io.read_dataset(self.cfg.source)
+      if not train_rows:
+        raise ValueError(f"{self.cfg.source}/train.json has no rows")
+      self.train = self._encode(io.rows_to_facts(self.vocab, train_rows, "train.json"))["all"]
+      self.test = self._encode(io.rows_to_facts(self.vocab, test_rows, "test.json"))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   def _encode(self, groups: dict) -> dict:
     """{(hop, type): Facts} -> {type: examples}, plus "all"."""
@@ -141,7 +169,13 @@ class JsonChainTask:
 
   @property
   def max_hop(self) -> int:
+    """The deepest training chain."""
     return int(self.train["hop"].max())
+
+  @property
+  def eval_max_hop(self) -> int:
+    """The deepest hop with an evaluation split."""
+    return max([self.max_hop] + [hop_of(t) for t in self.test if t.endswith("hop_test")])
 
   def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
     del pad_hop  # rows are already padded to the deepest training query
@@ -157,7 +191,10 @@ class JsonChainTask:
       ex = take(self.train, np.flatnonzero(self.train["hop"] == 1))
     else:
       raise ConfigError(f"data folder {self.cfg.source!r} has no test rows of type {name!r}")
-    return take(ex, slice(0, self.cfg.n_eval))
+    ex = take(ex, slice(0, self.cfg.n_eval))
+    if not len(ex["hop"]):
+      raise ConfigError(f"data folder {self.cfg.source!r}: split {name!r} is empty")
+    return ex
 
 
 def concat(parts: list[dict]) -> dict:

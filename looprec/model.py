@@ -12,6 +12,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from looprec import loop
 from looprec.config import ModelConfig
@@ -152,7 +153,7 @@ class LoopedTransformer:
       e_BxTxD = e_BxTxD + params["pos"][:t]
     elif cfg.pos_emb == "sinusoidal":
       e_BxTxD = e_BxTxD + sinusoidal_table(t, cfg.d_model)
-    return e_BxTxD.astype(_dtype(cfg))
+    return e_BxTxD  # the residual stream stays float32; matmuls run in cfg.dtype
 
   def head(self, params, h_xD):
     """Final norm and the head tied to the token embedding: logits over the vocabulary."""
@@ -225,3 +226,8 @@ def gather_positions(h_BxTxD, pos_B):
 
 def count_params(params) -> int:
   return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def params_checksum(params) -> float:
+  """Sum of all parameters in float64: equal across runs only if the params are (all but surely) identical."""
+  return float(sum(np.asarray(x, np.float64).sum() for x in jax.tree_util.tree_leaves(params)))

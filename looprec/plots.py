@@ -7,9 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-
-def hop_of(split: str) -> int:
-  return 1 if split == "atomic" else int(split.removesuffix("hop_test"))
+from looprec.data import hop_of  # pylint: disable=wrong-import-position
 
 
 def accuracy_grid(accuracy: dict):

@@ -6,11 +6,16 @@ import os
 import time
 
 
-def make_run_dir(root: str, name: str, preset: str) -> str:
+def make_run_dir(root: str, name: str, preset: str, when: float | None = None, create: bool = True) -> str:
+  """Creates (when `create`) and returns runs/<name>/<preset>-<time>; `when` (seconds since the epoch) lets
+  several processes agree on the name, and only the one that creates it moves the `latest` link."""
   base = os.path.join(root, name)
+  stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if when is None else when))
+  run_dir = os.path.join(base, f"{preset}-{stamp}")
+  if not create:
+    return run_dir
   os.makedirs(base, exist_ok=True)
-  stamp = time.strftime("%Y%m%d-%H%M%S")
-  run_dir, i = os.path.join(base, f"{preset}-{stamp}"), 1
+  i = 1
   while os.path.exists(run_dir):  # two runs in the same second
     run_dir, i = os.path.join(base, f"{preset}-{stamp}-{i}"), i + 1
   os.makedirs(run_dir)

@@ -11,11 +11,21 @@ from looprec.config import ConfigError
 
 
 def maybe_initialize_distributed():
-  """jax.distributed.initialize() when a multi-host cluster is detected (SLURM, TPU pod, coordinator env)."""
-  if jax.process_count() > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    return
-  if os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+  """jax.distributed.initialize() when the environment describes a multi-process cluster (an explicit
+  coordinator, SLURM with several tasks, a multi-host TPU slice). Decided from the environment alone: any jax
+  call before initialize() would start the local backend and make initialize() fail."""
+  env = os.environ
+  if (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
+      or "," in env.get("TPU_WORKER_HOSTNAMES", "")):
     jax.distributed.initialize()
+
+
+def same_on_all_processes(value: int) -> int:
+  """Process 0's value of an integer, on every process (the identity on one process)."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -2,6 +2,7 @@
 checkpoints with exact resume, tensorboard scalars, progress bar)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -93,21 +94,25 @@ class TrainResult:
   wall_seconds: float
 
 
-class StopRequested:
-  """Turns SIGTERM / SIGINT into a flag the loop checks, so it can checkpoint before exiting."""
+class _StopFlag:
+  requested = False
 
-  def __init__(self):
-    self.requested = False
 
-  def __enter__(self):
-    self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
+STOP = _StopFlag()
 
-  def _handle(self, *_):
-    self.requested = True
 
-  def __exit__(self, *_):
-    for s, handler in self._old.items():
+@contextlib.contextmanager
+def stop_on_signals():
+  """While active, SIGTERM / SIGINT set STOP.requested instead of killing the process: the training loop then
+  checkpoints and raises Interrupted, and a model not yet started is not started."""
+  def handle(*_):
+    STOP.requested = True
+
+  old = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield
+  finally:
+    for s, handler in old.items():
       signal.signal(s, handler)
 
 
@@ -118,6 +123,8 @@ class Interrupted(Exception):
 def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, cfg: TrainConfig, task, mesh,
                 run_dir: str, seed: int, config_json: dict) -> TrainResult:
   """Trains one model of an experiment, resuming from run_dir/checkpoints/<name> when it holds a checkpoint."""
+  if STOP.requested:
+    raise Interrupted(f"stopped before training {name}")
   rec = Recurrence.parse(recurrence)
   sharding.check_batch(cfg.batch_size, mesh)
   model = LoopedTransformer(model_cfg, task.vocab.size)
@@ -139,7 +146,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
       return TrainResult(state["params"], step, stage, stages, elapsed)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0, cfg.max_hop)
   eval_loops = cfg.eval_loops or rec.max_loops
-  stage_split = task.eval_split(stage)
+  eval_sets = {hop: task.eval_split(hop) for hop in range(1, stage + 1)}  # the hops trained so far
   lr_at = schedule(cfg)
   writer = SummaryWriter(os.path.join(run_dir, "tb", name)) if jax.process_index() == 0 else None
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
@@ -147,49 +154,56 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
   started, stage_acc, pending = time.time() - elapsed, float("nan"), None
 
+  last_saved = latest
+
   def save(done: bool):
+    nonlocal last_saved
+    if step == last_saved:  # the step is already on disk (a save at a checkpoint_every boundary, or a resume)
+      ckpt.wait()
+      ckpt.manager.delete(step)
     meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "done": done,
             "model": name, "config": config_json}
     ckpt.save(step, state, iterator, meta)
+    last_saved = step
 
-  with StopRequested() as stop:
-    while step < steps and time.time() < deadline and not stop.requested:
-      n_loops = draw_loops(rec, seed, step)
-      batch = sharding.put_batch(next(iterator), mesh)
-      state, metrics = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1))
-      if pending is not None:  # fetched one step late so the device never waits for the host
-        _log_train(writer, bar, *pending, stage, stage_acc)
-        pending = None
-      if step % cfg.log_every == 0:
-        lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
-        pending = (step, metrics, float(lr_at(lr_step)), n_loops)
-      step += 1
-      bar.update(1)
-      if step % cfg.eval_every == 0 or step == steps:
-        stage_acc = evaluation.accuracy(model, state["params"], stage_split, eval_loops, mesh)
-        if writer:
-          writer.add_scalar(f"eval/{stage}hop_curriculum", stage_acc, step)
-        if stage_acc > cfg.threshold and stage < cfg.max_hop:
-          stage += 1
-          stages.append([step, stage])
-          iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
-          stage_split = task.eval_split(stage)
-          stage_acc = float("nan")
-          if cfg.restart_optimizer:
-            state = {"params": state["params"],
-                     "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
-      if step % cfg.checkpoint_every == 0 and step < steps:
-        save(done=False)
-    if pending is not None:
+  while step < steps and time.time() < deadline and not STOP.requested:
+    n_loops = draw_loops(rec, seed, step)
+    batch = sharding.put_batch(next(iterator), mesh)
+    state, metrics = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1))
+    if pending is not None:  # fetched one step late so the device never waits for the host
       _log_train(writer, bar, *pending, stage, stage_acc)
-    interrupted = stop.requested and step < steps
-    save(done=not interrupted)
+      pending = None
+    if step % cfg.log_every == 0:
+      lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
+      pending = (step, metrics, float(lr_at(lr_step)), n_loops)
+    step += 1
+    bar.update(1)
+    if step % cfg.eval_every == 0 or step == steps:
+      accs = {hop: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh) for hop, ex in eval_sets.items()}
+      stage_acc = accs[stage]
+      for hop, acc in accs.items():
+        if writer:
+          writer.add_scalar(f"eval/{data.split_name(hop)}", acc, step)
+      if stage_acc > cfg.threshold and stage < cfg.max_hop and step < steps:
+        stage += 1
+        stages.append([step, stage])
+        iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
+        eval_sets[stage] = task.eval_split(stage)
+        stage_acc = float("nan")
+        if cfg.restart_optimizer:
+          state = {"params": state["params"],
+                   "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
+    if step % cfg.checkpoint_every == 0 and step < steps:
+      save(done=False)
+  if pending is not None:
+    _log_train(writer, bar, *pending, stage, stage_acc)
+  save(done=step >= steps)
   ckpt.wait()
   ckpt.close()
   bar.close()
   if writer:
     writer.close()
-  if interrupted:
+  if STOP.requested and step < steps:
     raise Interrupted(f"{name} stopped at step {step}; checkpoint saved")
   return TrainResult(state["params"], step, stage, stages, time.time() - started)
 

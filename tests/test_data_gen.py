@@ -12,7 +12,8 @@ import pytest
 from data_gen import (SPLITS, Facts, Vocab, chain_space, facts_to_rows, follow, held_out_chains, is_held_out,
                       make_composition, permutation_graph, read_dataset, rows_to_facts, train_chains,
                       write_dataset)
-from data_gen.__main__ import distinct_train_chains, main
+from data_gen.__main__ import main
+from data_gen.chains import distinct_train_chains
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

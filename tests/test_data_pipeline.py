@@ -70,6 +70,13 @@ def test_same_seed_same_stream_and_exact_resume():
   assert not np.array_equal(next(other)["tokens"], first[0]["tokens"])
 
 
+def test_pool_holds_distinct_chains_and_every_atomic_fact_is_trained():
+  t = task(train_chains_per_hop=30)
+  ex = decode(t, t.train_examples(3, np.arange(5000)))
+  assert len({x for x in ex if len(x[1]) == 2}) == 30 and len({x for x in ex if len(x[1]) == 3}) == 30
+  assert len({x for x in ex if len(x[1]) == 1}) == 12 * 3  # all atomic facts, not a pool of them
+
+
 def test_pool_weights_follow_pool_sizes():
   t = task(hop_weights="pool", train_chains_per_hop=36)
   w = t.hop_weights(3)

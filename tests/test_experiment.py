@@ -34,17 +34,15 @@ def check_contract(results, preset):
 
 
 def test_smoke_preset_end_to_end(tmp_path):
-  start = time.time()
   proc = run_cli("experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path))
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert time.time() - start < 120
   path, results = results_of(proc)
   check_contract(results, "smoke")
   run_dir = os.path.dirname(path)
   assert os.path.realpath(tmp_path / "depth_extrap" / "latest") == os.path.realpath(run_dir)
   assert os.path.basename(run_dir).startswith("smoke-")
   files = os.listdir(run_dir)
-  assert {"config.json", "results.json", "accuracy_hop_by_loops.png", "checkpoints", "tb"} <= set(files)
+  assert {"config.json", "results.json", "report.md", "accuracy_hop_by_loops.png", "checkpoints", "tb"} <= set(files)
   assert os.listdir(os.path.join(run_dir, "tb", "looped"))
   assert set(results["models"]) == {"looped", "vanilla"}
   assert results["models"]["looped"]["steps"] == 200
@@ -73,10 +71,11 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
   env = {**os.environ}
   proc = subprocess.Popen([sys.executable, "-m", "looprec", *base, "--runs-dir", str(tmp_path / "b")], cwd=ROOT,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  run_dir = None
+  run_dir, deadline = None, time.time() + 120
   while run_dir is None:
     link = tmp_path / "b" / "depth_extrap" / "latest"
     run_dir = os.path.realpath(link) if link.exists() else None
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
     time.sleep(0.1)
   _wait_for_checkpoint(os.path.join(run_dir, "checkpoints", "looped"), proc)
   proc.send_signal(sig)
@@ -88,10 +87,41 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
   resumed = run_cli("experiment", "depth_extrap", "--resume", run_dir)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   _, got = results_of(resumed)
+  same_models(got, expected)
+
+
+def same_models(got, expected):
   for name, m in expected["models"].items():
-    assert got["models"][name]["steps"] == m["steps"]
-    assert got["models"][name]["stages"] == m["stages"]
-    assert got["models"][name]["accuracy"] == m["accuracy"], name
+    for key in ("steps", "stages", "params_sum", "accuracy"):
+      assert got["models"][name][key] == m[key], (name, key)
+
+
+def test_time_budget_then_resume_finishes_the_same_run(tmp_path):
+  """A run cut by train.max_minutes is complete (results written); resuming with the same budget adds no step
+  (and re-saves the same step), resuming without a budget finishes exactly as an uncut run."""
+  base = ["experiment", "depth_extrap", "--preset", "smoke", *SMALL]
+  straight = run_cli(*base, "--runs-dir", str(tmp_path / "a"))
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  cut = run_cli(*base, "train.max_minutes=0.0001", "--runs-dir", str(tmp_path / "b"))
+  assert cut.returncode == 0, cut.stderr[-2000:]
+  path, partial = results_of(cut)
+  assert partial["models"]["looped"]["steps"] < 120
+  run_dir = os.path.dirname(path)
+  again = run_cli("experiment", "depth_extrap", "--resume", run_dir)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert results_of(again)[1]["models"]["looped"]["steps"] == partial["models"]["looped"]["steps"]
+  finished = run_cli("experiment", "depth_extrap", "--resume", run_dir, "train.max_minutes=0")
+  assert finished.returncode == 0, finished.stderr[-2000:]
+  same_models(results_of(finished)[1], results_of(straight)[1])
+
+
+def test_resume_refuses_changes_that_break_it(tmp_path):
+  proc = run_cli("experiment", "depth_extrap", "--resume", str(tmp_path))
+  assert proc.returncode == 2 and "no config.json" in proc.stderr
+  (tmp_path / "config.json").write_text(json.dumps({"experiment": "depth_extrap", "preset": "smoke",
+                                                     "config": {}}))
+  proc = run_cli("experiment", "depth_extrap", "--resume", str(tmp_path), "train.batch_size=16")
+  assert proc.returncode == 2 and "'train.batch_size=16'" in proc.stderr
 
 
 BAD = [
