@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
@@ -41,7 +40,7 @@ def main():
     start = time.time()
     per_seed[seed] = depth_extrap.run(cfg, run_dir)["models"]
     print(f"seed {seed}: {time.time() - start:.0f} s", flush=True)
-  summary = summarize(per_seed, base.train.max_hop)
+  summary = summarize(per_seed)
   runs.write_json(os.path.join(out_dir, "seeds.json"), {"seeds": args.seeds, "overrides": overrides,
                                                         "summary": summary, "per_seed": per_seed})
   text = to_markdown(summary, args.seeds, base.train.max_hop)
@@ -51,7 +50,7 @@ def main():
   print(f"results: {os.path.join(out_dir, 'seeds.json')}")
 
 
-def summarize(per_seed: dict, k: int) -> dict:
+def summarize(per_seed: dict) -> dict:
   """model -> hop -> {mean, std, min, max, values} of best-over-R accuracy."""
   out = {}
   for name in next(iter(per_seed.values())):

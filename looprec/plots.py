@@ -28,7 +28,7 @@ def heatmaps(models: dict, path: str, trained_hops: dict | None = None):
                    extent=(loops[0] - 0.5, loops[-1] + 0.5, hops[0] - 0.5, hops[-1] + 0.5))
     if trained_hops and name in trained_hops:
       ax.axhline(trained_hops[name] + 0.5, color="white", ls="--", lw=1)
-    ax.set(title=name, xlabel="loops R", ylabel="hops")
+    ax.set(title=name, xlabel="loops R", ylabel="hops" if ax is axes[0][0] else None)
   fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)

@@ -24,7 +24,7 @@ def results_of(proc):
 def check_contract(results, preset):
   assert results["experiment"] == "depth_extrap" and results["preset"] == preset
   assert isinstance(results["wall_seconds"], float)
-  for name, m in results["models"].items():
+  for m in results["models"].values():
     assert isinstance(m["n_layers"], int) and m["n_layers"] >= 1
     assert m["train_loops"].startswith(("fixed:", "dynamic:"))
     assert isinstance(m["trained_max_hop"], int) and isinstance(m["steps"], int)
