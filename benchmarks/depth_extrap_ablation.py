@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/depth_extrap_ablation.py                 # 8000 steps per variant
     .venv/bin/python benchmarks/depth_extrap_ablation.py train.steps=20000
 
-Variants: the cpu preset as is; NoPE instead of RoPE; full causal attention instead of the 2-token window;
+Variants: the cpu preset as is (NoPE); rotary positions; full causal attention instead of the 2-token window;
 3-token window; no input injection; the answer read at a separate position after the input. Prints and writes
 (runs/depth_extrap_ablation/<time>/ablation.json, ablation.md) best-over-R accuracy per hop for each.
 """
@@ -18,8 +18,8 @@ from experiments import depth_extrap
 from looprec import config as C, runs
 
 VARIANTS = {
-    "cpu preset (RoPE, window 2, injection, last input)": [],
-    "NoPE": ["model.pos_emb=none"],
+    "cpu preset (NoPE, window 2, injection, last input)": [],
+    "RoPE": ["model.pos_emb=rope"],
     "full attention": ["model.attn_window=0"],
     "window 3": ["model.attn_window=3"],
     "no injection": ["model.injection=none"],

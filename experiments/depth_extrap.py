@@ -48,16 +48,17 @@ def smoke() -> Config:
 def cpu() -> Config:
   """The default: a small graph and a one-layer looped block on a 2-core CPU (see docs/reproducing.md)."""
   return Config(
-      deviations=("For tiny scale (N=20 entities, M=4 relations, d=64, one layer looped): rotary positions with a "
-                  "2-token causal window (each token sees itself and its predecessor, so a k-hop chain must be "
-                  "followed one relation per loop; the paper uses NoPE and full attention), the answer read at the "
+      deviations=("For tiny scale (N=20 entities, M=4 relations, d=64, one layer looped): a 2-token causal "
+                  "attention window (each token sees itself and its predecessor, so a k-hop chain must be followed "
+                  "one relation per loop; the paper uses full attention; positions are NoPE as in the paper), the "
+                  "answer read at the "
                   "last input token (the official pred_pos=inp_len option), input injection, lr 3e-3 with warmup "
                   "200 and gradient clipping 1.0 (paper: 1e-4, 2000, none), batch 64, fp32, a curriculum from 2 to "
                   "4 hops, R = clip(Poisson(4), 2, 4) (paper: clipped to [2, 8]) so that every untrained hop needs "
                   "more loops than training ever ran, and a fixed step budget per model instead of thousands of "
                   "epochs. The vanilla model has 3 layers, the looped model's mean unrolled depth."),
       data=ChainDataConfig(n_entities=20, n_relations=4, seq_len=12, n_eval=256, test_fraction=0.1),
-      model=ModelConfig(d_model=64, n_heads=4, n_layers=1, pos_emb="rope", attn_window=2, injection="add"),
+      model=ModelConfig(d_model=64, n_heads=4, n_layers=1, pos_emb="none", attn_window=2, injection="add"),
       train=TrainConfig(steps=20000, batch_size=64, lr=3e-3, warmup_steps=200, grad_clip=1.0, start_hop=2,
                         max_hop=4, threshold=0.95, eval_every=250, checkpoint_every=2000),
       eval=EvalConfig(max_hop=10, max_loops=20),
