@@ -160,11 +160,11 @@ class LoopedTransformer:
     h = nn.LayerNorm().apply({"params": params["final_norm"]}, h_xD.astype(jnp.float32))
     return h @ params["embed"].T
 
-  def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
-    """Runs R = n_loops loops. Returns (final state B x T x D, per-loop readouts or None).
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+    """The pieces of the loop: (state entering loop 1, step(h_BxTxD, t, key) -> (h_BxTxD, per_layer or None)).
 
-    `readout(h_BxTxD, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked
-    on a leading R axis; per_layer passes every layer's output to it. rng enables dropout.
+    step applies input injection (t > 0) and the weight-tied block once; `forward` scans it, and any other
+    iteration (e.g. a while_loop that halts) must use it too, so there is one forward pass. rng enables dropout.
     """
     cfg = self.cfg
     e_BxTxD = self.embed(params, tokens_BxT)
@@ -173,15 +173,25 @@ class LoopedTransformer:
     block = Block(cfg)
     deterministic = rng is None or cfg.dropout == 0.0
     if not deterministic:
-      rng, k_emb = jax.random.split(rng)
-      e_BxTxD = nn.Dropout(cfg.dropout).apply({}, e_BxTxD, deterministic=False, rngs={"dropout": k_emb})
+      e_BxTxD = nn.Dropout(cfg.dropout).apply({}, e_BxTxD, deterministic=False, rngs={"dropout": rng})
 
-    def loop_step(h_BxTxD, t, key):
+    def step(h_BxTxD, t, key):
       h_BxTxD = jnp.where(t > 0, self._inject(params, h_BxTxD, e_BxTxD), h_BxTxD)
       rngs = None if deterministic else {"dropout": key}
       return block.apply({"params": params["block"]}, h_BxTxD, mask, rope, deterministic, per_layer, rngs=rngs)
 
-    return loop.scan_loops(loop_step, e_BxTxD, n_loops, rng=None if deterministic else rng, readout=readout)
+    return e_BxTxD, step
+
+  def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
+    """Runs R = n_loops loops. Returns (final state B x T x D, per-loop readouts or None).
+
+    `readout(h_BxTxD, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked
+    on a leading R axis; per_layer passes every layer's output to it. rng enables dropout.
+    """
+    dropout = rng is not None and self.cfg.dropout > 0.0
+    k_emb, k_loops = jax.random.split(rng) if dropout else (None, None)
+    e_BxTxD, step = self.loop_step(params, tokens_BxT, rng=k_emb, per_layer=per_layer)
+    return loop.scan_loops(step, e_BxTxD, n_loops, rng=k_loops, readout=readout)
 
   def _inject(self, params, h_BxTxD, e_BxTxD):
     if self.cfg.injection == "add":
