@@ -1,12 +1,13 @@
-# Two commands: `make experiment NAME=depth_extrap` and `make test`. Each sets up .venv when missing or stale.
+# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`; each sets up .venv when missing or stale.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NAME ?= depth_extrap
 PRESET ?=
 ARGS ?=
+RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment test test-slow clean-venv
+.PHONY: experiment analyze test test-slow clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-run
 
 experiment: $(VENV)/.stamp-run
 	$(PY) -m looprec experiment $(NAME) $(if $(PRESET),--preset $(PRESET)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
+
+analyze: $(VENV)/.stamp-run
+	$(PY) -m looprec analyze $(RUN)
 
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -n 2 --dist loadfile

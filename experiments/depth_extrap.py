@@ -6,7 +6,8 @@
     make experiment NAME=depth_extrap ARGS="train.steps=500 model.d_model=64"
 
 Trains each entry of `models` (a looped model with dynamic recurrence and the hop curriculum, and baselines),
-then evaluates accuracy[hop, R] on held-out chains of hops 1..eval.max_hop for R = 1..eval.max_loops.
+then evaluates accuracy[hop, R] on held-out chains of hops 1..eval.max_hop for R = 1..eval.max_loops, and
+analyzes inference-time depth (adaptive halting, overthinking margins; `looprec/analysis.py`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import data, eval as evaluation, plots, sharding, train
+from looprec import analysis, data, plots, sharding, train
 from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.model import LoopedTransformer, count_params, params_checksum
 
@@ -121,17 +122,21 @@ def eval_splits(task, max_hop: int) -> dict:
 
 
 def run(cfg: Config, run_dir: str) -> dict:
-  """Trains and evaluates every model; returns the `models` part of results.json and writes the plots."""
+  """Trains, evaluates and analyzes every model; returns the `models`, `halting` and `margins` parts of
+  results.json and writes the plots, report.md and the files of `analysis.write`."""
   mesh = sharding.make_mesh()
   task = data.make_task(cfg.data)
   splits = eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
-  results = {}
+  results, analyses = {}, {}
   for i, (name, mrun) in enumerate(cfg.models.items()):
     model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
     result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
                                mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
     model = LoopedTransformer(model_cfg, task.vocab.size)
-    accuracy = evaluation.sweep(model, result.params, splits, cfg.eval.max_loops, mesh, cfg.eval.batch_size)
+    analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
+                                            batch_size=cfg.eval.batch_size)
+    accuracy = {s: {str(r): by_r[str(r)] for r in range(1, cfg.eval.max_loops + 1)}  # the same pass's sweep
+                for s, by_r in analyses[name]["sweep"].items()}
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
@@ -141,7 +146,12 @@ def run(cfg: Config, run_dir: str) -> dict:
                    {n: r["trained_max_hop"] for n, r in results.items()})
     with open(os.path.join(run_dir, "report.md"), "w") as f:
       f.write(report(cfg, results))
-  return {"models": results}
+    analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
+  halting = {n: {p: {s: {k: row[k] for k in ("accuracy", "mean_loops", "median_loops")} for s, row in table.items()}
+                 for p, table in a["halting"].items()} for n, a in analyses.items()}
+  margins = {n: {s: {k: m[k] for k in ("margin", "t_star", "peak_loop")} for s, m in a["margins"].items()}
+             for n, a in analyses.items()}
+  return {"models": results, "halting": halting, "margins": margins}
 
 
 def best_over_loops(accuracy_by_r: dict) -> tuple[float, int]:

@@ -46,3 +46,18 @@ class Checkpointer:
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a live state, the restore target."""
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def restore_params(directory: str):
+  """(params, meta) of the latest checkpoint under directory, for analysis; None when there is none."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data", "meta"))
+  step = manager.latest_step()
+  if step is None:
+    manager.close()
+    return None
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+  out = manager.restore(step, args=args)
+  manager.close()
+  return out["state"]["params"], out["meta"]

@@ -1,4 +1,5 @@
-"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`.
+"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
+`python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]`.
 
 Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data) stops with one
 line `error: ...` and exit code 2, before the run folder is created when it can be checked that early.
@@ -96,13 +97,23 @@ def main(argv=None) -> int:
   exp.add_argument("--preset", default=None)
   exp.add_argument("--runs-dir", default=os.environ.get("LOOPREC_RUNS", "runs"))
   exp.add_argument("--resume", default=None, help="a run folder to continue")
+  ana = sub.add_parser("analyze", help="loop sweep, adaptive halting and overthinking margins of a run's models")
+  ana.add_argument("run")
+  ana.add_argument("--max-loops", type=int, default=None, help="sweep R = 1..N (default: the run's eval.max_loops)")
+  ana.add_argument("--margin-loops", type=int, default=50, help="margins for loops t = 1..T")
+  ana.add_argument("--halt-loops", type=int, default=16, help="the halting cap")
+  ana.add_argument("--policy", nargs="+", default=None, help="name[:key=value,...] (default: every policy)")
   try:
     args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "analyze"]
     if stray:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
+    if args.command == "analyze":
+      from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+      path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops)
+      print(f"analysis: {path}")
   except C.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

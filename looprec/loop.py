@@ -25,3 +25,23 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None):
     return h, (readout(h, extras) if readout is not None else None)
 
   return jax.lax.scan(body, h_BxTxD, (jnp.arange(n_loops), keys))
+
+
+def while_loops(loop_step, h_BxTxD, max_loops, carry, update):
+  """Applies loop_step (no dropout) until `update` says every example is done or max_loops loops have run.
+
+  `update(h_BxTxD, t, carry) -> (carry, done)` runs after loop t (0-based) with done a scalar bool. max_loops
+  may be traced, so one compiled program serves every cap. Returns (final state, carry, loops executed).
+  """
+  def cond(state):
+    _, t, _, done = state
+    return (t < max_loops) & ~done
+
+  def body(state):
+    h, t, c, _ = state
+    h, _ = loop_step(h, t, None)
+    c, done = update(h, t, c)
+    return h, t + 1, c, done
+
+  h, t, carry, _ = jax.lax.while_loop(cond, body, (h_BxTxD, jnp.int32(0), carry, jnp.bool_(False)))
+  return h, carry, t

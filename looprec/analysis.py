@@ -1,0 +1,237 @@
+"""Inference-time depth of trained models: accuracy for every loop count (one compile), adaptive halting that
+really stops, overthinking margins; `analysis.json` and figures in the run folder (`python -m looprec analyze`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from looprec import checkpoint, cli, data, eval as evaluation, halting, plots, runs, sharding
+from looprec import config as C
+from looprec.model import LoopedTransformer
+
+MARGIN_LOOPS = 50
+
+
+def _check_loops(value: int, what: str):
+  if value < 1:
+    raise C.ConfigError(f"{what}={value} must be >= 1")
+
+
+def _batches(fn, examples: dict, mesh, batch_size: int):
+  """Yields (host outputs of fn(tokens, read_pos, target), real rows) over padded, data-sharded chunks."""
+  step = batch_size - batch_size % mesh.devices.size or mesh.devices.size
+  for start in range(0, len(examples["target"]), step):
+    chunk = {k: np.asarray(examples[k][start:start + step]) for k in ("tokens", "read_pos", "target")}
+    size = len(chunk["target"])
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], step - size, 0)]) for k, v in chunk.items()}
+    arrays = sharding.put_batch(padded, mesh)
+    yield jax.device_get(fn(arrays["tokens"], arrays["read_pos"], arrays["target"])), size
+
+
+def sweep(model, params, splits: dict, max_loops: int, mesh=None, batch_size: int = 256) -> dict:
+  """accuracy[split][str(R)] for R = 1..max_loops, read after every loop of one scan: one compile for all R.
+
+      acc = sweep(model, params, {"3hop_test": task.eval_split(3)}, max_loops=20)
+      acc["3hop_test"]["7"]  # accuracy after 7 loops
+  """
+  _check_loops(max_loops, "max_loops")
+  return evaluation.sweep(model, params, splits, max_loops, mesh or sharding.make_mesh(), batch_size)
+
+
+def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops: int, mesh,
+                  batch_size: int = 256) -> dict:
+  """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops."""
+  fn, thresholds = halting.compiled(model, mesh), pol.thresholds()
+  loops, answers, executed = [], [], []
+  for (loops_B, answer_B, ran), size in _batches(lambda t, r, _: fn(params, t, r, thresholds, max_loops), examples,
+                                                  mesh, batch_size):
+    loops.append(loops_B[:size])
+    answers.append(answer_B[:size])
+    executed.append(int(ran))
+  return {"loops": np.concatenate(loops), "answer": np.concatenate(answers), "executed": np.array(executed)}
+
+
+def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halting.DEFAULT_CAP, mesh=None,
+         batch_size: int = 256, fixed: dict | None = None) -> dict:
+  """Adaptive halting per split: accuracy and mean / median / max loops, beside the best fixed R and R = cap.
+
+  policy: a halting.Policy or a spec `name[:key=value,...]` (names: halting.RULES). fixed: a sweep covering
+  R = 1..max_loops to reuse.
+
+      table = halt(model, params, splits, "kl_entropy:eps=1e-3,max_entropy=3", max_loops=16)
+      table["5hop_test"]["accuracy"], table["5hop_test"]["mean_loops"], table["5hop_test"]["best_fixed"]
+  """
+  pol = policy if isinstance(policy, halting.Policy) else halting.parse_policy(policy)
+  _check_loops(max_loops, "max_loops")
+  mesh = mesh or sharding.make_mesh()
+  if fixed is None or any(str(max_loops) not in fixed[s] for s in splits):
+    fixed = sweep(model, params, splits, max_loops, mesh, batch_size)
+  table = {}
+  for name, examples in splits.items():
+    got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size)
+    by_r = {r: fixed[name][str(r)] for r in range(1, max_loops + 1)}
+    best = min(by_r, key=lambda r: (-by_r[r], r))
+    table[name] = {"policy": str(pol), "accuracy": float(np.mean(got["answer"] == examples["target"])),
+                   "mean_loops": float(got["loops"].mean()), "median_loops": float(np.median(got["loops"])),
+                   "max_loops": int(got["loops"].max()), "executed_loops": float(got["executed"].mean()),
+                   "best_fixed": {"loops": best, "accuracy": by_r[best]},
+                   "fixed_max": {"loops": max_loops, "accuracy": by_r[max_loops]}}
+  return table
+
+
+def logit_margins(logits_RxBxV, target_B):
+  """(margin_RxB: target logit - best other logit, hit_RxB: whether the argmax is the target)."""
+  logits_RxBxV = logits_RxBxV.astype(jnp.float32)
+  is_target_1xBxV = jax.nn.one_hot(target_B, logits_RxBxV.shape[-1], dtype=bool)[None]
+  target_RxB = jnp.sum(jnp.where(is_target_1xBxV, logits_RxBxV, 0.0), -1)
+  other_RxB = jnp.max(jnp.where(is_target_1xBxV, -jnp.inf, logits_RxBxV), -1)
+  return target_RxB - other_RxB, jnp.argmax(logits_RxBxV, -1) == target_B[None]
+
+
+@functools.lru_cache(maxsize=None)
+def _per_loop_fn(model, mesh, n_loops: int):
+  def fn(params, tokens_BxT, read_pos_B, target_B):
+    return logit_margins(model.loop_logits(params, tokens_BxT, read_pos_B, n_loops), target_B)
+
+  data_ = sharding.data_sharded(mesh)
+  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), data_, data_, data_),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256):
+  """(margin_RxN, hit_RxN) after every loop R = 1..n_loops, from one scan per batch."""
+  parts = list(_batches(functools.partial(_per_loop_fn(model, mesh, n_loops), params), examples, mesh, batch_size))
+  return tuple(np.concatenate([out[i][:, :size] for out, size in parts], 1) for i in range(2))
+
+
+def summarize_margins(margin_RxN, hit_RxN) -> dict:
+  """The mean margin per loop, t_star (mean first hit over examples that ever hit; None if none), the fraction
+  that ever hit, and peak_loop (1-based loop of the largest mean margin)."""
+  ever_N = hit_RxN.any(0)
+  first_N = hit_RxN.argmax(0) + 1
+  curve_R = margin_RxN.mean(1)
+  return {"margin": [float(x) for x in curve_R], "t_star": float(first_N[ever_N].mean()) if ever_N.any() else None,
+          "hit_fraction": float(ever_N.mean()), "peak_loop": int(curve_R.argmax()) + 1}
+
+
+def margins(model, params, splits: dict, n_loops: int = MARGIN_LOOPS, mesh=None, batch_size: int = 256) -> dict:
+  """Overthinking per split: mean logit margin (target logit - best other logit) after each loop t = 1..n_loops,
+  `t_star` (mean first loop whose argmax is the answer, over examples that ever hit; None if none),
+  `hit_fraction` (examples that ever hit) and `peak_loop` (the loop of the largest mean margin).
+
+      m = margins(model, params, splits, n_loops=50)
+      m["4hop_test"]["margin"][9], m["4hop_test"]["t_star"], m["4hop_test"]["peak_loop"]
+  """
+  _check_loops(n_loops, "margin_loops")
+  mesh = mesh or sharding.make_mesh()
+  return {name: summarize_margins(*per_loop(model, params, examples, n_loops, mesh, batch_size))
+          for name, examples in splits.items()}
+
+
+def analyze_model(model, params, splits: dict, max_loops: int, policies=tuple(halting.RULES),
+                  halt_loops: int = halting.DEFAULT_CAP, margin_loops: int = MARGIN_LOOPS, mesh=None,
+                  batch_size: int = 256) -> dict:
+  """{"sweep": accuracy[split][R] for R = 1..max(max_loops, halt_loops), "halting": policy -> split -> row,
+  "margins": split -> curve} for one model. The sweep and the margins come from one scan per batch (one
+  compile), the halting of every policy from one compiled while_loop."""
+  mesh = mesh or sharding.make_mesh()
+  pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p) for p in policies]
+  sweep_loops = max(max_loops, halt_loops)
+  acc, curves = {}, {}
+  for name, examples in splits.items():
+    margin_RxN, hit_RxN = per_loop(model, params, examples, max(sweep_loops, margin_loops), mesh, batch_size)
+    acc[name] = {str(r + 1): float(a) for r, a in enumerate(hit_RxN[:sweep_loops].mean(1))}
+    curves[name] = summarize_margins(margin_RxN[:margin_loops], hit_RxN[:margin_loops])
+  return {"sweep": acc,
+          "halting": {str(p): halt(model, params, splits, p, halt_loops, mesh, batch_size, fixed=acc) for p in pols},
+          "margins": curves}
+
+
+def halting_markdown(analyses: dict) -> str:
+  """Per model, a split x policy table of accuracy and mean / median loops, with the fixed-R baselines."""
+  lines = ["# Adaptive halting", ""]
+  for name, a in analyses.items():
+    pols = list(a["halting"])
+    first = a["halting"][pols[0]]
+    lines += [f"## {name}", "", "accuracy, mean / median loops", "",
+              "| split | " + " | ".join(pols) + " | best fixed R | fixed R = cap |", "|---" * (len(pols) + 3) + "|"]
+    for split in sorted(first, key=data.hop_of):
+      cells = [f"{a['halting'][p][split]['accuracy']:.2f}, {a['halting'][p][split]['mean_loops']:.1f} / "
+               f"{a['halting'][p][split]['median_loops']:.0f}" for p in pols]
+      fixed = [first[split][k] for k in ("best_fixed", "fixed_max")]
+      cells += [f"{f['accuracy']:.2f}, R = {f['loops']}" for f in fixed]
+      lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot_margins(margins_by_model: dict, path: str):
+  """Margin vs loop, one line per hop, a dashed vertical line at each hop's mean t*, the zero line."""
+  plt = plots.plt
+  names = list(margins_by_model)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    splits = sorted(margins_by_model[name], key=data.hop_of)
+    colors = plt.cm.viridis(np.linspace(0, 0.95, len(splits)))
+    for split, color in zip(splits, colors):
+      m = margins_by_model[name][split]
+      ax.plot(range(1, len(m["margin"]) + 1), m["margin"], color=color, label=f"{data.hop_of(split)} hops")
+      if m["t_star"] is not None:
+        ax.axvline(m["t_star"], color=color, ls="--", lw=0.8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(title=name, xlabel="loop t", ylabel="logit margin" if ax is axes[0][0] else None)
+  axes[0][-1].legend(fontsize="small", loc="best")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plots.plt.close(fig)
+
+
+def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
+  """analysis.json ({"models": model -> analyze_model's dict}), analysis_accuracy_hop_by_loops.png, margins.png
+  and halting.md in run_dir."""
+  runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
+  plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
+                 os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
+  plot_margins({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
+  with open(os.path.join(run_dir, "halting.md"), "w") as f:
+    f.write(halting_markdown(analyses))
+
+
+def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
+            margin_loops: int = MARGIN_LOOPS) -> str:
+  """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
+  of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work."""
+  pols = [halting.parse_policy(p) for p in (policies or halting.RULES)]
+  for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
+    if value is not None:
+      _check_loops(value, what)
+  config_path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(config_path):
+    raise C.ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
+  saved = runs.read_json(config_path)
+  module = cli.load_experiment(saved["experiment"])
+  cfg = C.from_dict(module.Config, saved["config"])
+  restored = {}
+  for name in cfg.models:
+    restored[name] = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
+    if restored[name] is None:
+      raise C.ConfigError(f"{run_dir!r}: no checkpoint of model {name!r}")
+  task = data.make_task(cfg.data)
+  splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
+  max_loops = cfg.eval.max_loops if max_loops is None else max_loops
+  mesh = sharding.make_mesh()
+  analyses, trained = {}, {}
+  for name, (params, meta) in restored.items():
+    params = jax.device_put(params, sharding.replicated(mesh))
+    model = LoopedTransformer(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
+    analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
+                                   cfg.eval.batch_size)
+    trained[name] = meta["stage"]
+  if jax.process_index() == 0:
+    write(run_dir, analyses, trained)
+  return os.path.join(run_dir, "analysis.json")

@@ -1,0 +1,173 @@
+"""Adaptive halting at inference: pluggable stopping rules inside a `lax.while_loop` that stops computing once
+every example of the batch has halted (or the cap is hit). Evaluation only.
+
+After loop t (1-based) each example gets signals: `kl` = KL(p_t || p_{t-1}), `entropy` = H(p_t) (nats), `latent`
+= ||h_t - h_{t-1}|| / ||h_t|| at the answer position, `streak` = loops in a row the answer (argmax) has not
+changed, `answer`. At loop 1 there is no previous loop: kl and latent are +inf, streak is 0. A policy stops an
+example at the first loop where all of its tests pass, else at the cap; the example keeps that loop's answer.
+Thresholds are strict (`kl < eps`, `entropy < max_entropy`, `latent < delta`) and non-negative, so 0 is never
+met and the policy runs every example to the cap, exactly fixed R = cap (for `argmax`, `streak >= n` with
+n >= cap is never met); +inf is met as soon as the signal exists.
+
+    pol = policy("kl_entropy", eps=1e-3, max_entropy=3.0)      # or parse_policy("kl_entropy:eps=1e-3")
+    loops_B, answer_B, executed = compiled(model, mesh)(params, tokens_BxT, read_pos_B, pol.thresholds(), 16)
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from looprec import loop, sharding
+from looprec.config import ConfigError
+from looprec.model import gather_positions
+
+# Each parameter is one test on one signal; a policy stops an example where all of its tests pass.
+TESTS = {
+    "eps": lambda s, v: s["kl"] < v,
+    "max_entropy": lambda s, v: s["entropy"] < v,
+    "delta": lambda s, v: s["latent"] < v,
+    "n": lambda s, v: s["streak"] >= v,
+}
+# name -> default parameters (which also say which tests the policy applies)
+RULES = {
+    "kl_entropy": {"eps": 1e-3, "max_entropy": 3.0},  # the paper's rule
+    "kl": {"eps": 1e-3},
+    "entropy": {"max_entropy": 3.0},
+    "latent": {"delta": 1e-2},
+    "argmax": {"n": 2},
+}
+DEFAULT_CAP = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """A rule of RULES with its parameters."""
+
+  name: str
+  params: tuple  # ((key, value), ...) in RULES order
+
+  def thresholds(self):
+    """(values, used): one float and one bool per test of TESTS, the traced form every policy compiles to."""
+    params = dict(self.params)
+    return (jnp.array([float(params.get(k, 0.0)) for k in TESTS], jnp.float32),
+            jnp.array([k in params for k in TESTS]))
+
+  def __str__(self):
+    return self.name + "".join(f"{',' if i else ':'}{k}={v:g}" for i, (k, v) in enumerate(self.params))
+
+
+def stop(signals: dict, values, used):
+  """Which examples stop: every used test passes."""
+  return functools.reduce(jnp.logical_and, [test(signals, values[i]) | ~used[i]
+                                            for i, test in enumerate(TESTS.values())])
+
+
+def policy(name: str, **params) -> Policy:
+  """The named policy with its defaults overridden by params; ConfigError on unknown names or bad values."""
+  if name not in RULES:
+    raise ConfigError(f"unknown halting policy {name!r} (have {', '.join(RULES)})")
+  defaults = RULES[name]
+  for key, value in params.items():
+    if key not in defaults:
+      raise ConfigError(f"halting policy {name!r} has no parameter {key!r} (have {', '.join(defaults)})")
+    if key == "n":
+      if not float(value).is_integer() or value < 1:
+        raise ConfigError(f"{name}: n={value} must be an integer >= 1")
+    elif math.isnan(value) or value < 0:
+      raise ConfigError(f"{name}: {key}={value} must be >= 0")
+  merged = {**defaults, **params}
+  return Policy(name, tuple((k, int(v) if k == "n" else float(v)) for k, v in merged.items()))
+
+
+def parse_policy(spec: str) -> Policy:
+  """`name` or `name:key=value,key=value`, e.g. `kl_entropy:eps=1e-4,max_entropy=2`."""
+  name, _, rest = spec.partition(":")
+  params = {}
+  for item in filter(None, rest.split(",")):
+    key, sep, text = item.partition("=")
+    try:
+      params[key] = float(text if sep else "?")
+    except ValueError:
+      raise ConfigError(f"halting policy {spec!r}: {item!r} is not key=number") from None
+  return policy(name, **params)
+
+
+def init_signals(batch: int, vocab: int, d_model: int) -> dict:
+  """What `observe` carries from one loop to the next, before loop 1."""
+  return {"logp": jnp.zeros((batch, vocab)), "hidden": jnp.zeros((batch, d_model)),
+          "answer": jnp.zeros((batch,), jnp.int32), "streak": jnp.zeros((batch,), jnp.int32)}
+
+
+def observe(prev: dict, t, logits_BxV, hidden_BxD) -> dict:
+  """The signals after loop t (0-based) from its answer logits and hidden state; also the next `prev`."""
+  logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1)
+  p_BxV = jnp.exp(logp_BxV)
+  first = t == 0
+  entropy_B = jnp.maximum(-jnp.sum(jnp.where(p_BxV > 0, p_BxV * logp_BxV, 0.0), -1), 0.0)
+  kl_B = jnp.maximum(jnp.sum(jnp.where(p_BxV > 0, p_BxV * (logp_BxV - prev["logp"]), 0.0), -1), 0.0)
+  hidden_BxD = hidden_BxD.astype(jnp.float32)
+  change_B = jnp.linalg.norm(hidden_BxD - prev["hidden"], axis=-1) / jnp.maximum(
+      jnp.linalg.norm(hidden_BxD, axis=-1), 1e-30)
+  answer_B = jnp.argmax(logp_BxV, -1).astype(jnp.int32)
+  streak_B = jnp.where(first | (answer_B != prev["answer"]), 0, prev["streak"] + 1)
+  return {"kl": jnp.where(first, jnp.inf, kl_B), "entropy": entropy_B,
+          "latent": jnp.where(first, jnp.inf, change_B), "streak": streak_B, "answer": answer_B,
+          "logp": logp_BxV, "hidden": hidden_BxD}
+
+
+def _record(thresholds, carry: dict, t, logits_BxV, hidden_BxD, cap):
+  """One loop's bookkeeping: signals, which examples stop, their loop count and answer."""
+  s = observe(carry["prev"], t, logits_BxV, hidden_BxD)
+  stop_B = stop(s, *thresholds) | (t + 1 >= cap)
+  new_B = stop_B & ~carry["halted"]
+  prev = {k: s[k] for k in ("logp", "hidden", "answer", "streak")}
+  return {"prev": prev, "halted": carry["halted"] | stop_B, "loops": jnp.where(new_B, t + 1, carry["loops"]),
+          "answer": jnp.where(new_B, s["answer"], carry["answer"])}
+
+
+def _start(batch: int, vocab: int, d_model: int) -> dict:
+  zeros_B = jnp.zeros((batch,), jnp.int32)
+  return {"prev": init_signals(batch, vocab, d_model), "halted": jnp.zeros((batch,), bool), "loops": zeros_B,
+          "answer": zeros_B}
+
+
+def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
+  """Loops until every example halts by `thresholds` (Policy.thresholds()) or max_loops loops have run (both
+  may be traced). Returns (loops_B: the loop each example halted at, answer_B: its answer there, executed: the
+  loops the batch actually ran)."""
+  e_BxTxD, step = model.loop_step(params, tokens_BxT)
+
+  def update(h_BxTxD, t, carry):
+    hidden_BxD = gather_positions(h_BxTxD, read_pos_B)
+    carry = _record(thresholds, carry, t, model.head(params, hidden_BxD), hidden_BxD, max_loops)
+    return carry, jnp.all(carry["halted"])
+
+  start = _start(tokens_BxT.shape[0], model.vocab_size, model.cfg.d_model)
+  _, carry, executed = loop.while_loops(step, e_BxTxD, max_loops, start, update)
+  return carry["loops"], carry["answer"], executed
+
+
+def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None):
+  """The same rule applied to recorded per-loop logits (cap = R): (loops_B, answer_B). For checks and traces."""
+  r, b, v = logits_RxBxV.shape
+  if hidden_RxBxD is None:
+    hidden_RxBxD = jnp.ones((r, b, 1))
+
+  def body(carry, xs):
+    t, logits_BxV, hidden_BxD = xs
+    return _record(pol.thresholds(), carry, t, logits_BxV, hidden_BxD, r), None
+
+  carry, _ = jax.lax.scan(body, _start(b, v, hidden_RxBxD.shape[-1]), (jnp.arange(r), logits_RxBxV, hidden_RxBxD))
+  return carry["loops"], carry["answer"]
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(model, mesh):
+  """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them."""
+  data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
+  return jax.jit(functools.partial(run, model), in_shardings=(rep, data, data, rep, rep),
+                 out_shardings=(data, data, rep))

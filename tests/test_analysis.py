@@ -1,0 +1,116 @@
+"""Inference-time depth analysis: one-compile sweeps, margins, and `python -m looprec analyze` on a smoke run."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import monitoring
+
+from conftest import run_cli
+from looprec import analysis, cli, halting
+from looprec.config import ConfigError, ModelConfig
+from looprec.model import LoopedTransformer
+
+COMPILES = []
+monitoring.register_event_duration_secs_listener(
+    lambda name, *_, **__: COMPILES.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+
+
+def split(n, seed):
+  rng = np.random.default_rng(seed)
+  return {"tokens": rng.integers(1, 12, (n, 5)).astype(np.int32), "read_pos": np.full(n, 4, np.int32),
+          "target": rng.integers(0, 12, n).astype(np.int32)}
+
+
+def test_sweep_of_24_loops_compiles_once():
+  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, attn_window=2), vocab_size=12)
+  params = model.init(jax.random.PRNGKey(0))
+  splits = {"1hop_test": split(10, 0), "2hop_test": split(7, 1)}
+  COMPILES.clear()
+  acc = analysis.sweep(model, params, splits, 24, batch_size=8)  # two splits, three batches
+  assert len(COMPILES) == 1
+  assert [len(acc[s]) for s in splits] == [24, 24]
+  loop_logits_RxBxV = model.loop_logits(params, splits["2hop_test"]["tokens"], splits["2hop_test"]["read_pos"], 24)
+  want_R = np.mean(np.argmax(loop_logits_RxBxV, -1) == splits["2hop_test"]["target"], 1)
+  np.testing.assert_allclose([acc["2hop_test"][str(r)] for r in range(1, 25)], want_R)
+  with pytest.raises(ConfigError, match="max_loops=0"):
+    analysis.sweep(model, params, splits, 0)
+
+
+def test_margins_on_a_synthetic_case():
+  # two examples, target 0, three loops: ex0 wrong, right, right; ex1 never right
+  logits_RxBxV = jnp.array([[[0.0, 2.0, 1.0], [0.0, 1.0, 0.0]],
+                            [[3.0, 1.0, 0.0], [0.0, 2.0, 0.0]],
+                            [[1.5, 1.0, 0.0], [-1.0, 3.0, 0.0]]])
+  margin_RxB, hit_RxB = analysis.logit_margins(logits_RxBxV, jnp.array([0, 0]))
+  np.testing.assert_allclose(margin_RxB, [[-2.0, -1.0], [2.0, -2.0], [0.5, -4.0]])
+  m = analysis.summarize_margins(np.asarray(margin_RxB), np.asarray(hit_RxB))
+  np.testing.assert_allclose(m["margin"], [-1.5, 0.0, -1.75])
+  assert m["t_star"] == 2.0 and m["hit_fraction"] == 0.5 and m["peak_loop"] == 2
+  assert analysis.summarize_margins(np.asarray(margin_RxB)[:1], np.asarray(hit_RxB)[:1])["t_star"] is None
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  runs = tmp_path_factory.mktemp("runs")
+  proc = run_cli("experiment", "depth_extrap", "--preset", "smoke", "train.steps=60", "models.vanilla.steps=20",
+                 "eval.max_hop=3", "--runs-dir", str(runs))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return os.path.realpath(runs / "depth_extrap" / "latest")
+
+
+def test_experiment_reports_halting_and_margins(smoke_run):
+  with open(os.path.join(smoke_run, "results.json")) as f:
+    results = json.load(f)
+  for name in ("looped", "vanilla"):
+    assert set(results["halting"][name]) == {str(halting.parse_policy(p)) for p in halting.RULES}
+    for table in results["halting"][name].values():
+      assert set(table) == {"atomic", "2hop_test", "3hop_test"}
+      assert all(set(row) == {"accuracy", "mean_loops", "median_loops"} for row in table.values())
+    for curve in results["margins"][name].values():
+      assert len(curve["margin"]) == analysis.MARGIN_LOOPS and 1 <= curve["peak_loop"] <= analysis.MARGIN_LOOPS
+  assert {"analysis.json", "margins.png", "halting.md"} <= set(os.listdir(smoke_run))
+
+
+def test_analyze_command_writes_analysis(smoke_run, capsys):
+  for f in ("analysis.json", "margins.png", "halting.md", "analysis_accuracy_hop_by_loops.png"):
+    os.remove(os.path.join(smoke_run, f))
+  assert cli.main(["analyze", smoke_run, "--max-loops", "4", "--margin-loops", "6", "--halt-loops", "5"]) == 0
+  assert capsys.readouterr().out.strip().splitlines()[-1] == f"analysis: {smoke_run}/analysis.json"
+  with open(os.path.join(smoke_run, "analysis.json")) as f:
+    models = json.load(f)["models"]
+  assert set(models) == {"looped", "vanilla"}
+  looped = models["looped"]
+  assert [p.partition(":")[0] for p in looped["halting"]] == list(halting.RULES)
+  for table in looped["halting"].values():
+    for row in table.values():
+      assert 1 <= row["mean_loops"] <= row["max_loops"] <= 5 and row["fixed_max"]["loops"] == 5
+  assert len(looped["sweep"]["2hop_test"]) == 5 and len(looped["margins"]["2hop_test"]["margin"]) == 6
+  assert {"analysis_accuracy_hop_by_loops.png", "margins.png", "halting.md"} <= set(os.listdir(smoke_run))
+
+
+BAD = [
+    (["--policy", "nope"], "unknown halting policy 'nope'"),
+    (["--policy", "kl_entropy:eps=-1"], "eps=-1.0 must be >= 0"),
+    (["--max-loops", "0"], "max_loops=0 must be >= 1"),
+    (["--margin-loops", "x"], "invalid int value"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_analyze_bad_input(smoke_run, capsys, args, message):
+  assert cli.main(["analyze", smoke_run, *args]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_analyze_needs_a_run_with_checkpoints(smoke_run, tmp_path, capsys):
+  assert cli.main(["analyze", str(tmp_path)]) == 2
+  assert "is not a run folder" in capsys.readouterr().err
+  shutil.copy(os.path.join(smoke_run, "config.json"), tmp_path)
+  assert cli.main(["analyze", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no checkpoint of model 'looped'" in err[0]
