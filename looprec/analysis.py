@@ -23,17 +23,6 @@ def _check_loops(value: int, what: str):
     raise C.ConfigError(f"{what}={value} must be >= 1")
 
 
-def _batches(fn, examples: dict, mesh, batch_size: int):
-  """Yields (host outputs of fn(tokens, read_pos, target), real rows) over padded, data-sharded chunks."""
-  step = batch_size - batch_size % mesh.devices.size or mesh.devices.size
-  for start in range(0, len(examples["target"]), step):
-    chunk = {k: np.asarray(examples[k][start:start + step]) for k in ("tokens", "read_pos", "target")}
-    size = len(chunk["target"])
-    padded = {k: np.concatenate([v, np.repeat(v[-1:], step - size, 0)]) for k, v in chunk.items()}
-    arrays = sharding.put_batch(padded, mesh)
-    yield jax.device_get(fn(arrays["tokens"], arrays["read_pos"], arrays["target"])), size
-
-
 def sweep(model, params, splits: dict, max_loops: int, mesh=None, batch_size: int = 256) -> dict:
   """accuracy[split][str(R)] for R = 1..max_loops, read after every loop of one scan: one compile for all R.
 
@@ -49,8 +38,8 @@ def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops:
   """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops."""
   fn, thresholds = halting.compiled(model, mesh), pol.thresholds()
   loops, answers, executed = [], [], []
-  for (loops_B, answer_B, ran), size in _batches(lambda t, r, _: fn(params, t, r, thresholds, max_loops), examples,
-                                                  mesh, batch_size):
+  run = lambda t, r, _: fn(params, t, r, thresholds, max_loops)
+  for (loops_B, answer_B, ran), size in evaluation.batches(run, examples, mesh, batch_size):
     loops.append(loops_B[:size])
     answers.append(answer_B[:size])
     executed.append(int(ran))
@@ -106,7 +95,8 @@ def _per_loop_fn(model, mesh, n_loops: int):
 
 def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256):
   """(margin_RxN, hit_RxN) after every loop R = 1..n_loops, from one scan per batch."""
-  parts = list(_batches(functools.partial(_per_loop_fn(model, mesh, n_loops), params), examples, mesh, batch_size))
+  fn = functools.partial(_per_loop_fn(model, mesh, n_loops), params)
+  parts = list(evaluation.batches(fn, examples, mesh, batch_size))
   return tuple(np.concatenate([out[i][:, :size] for out, size in parts], 1) for i in range(2))
 
 

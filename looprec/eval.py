@@ -26,19 +26,22 @@ def _per_loop_correct_fn(model: LoopedTransformer, mesh, max_loops: int):
                  out_shardings=sharding.replicated(mesh))
 
 
-def per_loop_correct(model, params, examples: dict, max_loops: int, mesh, batch_size: int) -> np.ndarray:
-  """R_max x N booleans: whether each example's answer after loop R is right."""
-  n = len(examples["target"])
+def batches(fn, examples: dict, mesh, batch_size: int):
+  """Yields (host outputs of fn(tokens, read_pos, target), real rows) over chunks of examples padded to a
+  multiple of the device count and sharded on `data`."""
   step = batch_size - batch_size % mesh.devices.size or mesh.devices.size
-  fn = _per_loop_correct_fn(model, mesh, max_loops)
-  out = []
-  for start in range(0, n, step):
-    chunk = {k: v[start:start + step] for k, v in examples.items()}
+  for start in range(0, len(examples["target"]), step):
+    chunk = {k: np.asarray(examples[k][start:start + step]) for k in ("tokens", "read_pos", "target")}
     size = len(chunk["target"])
     padded = {k: np.concatenate([v, np.repeat(v[-1:], step - size, 0)]) for k, v in chunk.items()}
-    arrays = sharding.put_batch({k: padded[k] for k in ("tokens", "read_pos", "target")}, mesh)
-    out.append(np.asarray(fn(params, arrays["tokens"], arrays["read_pos"], arrays["target"]))[:, :size])
-  return np.concatenate(out, axis=1)
+    arrays = sharding.put_batch(padded, mesh)
+    yield jax.device_get(fn(arrays["tokens"], arrays["read_pos"], arrays["target"])), size
+
+
+def per_loop_correct(model, params, examples: dict, max_loops: int, mesh, batch_size: int) -> np.ndarray:
+  """R_max x N booleans: whether each example's answer after loop R is right."""
+  fn = functools.partial(_per_loop_correct_fn(model, mesh, max_loops), params)
+  return np.concatenate([out[:, :size] for out, size in batches(fn, examples, mesh, batch_size)], axis=1)
 
 
 def sweep(model, params, splits: dict, max_loops: int, mesh, batch_size: int = 256) -> dict:
