@@ -51,9 +51,10 @@ def chains_dataset(seed: int, n_entities: int, n_relations: int, min_hop: int, m
 
 
 def composition_dataset(seed: int, n_entities: int, n_relations: int, out_degree: int, ood_ratio: float,
-                        phi: float, probe_size: int):
+                        phi: float, probe_size: int, iid_test_prob: float = 0.005):
   """Task A as (vocab, train_rows, test_rows): untyped training rows, probes typed by split name."""
-  data = composition.make_composition(seed, n_entities, n_relations, out_degree, ood_ratio, phi, probe_size)
+  data = composition.make_composition(seed, n_entities, n_relations, out_degree, ood_ratio, phi, probe_size,
+                                      iid_test_prob)
   vocab = Vocab.standard(n_entities, n_relations)
   train_rows = [row for f in data.train() for row in facts_to_rows(vocab, f)]
   test_rows = [row for name, f in data.probes.items() for row in facts_to_rows(vocab, f, name)]
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
   co.add_argument("--ood-ratio", type=float, default=0.05)
   co.add_argument("--phi", type=float, default=7.2)
   co.add_argument("--probe-size", type=int, default=3000)
+  co.add_argument("--iid-test-prob", type=float, default=0.005, help="share of ID 2-hop paths held out for testing")
   for p in (ch, co):
     p.add_argument("--out", required=True, help="dataset folder to create")
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +102,8 @@ def main(argv=None) -> int:
           args.test_per_hop, args.test_fraction, args.probe_size)
     else:
       vocab, train_rows, test_rows = composition_dataset(
-          args.seed, args.entities, args.relations, args.out_degree, args.ood_ratio, args.phi, args.probe_size)
+          args.seed, args.entities, args.relations, args.out_degree, args.ood_ratio, args.phi, args.probe_size,
+          args.iid_test_prob)
     write_dataset(args.out, vocab, train_rows, test_rows, overwrite=args.overwrite)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

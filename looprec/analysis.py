@@ -195,7 +195,8 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
             margin_loops: int = MARGIN_LOOPS) -> str:
   """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
-  of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work."""
+  of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
+  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops."""
   pols = [halting.parse_policy(p) for p in (policies or halting.RULES)]
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
@@ -211,6 +212,8 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     restored[name] = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
     if restored[name] is None:
       raise C.ConfigError(f"{run_dir!r}: no checkpoint of model {name!r}")
+  if hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
+    return module.analyze_run(cfg, run_dir, restored, max_loops)
   task = data.make_task(cfg.data)
   splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops

@@ -5,6 +5,7 @@ run resumes exactly. Restores go into `jax.eval_shape` targets with the live sha
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import grain
@@ -24,7 +25,7 @@ class Checkpointer:
   def save(self, step: int, state, data_iterator, meta: dict):
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iterator),
-                              meta=ocp.args.JsonSave(meta))
+                              meta=ocp.args.JsonSave(copy.deepcopy(meta)))  # written asynchronously
     self.manager.save(step, args=args, force=True)
 
   def restore_meta(self, step: int) -> dict:

@@ -126,6 +126,32 @@ class ChainDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompositionDataConfig:
+  """2-hop composition over a random graph with ID/OOD atomic facts (RECIPE task A), generated or from JSON."""
+
+  source: str = "generate"  # "generate" or the path of an official-format JSON folder
+  seed: int = 0
+  n_entities: int = 100
+  n_relations: int = 20
+  out_degree: int = 10  # distinct relations per entity, each to a uniformly random tail
+  ood_ratio: float = 0.1  # share of atomic facts that are OOD (trained, never composed in training)
+  phi: float = 7.2  # training inferred facts = phi x ID atomic facts
+  iid_test_prob: float = 0.005  # share of ID 2-hop paths held out as test_inferred_iid
+  n_probe: int = 3000  # examples per probe split
+  answer_at: str = "last_input"  # the answer is predicted at the last input token (RECIPE)
+
+  def validate(self):
+    _check(self.n_entities >= 2, f"data.n_entities={self.n_entities} must be >= 2")
+    _check(1 <= self.out_degree <= self.n_relations,
+           f"data.out_degree={self.out_degree} must be in 1..data.n_relations={self.n_relations}")
+    _check(0.0 < self.ood_ratio < 1.0, f"data.ood_ratio={self.ood_ratio} must be in (0, 1)")
+    _check(0.0 < self.iid_test_prob < 1.0, f"data.iid_test_prob={self.iid_test_prob} must be in (0, 1)")
+    _check(self.phi > 0, f"data.phi={self.phi} must be > 0")
+    _check(self.n_probe >= 1, f"data.n_probe={self.n_probe} must be >= 1")
+    _check(self.answer_at in ("last_input", "next"), f"data.answer_at={self.answer_at!r} is not last_input or next")
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 1000  # total steps over all curriculum stages
   max_minutes: float = 0.0  # wall-time budget; 0 = none
@@ -138,6 +164,8 @@ class TrainConfig:
   b2: float = 0.999
   grad_clip: float = 1.0  # 0 = off
   label_smoothing: float = 0.0
+  grokfast_alpha: float = 0.0  # Grokfast-EMA gradient filter g + lambda * EMA_alpha(g); 0 = off
+  grokfast_lambda: float = 2.0
   start_hop: int = 2  # curriculum: first stage trains on hops <= start_hop
   max_hop: int = 4  # last stage; the trained depth k
   threshold: float = 0.95  # advance when the current hop's held-out accuracy exceeds this
@@ -159,6 +187,8 @@ class TrainConfig:
     _check(1 <= self.start_hop <= self.max_hop,
            f"train.start_hop={self.start_hop} and train.max_hop={self.max_hop} need 1 <= start <= max")
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
+    _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
+    _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

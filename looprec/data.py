@@ -1,8 +1,10 @@
-"""Data pipeline: k-hop chain tasks as grain datasets of batches, fixed evaluation splits, placement on a mesh.
+"""Data pipeline: k-hop chain and 2-hop composition tasks as grain datasets of batches, fixed evaluation splits.
 
-A task turns example ids into arrays, deterministically. Step s of a curriculum stage that began at step s0
-reads example ids [(s0 + j) * B, (s0 + j + 1) * B) with j = s - s0, so a grain `MapDataset` of batches has
-random access and its iterator state (`next_index`) plus (stage, s0) resumes the stream exactly.
+A task turns example ids into arrays, deterministically: chains are generated from the id (or picked from a
+fixed pool), composition facts are the rows of a finite training set in a per-epoch grain shuffle. Step s of a
+curriculum stage that began at step s0 reads example ids [(s0 + j) * B, (s0 + j + 1) * B) with j = s - s0, so a
+grain `MapDataset` of batches has random access and its iterator state (`next_index`) plus (stage, s0) resumes
+the stream exactly.
 
 A batch is a dict of numpy arrays: `tokens` (B x T int32, right-padded with 0), `read_pos` (B, where the
 answer is read), `target` (B, the answer's token id), `hop` (B).
@@ -16,9 +18,10 @@ import grain
 import jax
 import numpy as np
 
-from data_gen import chains
+from data_gen import chains, composition
+from data_gen.facts import Facts
 from data_gen.vocab import Vocab
-from looprec.config import ChainDataConfig, ConfigError
+from looprec.config import ChainDataConfig, CompositionDataConfig, ConfigError
 
 _MAX_STEPS = 1 << 40
 _SALT_HOP = 0x686F70
@@ -138,6 +141,9 @@ class ChainTask:
     heads, rels = chains.held_out_chains(c.seed, c.n_entities, c.n_relations, hop, c.n_eval, c.test_fraction)
     return encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at)
 
+  def monitor_splits(self, stage: int) -> dict:
+    return monitor_hops(self, stage)
+
 
 @dataclasses.dataclass
 class JsonChainTask:
@@ -196,13 +202,93 @@ class JsonChainTask:
       raise ConfigError(f"data folder {self.cfg.source!r}: split {name!r} is empty")
     return ex
 
+  def monitor_splits(self, stage: int) -> dict:
+    return monitor_hops(self, stage)
+
+
+def monitor_hops(task, stage: int) -> dict:
+  """What training evaluates at a curriculum stage: the held-out split of every hop trained so far."""
+  return {split_name(hop): task.eval_split(hop) for hop in range(1, stage + 1)}
+
+
+@dataclasses.dataclass
+class CompositionTask:
+  """RECIPE task A: a finite training set (all atomic facts + the training 2-hop facts) streamed in epochs,
+  each a fresh grain shuffle of the rows, and fixed probe splits (`composition.SPLITS`). Probe examples of
+  2-hop facts carry `bridge`, the entity after the first hop (token id), for the logit lens."""
+
+  cfg: CompositionDataConfig
+  max_hop = eval_max_hop = 2
+
+  def __post_init__(self):
+    c = self.cfg
+    if c.source == "generate":
+      try:
+        data = composition.make_composition(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio, c.phi,
+                                            c.n_probe, c.iid_test_prob)
+      except ValueError as e:
+        raise ConfigError(str(e)) from None
+      self.vocab, train_facts, probes = Vocab.standard(c.n_entities, c.n_relations), data.train(), data.probes
+    else:
+      self.vocab, train_facts, probes = _read_composition(c.source, c.n_probe)
+    self.train = concat([self._encode(f, with_bridge=False) for f in train_facts])
+    self.probes = {name: self._encode(f, with_bridge=True) for name, f in probes.items()}
+    self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
+
+  def _encode(self, facts: Facts, with_bridge: bool) -> dict:
+    ex = encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, width(2, self.cfg.answer_at),
+                self.cfg.answer_at, pad_hop=2)
+    if with_bridge and facts.bridges_B is not None:
+      ex["bridge"] = self.vocab.entity_ids(facts.bridges_B).astype(np.int32)
+    return ex
+
+  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
+    """Rows at the given positions of the endless stream: epoch e = ids in [e n, (e + 1) n) visits every
+    training row once, in the order of the epoch's shuffle."""
+    del max_hop, pad_hop  # every row is trained from the start, padded to two hops
+    return take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
+
+  def monitor_splits(self, stage: int) -> dict:
+    del stage
+    return self.probes
+
+
+def _read_composition(folder: str, n_probe: int):
+  """(vocab, training Facts groups, probes) of an official-format task A folder. The bridge of a 2-hop probe is
+  looked up among the atomic training facts (every atomic fact is trained in task A)."""
+  from data_gen import io  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(folder):
+    raise ConfigError(f"data folder {folder!r} does not exist")
+  try:
+    vocab, train_rows, test_rows = io.read_dataset(folder)
+    train = list(io.rows_to_facts(vocab, train_rows, "train.json").values())
+    tests = io.rows_to_facts(vocab, test_rows, "test.json")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  atomic = {(int(h), int(r[0])): int(t) for f in train if f.hop == 1
+            for h, r, t in zip(f.heads_B, f.rels_BxK, f.tails_B)}
+  probes = {}
+  for (hop, name), f in tests.items():
+    if name not in composition.SPLITS or hop not in (1, 2):
+      raise ConfigError(f"{folder}/test.json: a {hop}-hop row of type {name!r}; expected 1- or 2-hop rows typed "
+                        f"{', '.join(composition.SPLITS)}")
+    if hop == 2:
+      missing = [(h, r[0]) for h, r in zip(f.heads_B, f.rels_BxK) if (int(h), int(r[0])) not in atomic]
+      if missing:
+        raise ConfigError(f"{folder}: the first hop {missing[0]} of a {name!r} row is not an atomic training fact")
+      f = Facts(f.heads_B, f.rels_BxK, f.tails_B, [atomic[int(h), int(r[0])] for h, r in zip(f.heads_B, f.rels_BxK)])
+    probes[name] = f.take(slice(0, n_probe))
+  return vocab, train, probes
+
 
 def concat(parts: list[dict]) -> dict:
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def make_task(cfg: ChainDataConfig):
+def make_task(cfg: ChainDataConfig | CompositionDataConfig):
   cfg.validate()
+  if isinstance(cfg, CompositionDataConfig):
+    return CompositionTask(cfg)
   return ChainTask(cfg) if cfg.source == "generate" else JsonChainTask(cfg)
 
 

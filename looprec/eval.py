@@ -26,16 +26,16 @@ def _per_loop_correct_fn(model: LoopedTransformer, mesh, max_loops: int):
                  out_shardings=sharding.replicated(mesh))
 
 
-def batches(fn, examples: dict, mesh, batch_size: int):
-  """Yields (host outputs of fn(tokens, read_pos, target), real rows) over chunks of examples padded to a
-  multiple of the device count and sharded on `data`."""
+def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos", "target")):
+  """Yields (host outputs of fn(*examples[keys]), real rows) over chunks of examples padded to a multiple of the
+  device count and sharded on `data`; keys must include "target"."""
   step = batch_size - batch_size % mesh.devices.size or mesh.devices.size
   for start in range(0, len(examples["target"]), step):
-    chunk = {k: np.asarray(examples[k][start:start + step]) for k in ("tokens", "read_pos", "target")}
+    chunk = {k: np.asarray(examples[k][start:start + step]) for k in keys}
     size = len(chunk["target"])
     padded = {k: np.concatenate([v, np.repeat(v[-1:], step - size, 0)]) for k, v in chunk.items()}
     arrays = sharding.put_batch(padded, mesh)
-    yield jax.device_get(fn(arrays["tokens"], arrays["read_pos"], arrays["target"])), size
+    yield jax.device_get(fn(*(arrays[k] for k in keys))), size
 
 
 def per_loop_correct(model, params, examples: dict, max_loops: int, mesh, batch_size: int) -> np.ndarray:

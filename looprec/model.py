@@ -216,6 +216,10 @@ class LoopedTransformer:
     readout = lambda h, _: self.head(params, gather_positions(h, read_pos_B))
     return self.forward(params, tokens_BxT, n_loops, readout=readout)[1]
 
+  def layer_logits(self, params, layers_LxBxTxD, read_pos_B):
+    """The logit lens of every layer's output at the answer position: L x B x V."""
+    return self.head(params, jax.vmap(gather_positions, (0, None))(layers_LxBxTxD, read_pos_B))
+
   def trace(self, params, tokens_BxT, read_pos_B, n_loops: int, per_layer: bool = False):
     """Per-loop analysis: `hidden` (R x B x T x D), `logits` (R x B x V at the answer position) and, with
     per_layer, `layers` (R x L x B x T x D) and `layer_logits` (R x L x B x V)."""
@@ -223,7 +227,7 @@ class LoopedTransformer:
       out = {"hidden": h_BxTxD, "logits": self.head(params, gather_positions(h_BxTxD, read_pos_B))}
       if per_layer:
         out["layers"] = layers
-        out["layer_logits"] = self.head(params, jax.vmap(gather_positions, (0, None))(layers, read_pos_B))
+        out["layer_logits"] = self.layer_logits(params, layers, read_pos_B)
       return out
 
     return self.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=per_layer)[1]

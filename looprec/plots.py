@@ -32,3 +32,45 @@ def heatmaps(models: dict, path: str, trained_hops: dict | None = None):
   fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
+
+
+def grokking(curves: dict, path: str):
+  """Accuracy vs training step (log scale), one panel per model, one line per split;
+  curves: model -> split -> [[step, accuracy], ...]."""
+  names = list(curves)
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    for split, points in curves[name].items():
+      steps, accs = np.array(points, float).T
+      ax.plot(steps, accs, label=split, lw=1.5 if "inferred" in split else 1.0,
+              ls="--" if "_first" in split or "_second" in split else "-")
+    ax.set(title=name, xscale="log", xlabel="training step", ylim=(-0.02, 1.02),
+           ylabel="accuracy" if ax is axes[0][0] else None)
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize="small", loc="best")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+
+
+def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred_iid", "test_inferred_ood")):
+  """Top-1 rate of the answer (solid) and of the bridge at the answer position (dashed) and at the first relation
+  (dotted) after every layer of every loop, one panel per model, one colour per 2-hop split; lenses: model ->
+  split -> lens name -> summary (looprec.lens)."""
+  names = list(lenses)
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False, sharey=True)
+  for ax, name in zip(axes[0], names):
+    shown = [s for s in splits if s in lenses[name]]
+    if not shown:
+      continue
+    for split, color in zip(shown, plt.cm.tab10(np.arange(len(shown)))):
+      for target, style in (("answer", "-"), ("bridge", "--"), ("bridge_at_r1", ":")):
+        top1_RxL = np.array(lenses[name][split][target]["top1_by_layer"])
+        depth = np.arange(1, top1_RxL.size + 1)
+        ax.plot(depth, top1_RxL.ravel(), ls=style, color=color, marker=".", label=f"{split} {target}")
+    for boundary in np.arange(top1_RxL.shape[1], top1_RxL.size, top1_RxL.shape[1]) + 0.5:
+      ax.axvline(boundary, color="grey", lw=0.5)
+    ax.set(title=f"{name} (grey lines: loop boundaries)", xlabel="layer, counted over all loops", xticks=depth,
+           ylim=(-0.02, 1.02), ylabel="top-1 rate at the answer position" if ax is axes[0][0] else None)
+  axes[0][-1].legend(fontsize="x-small", loc="best")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)

@@ -29,11 +29,28 @@ def schedule(cfg: TrainConfig):
   return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
+def grokfast_ema(alpha: float, lamb: float) -> optax.GradientTransformation:
+  """Grokfast-EMA (Lee et al., 2024): g + lamb * EMA_alpha(g), amplifying the slow component of the gradients,
+  which is reported to speed up grokking."""
+  def init(params):
+    return {"ema": jax.tree_util.tree_map(jnp.zeros_like, params)}
+
+  def update(grads, state, params=None):
+    del params
+    ema = jax.tree_util.tree_map(lambda e, g: alpha * e + (1 - alpha) * g, state["ema"], grads)
+    return jax.tree_util.tree_map(lambda g, e: g + lamb * e, grads, ema), {"ema": ema}
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only, as GPT-2 trainers do) behind optional global-norm clipping."""
+  """AdamW (decay on matrices only, as GPT-2 trainers do) behind optional global-norm clipping and then an
+  optional Grokfast filter (after the clipping, which would otherwise undo its amplification)."""
   decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw) if cfg.grad_clip else adamw
+  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+  parts += [grokfast_ema(cfg.grokfast_alpha, cfg.grokfast_lambda)] if cfg.grokfast_alpha else []
+  return optax.chain(*parts, adamw) if parts else adamw
 
 
 def loss_fn(params, batch, rng, *, model: LoopedTransformer, n_loops: int, label_smoothing: float):
@@ -51,8 +68,8 @@ def train_step(state, batch, rng, *, model, tx, n_loops: int, label_smoothing: f
   (loss, acc), grads = grad_fn(state["params"], batch, rng)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads),
-             "param_norm": optax.global_norm(params), "update_norm": optax.global_norm(updates)}
+  metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params), "update_norm": optax.tree.norm(updates)}
   return {"params": params, "opt_state": opt_state}, metrics
 
 
@@ -92,6 +109,7 @@ class TrainResult:
   trained_max_hop: int
   stages: list  # [[step, hop], ...] when each curriculum stage began
   wall_seconds: float
+  curves: dict  # split -> [[step, accuracy], ...] of every evaluation during training
 
 
 class _StopFlag:
@@ -133,20 +151,21 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(cfg.max_hop, task.cfg.answer_at), mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
-  step, stage, stages, elapsed = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0
+  step, stage, stages, elapsed, curves = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0, {}
   latest = ckpt.latest_step()
   iterator = None
   if latest is not None:
     meta = ckpt.restore_meta(latest)
     step, stage, stages, elapsed = latest, meta["stage"], meta["stages"], meta["wall_seconds"]
+    curves = meta.get("curves", {})
     iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0], cfg.max_hop)
     state = ckpt.restore(latest, checkpoint.abstract_like(state), iterator)
     if meta.get("done"):
       ckpt.close()
-      return TrainResult(state["params"], step, stage, stages, elapsed)
+      return TrainResult(state["params"], step, stage, stages, elapsed, curves)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0, cfg.max_hop)
   eval_loops = cfg.eval_loops or rec.max_loops
-  eval_sets = {hop: task.eval_split(hop) for hop in range(1, stage + 1)}  # the hops trained so far
+  eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
   writer = SummaryWriter(os.path.join(run_dir, "tb", name)) if jax.process_index() == 0 else None
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
@@ -162,7 +181,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
       ckpt.wait()
       ckpt.manager.delete(step)
     meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "done": done,
-            "model": name, "config": config_json}
+            "curves": curves, "model": name, "config": config_json}
     ckpt.save(step, state, iterator, meta)
     last_saved = step
 
@@ -179,16 +198,18 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     step += 1
     bar.update(1)
     if step % cfg.eval_every == 0 or step == steps:
-      accs = {hop: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh) for hop, ex in eval_sets.items()}
-      stage_acc = accs[stage]
-      for hop, acc in accs.items():
+      for split, ex in eval_sets.items():
+        acc = evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+        curves.setdefault(split, []).append([step, acc])
         if writer:
-          writer.add_scalar(f"eval/{data.split_name(hop)}", acc, step)
+          writer.add_scalar(f"eval/{split}", acc, step)
+      stage_split = data.split_name(stage)  # the curriculum's current hop (chain tasks)
+      stage_acc = curves[stage_split][-1][1] if stage_split in eval_sets else float("nan")
       if stage_acc > cfg.threshold and stage < cfg.max_hop and step < steps:
         stage += 1
         stages.append([step, stage])
         iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
-        eval_sets[stage] = task.eval_split(stage)
+        eval_sets = task.monitor_splits(stage)
         stage_acc = float("nan")
         if cfg.restart_optimizer:
           state = {"params": state["params"],
@@ -205,13 +226,13 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     writer.close()
   if STOP.requested and step < steps:
     raise Interrupted(f"{name} stopped at step {step}; checkpoint saved")
-  return TrainResult(state["params"], step, stage, stages, time.time() - started)
+  return TrainResult(state["params"], step, stage, stages, time.time() - started, curves)
 
 
 def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", hop=stage, R=n_loops,
-                  eval=f"{stage_acc:.2f}", refresh=False)
+  curriculum = {} if np.isnan(stage_acc) else {"hop": stage, "eval": f"{stage_acc:.2f}"}
+  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", R=n_loops, **curriculum, refresh=False)
   if writer:
     for k, v in m.items():
       writer.add_scalar(f"train/{k}", v, step)

@@ -1,0 +1,261 @@
+"""Systematicity (RECIPE task A): the composition data stream, the logit lens, presets, and the experiment
+end to end (curves, stages, lens, figures, analysis, kill and resume)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+from data_gen import composition
+from data_gen.__main__ import composition_dataset
+from data_gen.io import write_dataset
+from experiments import systematicity
+from looprec import config as C, data, eval as evaluation, lens, sharding
+from looprec.config import CompositionDataConfig, ModelConfig
+from looprec.model import LoopedTransformer
+
+SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
+
+
+def decode(task, ex):
+  """(head, relations, tail) entity/relation indices of encoded examples."""
+  v = task.vocab
+  heads = ex["tokens"][:, 0] - v.entity_offset
+  rels = [[t - v.relation_offset for t in row[1:1 + hop]] for row, hop in zip(ex["tokens"], ex["hop"])]
+  return heads, rels, ex["target"] - v.entity_offset
+
+
+def graph():
+  """(atomic: (head, relation) -> tail, the set of OOD (head, relation)) of the SMALL dataset."""
+  d = composition.make_composition(SMALL.seed, 30, 6, 4, 0.2, 2.0, 200)
+  atomic = {(h, r[0]): t for f in (d.splits["id_atomic"], d.splits["ood_atomic"])
+            for h, r, t in zip(f.heads_B, f.rels_BxK, f.tails_B)}
+  return atomic, {(h, r[0]) for h, r in zip(d.splits["ood_atomic"].heads_B, d.splits["ood_atomic"].rels_BxK)}
+
+
+def test_ood_atomic_facts_are_trained_but_never_composed():
+  task = data.make_task(SMALL)
+  atomic, ood = graph()
+  heads, rels, tails = decode(task, task.train)
+  trained_atomic = {(h, r[0]) for h, r in zip(heads, rels) if len(r) == 1}
+  assert trained_atomic == set(atomic) and ood <= trained_atomic
+  two_hop = [(h, r) for h, r in zip(heads, rels) if len(r) == 2]
+  assert len(two_hop) == round(2.0 * (len(atomic) - len(ood)))
+  for (h, (r1, r2)), t in zip(two_hop, tails[[len(r) == 2 for r in rels]]):
+    bridge = atomic[h, r1]
+    assert (h, r1) not in ood and (bridge, r2) not in ood and atomic[bridge, r2] == t
+  for name in ("test_inferred_ood", "test_inferred_ood_first", "test_inferred_ood_second"):
+    h, r, _ = decode(task, task.probes[name])
+    firsts = {(a, b[0]) in ood for a, b in zip(h, r)}
+    seconds = {(atomic[a, b[0]], b[1]) in ood for a, b in zip(h, r)}
+    assert (firsts, seconds) == {"test_inferred_ood": ({True}, {True}), "test_inferred_ood_first": ({True}, {False}),
+                                 "test_inferred_ood_second": ({False}, {True})}[name]
+
+
+def test_probe_bridges_are_the_first_hops_tail():
+  task = data.make_task(SMALL)
+  atomic, _ = graph()
+  for name in systematicity.TWO_HOP:
+    ex = task.probes[name]
+    h, r, _ = decode(task, ex)
+    assert [atomic[a, b[0]] for a, b in zip(h, r)] == list(ex["bridge"] - task.vocab.entity_offset)
+  assert "bridge" not in task.probes["id_atomic"] and "bridge" not in task.train
+
+
+def test_stream_visits_every_row_once_per_epoch_in_a_new_order():
+  task = data.make_task(SMALL)
+  n = len(task.train["target"])
+  rows = lambda ids: [tuple(r) for r in np.c_[task.train_examples(2, ids)["tokens"], task.train_examples(2, ids)["target"]]]
+  every = sorted(rows(np.arange(n)))
+  assert sorted(rows(np.arange(n))) == every == sorted(tuple(r) for r in np.c_[task.train["tokens"], task.train["target"]])
+  assert sorted(rows(np.arange(n, 2 * n))) == every
+  assert rows(np.arange(n)) != rows(np.arange(n, 2 * n))
+
+
+def test_stream_resumes_from_the_iterator_state():
+  task = data.make_task(SMALL)
+  it = data.stage_iterator(task, 2, 16, 0, 2, prefetch=0)
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)["tokens"] for _ in range(5)]
+  again = data.stage_iterator(task, 2, 16, 0, 2, prefetch=0)
+  again.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(again)["tokens"], want)
+
+
+def test_official_folder_reads_back_as_the_generated_task(tmp_path):
+  c = SMALL
+  vocab, train_rows, test_rows = composition_dataset(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio,
+                                                     c.phi, c.n_probe)
+  write_dataset(tmp_path, vocab, train_rows, test_rows)
+  generated, read = data.make_task(c), data.make_task(C.override(c, [f"source={tmp_path}"]))
+  key = lambda ex: sorted(map(tuple, np.c_[ex["tokens"], ex["target"]]))
+  assert key(read.train) == key(generated.train)
+  assert set(read.probes) == set(generated.probes)
+  for name, ex in generated.probes.items():
+    for k, v in ex.items():
+      np.testing.assert_array_equal(read.probes[name][k], v, err_msg=f"{name}.{k}")
+
+
+def test_folder_with_unknown_probe_type_is_one_line_error(tmp_path):
+  vocab, train_rows, test_rows = composition_dataset(0, 10, 3, 2, 0.2, 1.0, 20)
+  write_dataset(tmp_path, vocab, train_rows, [{**test_rows[0], "type": "3hop_test"}])
+  with pytest.raises(C.ConfigError, match="type '3hop_test'"):
+    data.make_task(C.override(SMALL, [f"source={tmp_path}"]))
+
+
+def test_ranks_match_brute_force():
+  rng = np.random.default_rng(0)
+  logits_2xBxV = rng.normal(size=(2, 5, 9)).astype(np.float32)
+  logits_2xBxV[0, 0] = 0.0  # ties count in the target's favour
+  target_B = rng.integers(9, size=5)
+  got = np.asarray(lens.ranks(logits_2xBxV, target_B))
+  want = [[1 + sum(x > row[t] for x in row) for row, t in zip(block, target_B)] for block in logits_2xBxV]
+  np.testing.assert_array_equal(got, want)
+
+
+def test_lens_matches_the_traced_layer_logits_and_the_accuracy():
+  task = data.make_task(SMALL)
+  model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, n_layers=2, pos_emb="learned", max_positions=4,
+                                        init_std=0.5), task.vocab.size)  # large weights: varied ranks untrained
+  params = model.init(jax.random.PRNGKey(3), 3)
+  mesh = sharding.make_mesh()
+  splits = {s: task.probes[s] for s in ("train_inferred", "test_inferred_ood", "id_atomic")}
+  got = lens.logit_lens(model, params, splits, 3, mesh, batch_size=64)  # several batches, the last one padded
+  assert set(got) == {"train_inferred", "test_inferred_ood"}  # 1-hop probes have no bridge
+  acc = evaluation.sweep(model, params, splits, 3, mesh, 64)
+  for split, by_target in got.items():
+    ex = splits[split]
+    logits_RxLxBxV = np.asarray(model.trace(params, ex["tokens"], ex["read_pos"], 3, per_layer=True)["layer_logits"])
+    r1 = np.asarray(model.trace(params, ex["tokens"], np.ones_like(ex["read_pos"]), 3, per_layer=True)["layer_logits"])
+    for target, key, at in (("bridge", "bridge", logits_RxLxBxV), ("answer", "target", logits_RxLxBxV),
+                            ("bridge_at_r1", "bridge", r1)):
+      own_RxLxB = np.take_along_axis(at, ex[key][None, None, :, None], -1)
+      rank_RxLxB = 1 + (at > own_RxLxB).sum(-1)
+      np.testing.assert_allclose(by_target[target]["top1_by_layer"], (rank_RxLxB == 1).mean(-1), atol=1e-6)
+      np.testing.assert_allclose(by_target[target]["mrr_by_layer"], (1 / rank_RxLxB).mean(-1), rtol=1e-5)
+    a, b, b1 = by_target["answer"], by_target["bridge"], by_target["bridge_at_r1"]
+    np.testing.assert_allclose(a["top1"], [acc[split][str(r)] for r in (1, 2, 3)], atol=1e-9)
+    assert min(max(s["mrr"]) for s in (a, b, b1)) > 0.02 and b["mrr_by_layer"] != b1["mrr_by_layer"]
+    for s in (a, b, b1):
+      assert np.array(s["top1_by_layer"]).shape == (3, 2) and s["n_layers"] == 2
+      np.testing.assert_allclose(np.array(s["top1_by_layer"])[:, -1], s["top1"])
+      np.testing.assert_allclose(np.array(s["mrr_by_layer"])[:, -1], s["mrr"])
+      assert all(t <= m <= 1 for t, m in zip(s["top1"], s["mrr"]))
+      flat = np.ravel(s["top1_by_layer"])
+      assert s["peak_top1"] == flat.max() and s["peak_layer"] == flat.argmax() + 1
+      assert s["peak_loop"] == (s["peak_layer"] - 1) // 2 + 1
+
+
+def test_stage_steps():
+  curves = {"a": [[10, 0.2], [20, 0.95], [30, 0.85], [40, 0.99]], "b": [[10, 0.1]]}
+  assert systematicity.stage_steps(curves) == {"a": 20, "b": None}
+
+
+def test_paper_preset_is_the_recipe():
+  cfg = systematicity.paper()
+  d, m, t = cfg.data, cfg.model, cfg.train
+  assert (d.n_entities, d.n_relations, d.out_degree, d.ood_ratio, d.phi) == (2000, 200, 20, 0.05, 7.2)
+  assert d.n_probe == 3000 and d.iid_test_prob == 0.005 and d.answer_at == "last_input"
+  assert (m.d_model, m.n_heads, m.pos_emb, m.max_positions, m.dropout, m.dtype) == (768, 12, "learned", 5, 0.1,
+                                                                                    "bfloat16")
+  assert m.injection == "none" and m.out_init_scale == 1.0
+  assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps, t.label_smoothing) == (1e-4, 0.1, 128, 2000, 0.1)
+  assert t.decay_steps >= t.steps
+  looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
+  assert (looped.n_layers, looped.recurrence) == (4, "fixed:4") and (vanilla.n_layers, vanilla.recurrence) == (16, "fixed:1")
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu_long"])
+def test_presets_validate_and_compare_equal_depth(preset):
+  cfg = systematicity.PRESETS[preset]()
+  systematicity.validate(cfg)
+  looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
+  depth = lambda run: run.n_layers * C.Recurrence.parse(run.recurrence).max_loops
+  assert depth(looped) == depth(vanilla) and C.Recurrence.parse(vanilla.recurrence).loops == 1
+
+
+def results_of(proc):
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith("results: "), proc.stdout + proc.stderr
+  path = last.removeprefix("results: ")
+  with open(path) as f:
+    return path, json.load(f)
+
+
+def test_smoke_end_to_end_then_analyze(tmp_path):
+  proc = run_cli("experiment", "systematicity", "--preset", "smoke", "--runs-dir", str(tmp_path))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  path, r = results_of(proc)
+  run_dir = os.path.dirname(path)
+  assert {"grokking.png", "logit_lens.png", "report.md", "config.json"} <= set(os.listdir(run_dir))
+  assert set(r["models"]) == set(r["curves"]) == set(r["stages"]) == set(r["logit_lens"]) == {"looped", "vanilla"}
+  for name, steps in (("looped", 120), ("vanilla", 80)):
+    curves = r["curves"][name]
+    assert set(curves) == set(composition.SPLITS)
+    assert all([p[0] for p in points] == list(range(40, steps + 1, 40)) for points in curves.values())
+    assert set(r["stages"][name]) == set(composition.SPLITS)
+    assert set(r["logit_lens"][name]) == set(systematicity.TWO_HOP)
+    loops = 2 if name == "looped" else 1
+    for by_target in r["logit_lens"][name].values():
+      assert set(by_target) == {"bridge", "answer", "bridge_at_r1"}
+      assert len(by_target["bridge"]["top1"]) == len(by_target["answer"]["mrr"]) == loops
+    m = r["models"][name]
+    assert m["final"] == {s: by_r[str(loops)] for s, by_r in m["accuracy"].items()}
+    assert all(len(by_r) == 4 for by_r in m["accuracy"].values())  # R = 1..eval.max_loops
+    assert {s: pts[-1][1] for s, pts in curves.items()} == pytest.approx(m["final"])  # the last curve point
+  ana = subprocess.run([sys.executable, "-m", "looprec", "analyze", run_dir], capture_output=True, text=True, cwd=ROOT)
+  assert ana.returncode == 0, ana.stderr[-2000:]
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    analysis = json.load(f)["models"]
+  for name, m in r["models"].items():
+    assert analysis[name]["final"] == m["final"] and analysis[name]["logit_lens"] == r["logit_lens"][name]
+
+
+def test_killed_run_resumes_with_the_same_curves(tmp_path):
+  base = ["experiment", "systematicity", "--preset", "smoke"]
+  straight = run_cli(*base, "--runs-dir", str(tmp_path / "a"))
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  _, expected = results_of(straight)
+  proc = subprocess.Popen([sys.executable, "-m", "looprec", *base, "--runs-dir", str(tmp_path / "b")], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ckpt = tmp_path / "b" / "systematicity" / "latest" / "checkpoints" / "looped"
+  deadline = time.time() + 180
+  while not (ckpt.is_dir() and any(d.isdigit() for d in os.listdir(ckpt))):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  resumed = run_cli("experiment", "systematicity", "--resume", os.path.realpath(tmp_path / "b" / "systematicity" / "latest"))
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  _, got = results_of(resumed)
+  assert got["curves"] == expected["curves"] and got["stages"] == expected["stages"]
+  for name, m in expected["models"].items():
+    assert got["models"][name]["params_sum"] == m["params_sum"] and got["models"][name]["final"] == m["final"]
+
+
+BAD = [
+    (["data.phi=100"], "phi=100.0 needs"),
+    (["data.out_degree=9"], "data.out_degree=9 must be in 1..data.n_relations=4"),
+    (["data.ood_ratio=1.5"], "data.ood_ratio=1.5"),
+    (["train.max_hop=3"], "train.start_hop and train.max_hop must be 2"),
+    (["model.max_positions=2"], "model.max_positions=2 < 3"),
+    (["eval.max_loops=1"], "eval.max_loops=1 is below models.looped"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path, args, message):
+  proc = run_cli("experiment", "systematicity", "--preset", "smoke", *args, "--runs-dir", str(tmp_path))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+  assert message in lines[0], lines[0]
+  assert not os.listdir(tmp_path)
