@@ -92,22 +92,12 @@ DEFAULT_PRESET = "cpu"
 
 def validate(cfg: Config):
   """Cross-field checks; raises ConfigError naming the culprit."""
-  cfg.data.validate()
-  cfg.model.validate()
-  cfg.train.validate()
-  if not cfg.models:
-    raise ConfigError("the experiment trains no models")
-  for name, run in cfg.models.items():
-    run.validate(name)
+  C.validate_experiment(cfg)
   fits = cfg.data.max_hops()
   for key, hop in (("train.max_hop", cfg.train.max_hop), ("eval.max_hop", cfg.eval.max_hop)):
     if hop > fits:
       raise ConfigError(f"{key}={hop} needs more than data.seq_len={cfg.data.seq_len} allows ({fits} hops)")
   sharding.check_batch(cfg.train.batch_size, sharding.make_mesh())
-  cfg.eval.validate()
-  for name, run in cfg.models.items():
-    if C.Recurrence.parse(run.recurrence).max_loops > cfg.eval.max_loops:
-      raise ConfigError(f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
   if cfg.data.source != "generate":

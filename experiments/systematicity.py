@@ -77,10 +77,13 @@ def cpu() -> Config:
 
 
 def cpu_long() -> Config:
-  """The cpu setting for hours, for the OOD stage; stop and resume it at will (`RESUME=runs/...`)."""
+  """The cpu setting for hours, for the OOD stage, with the Grokfast-EMA gradient filter (the best of the
+  variants in benchmarks/systematicity_ood.py); stop it and resume it at will (`RESUME=runs/...`)."""
   cfg = cpu()
-  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=400_000, eval_every=1000,
-                                                            checkpoint_every=5000))
+  train_cfg = dataclasses.replace(cfg.train, steps=400_000, eval_every=1000, checkpoint_every=5000,
+                                  grokfast_alpha=0.98, grokfast_lambda=2.0)
+  return dataclasses.replace(cfg, train=train_cfg, deviations=cfg.deviations + " A Grokfast-EMA gradient filter "
+                             "(alpha 0.98, lambda 2) on top of AdamW.")
 
 
 def paper() -> Config:
@@ -107,16 +110,7 @@ DEFAULT_PRESET = "cpu"
 
 def validate(cfg: Config):
   """Cross-field checks; raises ConfigError naming the culprit."""
-  cfg.data.validate()
-  cfg.model.validate()
-  cfg.train.validate()
-  cfg.eval.validate()
-  if not cfg.models:
-    raise ConfigError("the experiment trains no models")
-  for name, run in cfg.models.items():
-    run.validate(name)
-    if C.Recurrence.parse(run.recurrence).max_loops > cfg.eval.max_loops:
-      raise ConfigError(f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
+  C.validate_experiment(cfg)
   if (cfg.train.start_hop, cfg.train.max_hop) != (2, 2):
     raise ConfigError("systematicity trains 1- and 2-hop facts together: train.start_hop and train.max_hop must be 2")
   width = data.width(2, cfg.data.answer_at)
@@ -210,7 +204,8 @@ def report(cfg: Config, models: dict, stages: dict, lenses: dict) -> str:
   for n in names:
     for split in TWO_HOP:
       if split in lenses[n]:
-        cells = [f"{s['peak_top1']:.2f} ({s['peak_loop']}, {s['peak_layer']})" for s in lenses[n][split].values()]
+        cells = [f"{s['peak_top1']:.2f} ({s['peak_loop']}, {s['peak_layer']})"
+                 for s in (lenses[n][split][k] for k in ("answer", "bridge", "bridge_at_r1"))]
         lines.append(f"| {n} | {split} | " + " | ".join(cells) + " |")
   lines += ["", "## What it shows", ""] + [f"- **{n}**: {summary(stages[n], models[n]['final'], lenses[n])}"
                                              for n in names]

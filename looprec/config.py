@@ -219,6 +219,18 @@ class ModelRun:
       raise ConfigError(f"models.{name}.{e}") from None
 
 
+def validate_experiment(cfg):
+  """The checks every experiment config shares: data, model, train and eval are each valid, and every model
+  trained has a valid recurrence whose largest R the evaluation covers."""
+  for part in (cfg.data, cfg.model, cfg.train, cfg.eval):
+    part.validate()
+  _check(bool(cfg.models), "the experiment trains no models")
+  for name, run in cfg.models.items():
+    run.validate(name)
+    _check(Recurrence.parse(run.recurrence).max_loops <= cfg.eval.max_loops,
+           f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
+
+
 # ---------------------------------------------------------------- overrides and serialisation
 
 

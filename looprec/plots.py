@@ -70,7 +70,7 @@ def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred
     for boundary in np.arange(top1_RxL.shape[1], top1_RxL.size, top1_RxL.shape[1]) + 0.5:
       ax.axvline(boundary, color="grey", lw=0.5)
     ax.set(title=f"{name} (grey lines: loop boundaries)", xlabel="layer, counted over all loops", xticks=depth,
-           ylim=(-0.02, 1.02), ylabel="top-1 rate at the answer position" if ax is axes[0][0] else None)
+           ylim=(-0.02, 1.02), ylabel="top-1 rate" if ax is axes[0][0] else None)
   axes[0][-1].legend(fontsize="x-small", loc="best")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)

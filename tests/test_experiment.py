@@ -8,17 +8,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, results_of, run_cli
 
 SMALL = ["train.steps=120", "train.checkpoint_every=40", "train.eval_every=40", "models.vanilla.steps=40"]
-
-
-def results_of(proc):
-  last = proc.stdout.strip().splitlines()[-1]
-  assert last.startswith("results: "), proc.stdout + proc.stderr
-  path = last.removeprefix("results: ")
-  with open(path) as f:
-    return path, json.load(f)
 
 
 def check_contract(results, preset):

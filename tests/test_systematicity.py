@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, results_of, run_cli
 from data_gen import composition
 from data_gen.__main__ import composition_dataset
 from data_gen.io import write_dataset
@@ -181,14 +181,6 @@ def test_presets_validate_and_compare_equal_depth(preset):
   looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
   depth = lambda run: run.n_layers * C.Recurrence.parse(run.recurrence).max_loops
   assert depth(looped) == depth(vanilla) and C.Recurrence.parse(vanilla.recurrence).loops == 1
-
-
-def results_of(proc):
-  last = proc.stdout.strip().splitlines()[-1]
-  assert last.startswith("results: "), proc.stdout + proc.stderr
-  path = last.removeprefix("results: ")
-  with open(path) as f:
-    return path, json.load(f)
 
 
 def test_smoke_end_to_end_then_analyze(tmp_path):
