@@ -138,6 +138,7 @@ class CompositionDataConfig:
   phi: float = 7.2  # training inferred facts = phi x ID atomic facts
   iid_test_prob: float = 0.005  # share of ID 2-hop paths held out as test_inferred_iid
   n_probe: int = 3000  # examples per probe split
+  atomic_repeats: int = 1  # each atomic fact appears this many times per training epoch (RECIPE: 1)
   answer_at: str = "last_input"  # the answer is predicted at the last input token (RECIPE)
 
   def validate(self):
@@ -148,6 +149,7 @@ class CompositionDataConfig:
     _check(0.0 < self.iid_test_prob < 1.0, f"data.iid_test_prob={self.iid_test_prob} must be in (0, 1)")
     _check(self.phi > 0, f"data.phi={self.phi} must be > 0")
     _check(self.n_probe >= 1, f"data.n_probe={self.n_probe} must be >= 1")
+    _check(self.atomic_repeats >= 1, f"data.atomic_repeats={self.atomic_repeats} must be >= 1")
     _check(self.answer_at in ("last_input", "next"), f"data.answer_at={self.answer_at!r} is not last_input or next")
 
 

@@ -231,7 +231,8 @@ class CompositionTask:
       self.vocab, train_facts, probes = Vocab.standard(c.n_entities, c.n_relations), data.train(), data.probes
     else:
       self.vocab, train_facts, probes = _read_composition(c.source, c.n_probe)
-    self.train = concat([self._encode(f, with_bridge=False) for f in train_facts])
+    self.train = concat([self._encode(f, with_bridge=False) for f in train_facts
+                         for _ in range(c.atomic_repeats if f.hop == 1 else 1)])
     self.probes = {name: self._encode(f, with_bridge=True) for name, f in probes.items()}
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 

@@ -58,6 +58,13 @@ def test_ood_atomic_facts_are_trained_but_never_composed():
                                  "test_inferred_ood_second": ({False}, {True})}[name]
 
 
+def test_atomic_repeats_multiply_only_the_atomic_rows():
+  once, thrice = data.make_task(SMALL), data.make_task(C.override(SMALL, ["atomic_repeats=3"]))
+  for hop, factor in ((1, 3), (2, 1)):
+    rows = lambda task: sorted(map(tuple, np.c_[task.train["tokens"], task.train["target"]][task.train["hop"] == hop]))
+    assert rows(thrice) == sorted(rows(once) * factor)
+
+
 def test_probe_bridges_are_the_first_hops_tail():
   task = data.make_task(SMALL)
   atomic, _ = graph()
