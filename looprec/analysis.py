@@ -88,9 +88,7 @@ def _per_loop_fn(model, mesh, n_loops: int):
   def fn(params, tokens_BxT, read_pos_B, target_B):
     return logit_margins(model.loop_logits(params, tokens_BxT, read_pos_B, n_loops), target_B)
 
-  data_ = sharding.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), data_, data_, data_),
-                 out_shardings=sharding.replicated(mesh))
+  return sharding.jit_over_batch(fn, mesh, 3)
 
 
 def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256):

@@ -21,9 +21,7 @@ def _per_loop_correct_fn(model: LoopedTransformer, mesh, max_loops: int):
     logits_RxBxV = model.loop_logits(params, tokens_BxT, read_pos_B, max_loops)
     return jnp.argmax(logits_RxBxV, -1) == target_B[None]
 
-  data = sharding.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(sharding.replicated(mesh), data, data, data),
-                 out_shardings=sharding.replicated(mesh))
+  return sharding.jit_over_batch(fn, mesh, 3)
 
 
 def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos", "target")):

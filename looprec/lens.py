@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,9 +40,7 @@ def _ranks_fn(model, mesh, n_loops: int):
 
     return model.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=True)[1]  # R x G x L x B
 
-  data_ = sharding.data_sharded(mesh)
-  return jax.jit(fn, in_shardings=(sharding.replicated(mesh),) + (data_,) * 4,
-                 out_shardings=sharding.replicated(mesh))
+  return sharding.jit_over_batch(fn, mesh, 4)
 
 
 def summarize(rank_RxLxN) -> dict:

@@ -50,3 +50,10 @@ def put_batch(batch: dict, mesh) -> dict:
   """Places this process's rows of a global batch on the mesh, sharded along `data`."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def jit_over_batch(fn, mesh, n_batch_args: int):
+  """jit of fn(params, *batch_arrays): params replicated, the batch arrays sharded on `data`, outputs
+  replicated (what every evaluation pass over padded batches uses)."""
+  return jax.jit(fn, in_shardings=(replicated(mesh),) + (data_sharded(mesh),) * n_batch_args,
+                 out_shardings=replicated(mesh))
