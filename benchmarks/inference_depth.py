@@ -22,7 +22,7 @@ from jax import monitoring
 
 from looprec import analysis, checkpoint, cli, data, halting, runs, sharding
 from looprec import config as C
-from looprec.model import LoopedTransformer
+from looprec import models
 
 
 def load(run_dir: str, name: str):
@@ -32,7 +32,7 @@ def load(run_dir: str, name: str):
   task = data.make_task(cfg.data)
   splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
   params, _ = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
-  model = LoopedTransformer(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
+  model = models.build(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
   return model, params, splits
 
 

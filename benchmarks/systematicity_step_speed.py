@@ -15,7 +15,7 @@ import jax
 
 from experiments import systematicity
 from looprec import data, sharding, train
-from looprec.model import LoopedTransformer
+from looprec import models
 from train_step_speed import steps_per_second
 
 SETTINGS = [(1, 4, 256), (4, 1, 256), (2, 4, 256), (8, 1, 256), (2, 4, 128), (8, 1, 128)]  # (L, R, B)
@@ -31,7 +31,7 @@ def main():
   tx = train.make_optimizer(cfg.train)
   base = None
   for n_layers, loops, batch_size in SETTINGS:
-    model = LoopedTransformer(dataclasses.replace(cfg.model, n_layers=n_layers), task.vocab.size)
+    model = models.build(dataclasses.replace(cfg.model, n_layers=n_layers), task.vocab.size)
     step_fn = train.StepFunctions(model, tx, mesh, cfg.train.label_smoothing)(loops)
     batch = sharding.put_batch(task.train_examples(2, range(batch_size)), mesh)
     state = train.init_state(model, tx, jax.random.PRNGKey(0), batch["tokens"].shape[1], mesh)

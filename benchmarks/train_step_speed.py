@@ -15,7 +15,7 @@ import numpy as np
 
 from experiments import depth_extrap
 from looprec import data, sharding, train
-from looprec.model import LoopedTransformer
+from looprec import models
 
 
 def steps_per_second(step_fn, state, batch, n: int):
@@ -37,7 +37,7 @@ def main():
   cfg = depth_extrap.cpu()
   task = data.make_task(cfg.data)
   mesh = sharding.make_mesh()
-  model = LoopedTransformer(cfg.model, task.vocab.size)
+  model = models.build(cfg.model, task.vocab.size)
   tx = train.make_optimizer(cfg.train)
   step_fn = train.StepFunctions(model, tx, mesh, 0.0)(args.loops)
   ids = np.arange(cfg.train.batch_size)

@@ -19,7 +19,8 @@ import jax
 from looprec import config as C
 from looprec import analysis, data, plots, sharding, train
 from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
-from looprec.model import LoopedTransformer, count_params, params_checksum
+from looprec import models
+from looprec.models import count_params, params_checksum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +123,7 @@ def run(cfg: Config, run_dir: str) -> dict:
     model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
     result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
                                mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
-    model = LoopedTransformer(model_cfg, task.vocab.size)
+    model = models.build(model_cfg, task.vocab.size)
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
                                             batch_size=cfg.eval.batch_size)
     accuracy = {s: {str(r): by_r[str(r)] for r in range(1, cfg.eval.max_loops + 1)}  # the same pass's sweep

@@ -20,7 +20,8 @@ from data_gen.composition import SPLITS
 from looprec import config as C
 from looprec import data, eval as evaluation, lens, plots, runs, sharding, train
 from looprec.config import CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
-from looprec.model import LoopedTransformer, count_params, params_checksum
+from looprec import models
+from looprec.models import count_params, params_checksum
 
 STAGE_ACCURACY = 0.9  # a split's stage step: the first evaluation at or above this accuracy
 TWO_HOP = [s for s in SPLITS if "inferred" in s]
@@ -130,7 +131,7 @@ def evaluate_model(cfg: Config, task, name: str, params, mesh, max_loops: int | 
   """Accuracy of every probe split for R = 1..max_loops (default eval.max_loops), `final` at the training R, and
   the logit lens over the training loops."""
   run = cfg.models[name]
-  model = LoopedTransformer(dataclasses.replace(cfg.model, n_layers=run.n_layers), task.vocab.size)
+  model = models.build(dataclasses.replace(cfg.model, n_layers=run.n_layers), task.vocab.size)
   loops = C.Recurrence.parse(run.recurrence).max_loops
   max_loops = max(max_loops or cfg.eval.max_loops, loops)
   accuracy = evaluation.sweep(model, params, task.probes, max_loops, mesh, cfg.eval.batch_size)

@@ -1,7 +1,7 @@
 """looprec: recurrent-depth (looped) transformers in JAX.
 
-    from looprec import LoopedTransformer, ModelConfig, sweep, halt, margins, logit_lens
-    model = LoopedTransformer(ModelConfig(d_model=64, n_layers=1), vocab_size=32)
+    from looprec import ModelConfig, build_model, sweep, halt, margins, logit_lens
+    model = build_model(ModelConfig(kind="looped", d_model=64, n_layers=1), vocab_size=32)  # looprec.models.KINDS
     params = model.init(jax.random.PRNGKey(0))
     logits_BxTxV = model.apply(params, tokens_BxT, n_loops=8)
     per_loop_BxV = model.loop_logits(params, tokens_BxT, read_pos_B, n_loops=16)   # R x B x V
@@ -12,10 +12,11 @@
 """
 from looprec.config import (ChainDataConfig, CompositionDataConfig, EvalConfig, ModelConfig, ModelRun, Recurrence,
                             TrainConfig)
-from looprec.model import LoopedTransformer
+from looprec.models import LoopedModel, build as build_model
+from looprec.models.looped import LoopedTransformer
 
-__all__ = ["ChainDataConfig", "CompositionDataConfig", "EvalConfig", "LoopedTransformer", "ModelConfig", "ModelRun",
-           "Recurrence", "TrainConfig", "halt", "logit_lens", "margins", "sweep"]
+__all__ = ["ChainDataConfig", "CompositionDataConfig", "EvalConfig", "LoopedModel", "LoopedTransformer", "ModelConfig",
+           "ModelRun", "Recurrence", "TrainConfig", "build_model", "halt", "logit_lens", "margins", "sweep"]
 
 
 def __getattr__(name):

@@ -13,7 +13,7 @@ import numpy as np
 
 from looprec import checkpoint, cli, data, eval as evaluation, halting, plots, runs, sharding
 from looprec import config as C
-from looprec.model import LoopedTransformer
+from looprec import models
 
 MARGIN_LOOPS = 50
 
@@ -219,7 +219,7 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   analyses, trained = {}, {}
   for name, (params, meta) in restored.items():
     params = jax.device_put(params, sharding.replicated(mesh))
-    model = LoopedTransformer(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
+    model = models.build(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
     analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
                                    cfg.eval.batch_size)
     trained[name] = meta["stage"]

@@ -67,6 +67,7 @@ class Recurrence:
 class ModelConfig:
   """The recurrent-depth transformer: embed -> (block of n_layers) x R -> final norm -> tied head."""
 
+  kind: str = "looped"  # the model kind (looprec.models.KINDS)
   d_model: int = 64
   n_heads: int = 4
   n_layers: int = 1  # L, layers in the looped block
@@ -81,6 +82,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
 
   def validate(self):
+    from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
+    _check(self.kind in KINDS, f"model.kind={self.kind!r} is not one of {', '.join(KINDS)}")
     _check(self.d_model % max(self.n_heads, 1) == 0 and self.n_heads >= 1,
            f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
     _check(self.n_layers >= 1, f"model.n_layers={self.n_layers} must be >= 1")

@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from looprec import sharding
-from looprec.model import LoopedTransformer
 
 
 @functools.lru_cache(maxsize=None)
-def _per_loop_correct_fn(model: LoopedTransformer, mesh, max_loops: int):
+def _per_loop_correct_fn(model, mesh, max_loops: int):
   def fn(params, tokens_BxT, read_pos_B, target_B):
     logits_RxBxV = model.loop_logits(params, tokens_BxT, read_pos_B, max_loops)
     return jnp.argmax(logits_RxBxV, -1) == target_B[None]

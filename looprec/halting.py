@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 from looprec import loop, sharding
 from looprec.config import ConfigError
-from looprec.model import gather_positions
 
 # Each parameter is one test on one signal; a policy stops an example where all of its tests pass.
 TESTS = {
@@ -141,8 +140,8 @@ def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
   loops the batch actually ran)."""
   e_BxTxD, step = model.loop_step(params, tokens_BxT)
 
-  def update(h_BxTxD, t, carry):
-    hidden_BxD = gather_positions(h_BxTxD, read_pos_B)
+  def update(state, t, carry):
+    hidden_BxD = model.answer_hidden(params, state, read_pos_B)
     carry = _record(thresholds, carry, t, model.head(params, hidden_BxD), hidden_BxD, max_loops)
     return carry, jnp.all(carry["halted"])
 

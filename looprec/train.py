@@ -18,7 +18,7 @@ from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, sharding
 from looprec.config import ModelConfig, Recurrence, TrainConfig
-from looprec.model import LoopedTransformer
+from looprec import models
 
 
 def schedule(cfg: TrainConfig):
@@ -53,7 +53,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(*parts, adamw) if parts else adamw
 
 
-def loss_fn(params, batch, rng, *, model: LoopedTransformer, n_loops: int, label_smoothing: float):
+def loss_fn(params, batch, rng, *, model, n_loops: int, label_smoothing: float):
   """Cross-entropy of the answer token over the whole vocabulary, read at each example's answer position."""
   logits_BxV = model.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng)
   labels_BxV = optax.smooth_labels(jax.nn.one_hot(batch["target"], logits_BxV.shape[-1]), label_smoothing)
@@ -145,7 +145,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     raise Interrupted(f"stopped before training {name}")
   rec = Recurrence.parse(recurrence)
   sharding.check_batch(cfg.batch_size, mesh)
-  model = LoopedTransformer(model_cfg, task.vocab.size)
+  model = models.build(model_cfg, task.vocab.size)
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
   key = jax.random.PRNGKey(seed)

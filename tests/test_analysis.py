@@ -12,7 +12,7 @@ from jax import monitoring
 from conftest import run_cli
 from looprec import analysis, cli, halting
 from looprec.config import ConfigError, ModelConfig
-from looprec.model import LoopedTransformer
+from looprec.models.looped import LoopedTransformer
 
 COMPILES = []
 monitoring.register_event_duration_secs_listener(

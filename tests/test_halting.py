@@ -6,7 +6,8 @@ import pytest
 
 from looprec import halting, sharding
 from looprec.config import ConfigError, ModelConfig
-from looprec.model import LoopedTransformer, gather_positions
+from looprec.models import gather_positions
+from looprec.models.looped import LoopedTransformer
 
 V = 32  # log(32) = 3.47 nats > the default entropy threshold of 3.0
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from looprec.config import ModelConfig
-from looprec.model import Block, LoopedTransformer, attention_mask, gather_positions
+from looprec.models import gather_positions
+from looprec.models.looped import Block, LoopedTransformer, attention_mask
 
 VOCAB = 17
 

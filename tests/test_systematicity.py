@@ -18,7 +18,7 @@ from data_gen.io import write_dataset
 from experiments import systematicity
 from looprec import config as C, data, eval as evaluation, lens, sharding
 from looprec.config import CompositionDataConfig, ModelConfig
-from looprec.model import LoopedTransformer
+from looprec.models.looped import LoopedTransformer
 
 SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
 

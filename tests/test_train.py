@@ -14,7 +14,7 @@ import json, sys
 import jax, numpy as np
 from looprec import data, sharding, train
 from looprec.config import ChainDataConfig, ModelConfig, TrainConfig
-from looprec.model import LoopedTransformer
+from looprec.models.looped import LoopedTransformer
 task = data.make_task(ChainDataConfig(n_entities=10, n_relations=3, seq_len=8))
 model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.1), task.vocab.size)
 tx = train.make_optimizer(TrainConfig(warmup_steps=2))

@@ -1,8 +1,9 @@
 """The recurrent-depth transformer: embed -> (block of L pre-LN layers) x R -> final norm -> tied head.
 
-Layers are Flax Linen modules; the model itself is a pair of pure functions over a plain params pytree
-(`init`, `forward`), so the depth loop is an ordinary `lax.scan` closing over the block's params (weight
-tying for free) and the jit boundary sees only arrays. R = 1 is the vanilla transformer.
+Layers are Flax Linen modules; the model itself is pure functions over a plain params pytree (`init`,
+`loop_step`, `head`; the forward pass and readouts come from `LoopedBase`), so the depth loop is an ordinary
+`lax.scan` closing over the block's params (weight tying for free) and the jit boundary sees only arrays.
+R = 1 is the vanilla transformer.
 """
 from __future__ import annotations
 
@@ -12,10 +13,9 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from looprec import loop
 from looprec.config import ModelConfig
+from looprec.models.base import LoopedBase
 
 
 def _dtype(cfg: ModelConfig):
@@ -114,8 +114,8 @@ class Block(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoopedTransformer:
-  """Pure functions of a params pytree. `vocab_size` comes from the data."""
+class LoopedTransformer(LoopedBase):
+  """The paper's model (`model.kind=looped`): pure functions of a params pytree. `vocab_size` comes from the data."""
 
   cfg: ModelConfig
   vocab_size: int
@@ -182,17 +182,6 @@ class LoopedTransformer:
 
     return e_BxTxD, step
 
-  def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
-    """Runs R = n_loops loops. Returns (final state B x T x D, per-loop readouts or None).
-
-    `readout(h_BxTxD, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked
-    on a leading R axis; per_layer passes every layer's output to it. rng enables dropout.
-    """
-    dropout = rng is not None and self.cfg.dropout > 0.0
-    k_emb, k_loops = jax.random.split(rng) if dropout else (None, None)
-    e_BxTxD, step = self.loop_step(params, tokens_BxT, rng=k_emb, per_layer=per_layer)
-    return loop.scan_loops(step, e_BxTxD, n_loops, rng=k_loops, readout=readout)
-
   def _inject(self, params, h_BxTxD, e_BxTxD):
     if self.cfg.injection == "add":
       return h_BxTxD + e_BxTxD
@@ -201,47 +190,9 @@ class LoopedTransformer:
       return (jnp.concatenate([h_BxTxD, e_BxTxD], -1) @ a["kernel"].astype(h_BxTxD.dtype) + a["bias"]).astype(h_BxTxD.dtype)
     return h_BxTxD
 
-  def apply(self, params, tokens_BxT, n_loops: int, *, rng=None):
-    """Logits B x T x V after n_loops loops."""
-    h_BxTxD, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
-    return self.head(params, h_BxTxD)
-
-  def answer_logits(self, params, tokens_BxT, read_pos_B, n_loops: int, *, rng=None):
-    """Logits B x V at each example's answer position (cheaper than all positions)."""
-    h_BxTxD, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
-    return self.head(params, gather_positions(h_BxTxD, read_pos_B))
-
-  def loop_logits(self, params, tokens_BxT, read_pos_B, n_loops: int):
-    """Logits at the answer position after every loop: R x B x V (one forward pass for all R)."""
-    readout = lambda h, _: self.head(params, gather_positions(h, read_pos_B))
-    return self.forward(params, tokens_BxT, n_loops, readout=readout)[1]
-
-  def layer_logits(self, params, layers_LxBxTxD, read_pos_B):
-    """The logit lens of every layer's output at the answer position: L x B x V."""
-    return self.head(params, jax.vmap(gather_positions, (0, None))(layers_LxBxTxD, read_pos_B))
-
-  def trace(self, params, tokens_BxT, read_pos_B, n_loops: int, per_layer: bool = False):
-    """Per-loop analysis: `hidden` (R x B x T x D), `logits` (R x B x V at the answer position) and, with
-    per_layer, `layers` (R x L x B x T x D) and `layer_logits` (R x L x B x V)."""
-    def readout(h_BxTxD, layers):
-      out = {"hidden": h_BxTxD, "logits": self.head(params, gather_positions(h_BxTxD, read_pos_B))}
-      if per_layer:
-        out["layers"] = layers
-        out["layer_logits"] = self.layer_logits(params, layers, read_pos_B)
-      return out
-
-    return self.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=per_layer)[1]
+  def final_hidden(self, params, state):
+    del params
+    return state
 
 
-def gather_positions(h_BxTxD, pos_B):
-  """h[b, pos[b]] for each b: B x D."""
-  return jnp.take_along_axis(h_BxTxD, pos_B[:, None, None], axis=1)[:, 0]
-
-
-def count_params(params) -> int:
-  return sum(x.size for x in jax.tree_util.tree_leaves(params))
-
-
-def params_checksum(params) -> float:
-  """Sum of all parameters in float64: equal across runs only if the params are (all but surely) identical."""
-  return float(sum(np.asarray(x, np.float64).sum() for x in jax.tree_util.tree_leaves(params)))
+Model = LoopedTransformer

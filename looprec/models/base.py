@@ -1,0 +1,109 @@
+"""The interface every looped model implements, and the methods derived from it once for all kinds.
+
+A model kind supplies four things (the `LoopedModel` protocol): `init` (its params pytree), `loop_step` (the
+state entering loop 1 and the weight-tied step applied once per loop), `final_hidden` (what follows the loop:
+identity for the paper's model, end layers or a stream merge for others) and `head` (final norm and tied head).
+`LoopedBase` derives from them the one forward pass (`forward`: a scan with a readout after every loop) and
+everything eval, halting, lens and analysis read: `apply`, `answer_logits`, `loop_logits`, `layer_logits`,
+`trace`. A new kind subclasses `LoopedBase`, implements the four, and adds one line to `looprec.models.KINDS`.
+"""
+from __future__ import annotations
+
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from looprec import loop
+from looprec.config import ModelConfig
+
+# step(state, t, key) -> (state, per-layer outputs L x B x T x D or None); t is the 0-based loop index.
+StepFn = typing.Callable[[typing.Any, jax.Array, typing.Any], tuple[typing.Any, typing.Any]]
+
+
+@typing.runtime_checkable
+class LoopedModel(typing.Protocol):
+  """What eval, halting, lens and analysis need of a model. The state carried between loops may be any pytree
+  (B x T x D for the paper's model, B x T x n x D for several residual streams); `final_hidden` maps it to the
+  B x T x D hidden state that the head reads."""
+
+  cfg: ModelConfig
+  vocab_size: int
+
+  def init(self, rng, seq_len: int = 8) -> dict:
+    """A params pytree."""
+
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False) -> tuple[typing.Any, StepFn]:
+    """(state entering loop 1, step). rng enables dropout; per_layer makes step return every layer's output."""
+
+  def final_hidden(self, params, state) -> jax.Array:
+    """The B x T x D hidden state after a loop, as the head reads it."""
+
+  def head(self, params, hidden_xD) -> jax.Array:
+    """Final norm and the head tied to the token embedding: logits over the vocabulary."""
+
+
+class LoopedBase:
+  """The derived methods: one forward pass (a scan over `loop_step`) and its readouts. Subclasses are frozen
+  dataclasses with fields `cfg` and `vocab_size` (hashable: compiled functions are cached per model)."""
+
+  def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
+    """Runs R = n_loops loops. Returns (final state, per-loop readouts or None).
+
+    `readout(state, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked on a
+    leading R axis; per_layer passes every layer's output to it. rng enables dropout.
+    """
+    k_emb, k_loops = jax.random.split(rng) if rng is not None else (None, None)
+    state, step = self.loop_step(params, tokens_BxT, rng=k_emb, per_layer=per_layer)
+    return loop.scan_loops(step, state, n_loops, rng=k_loops, readout=readout)
+
+  def answer_hidden(self, params, state, read_pos_B):
+    """The hidden vector the head reads at each example's answer position: B x D."""
+    return gather_positions(self.final_hidden(params, state), read_pos_B)
+
+  def apply(self, params, tokens_BxT, n_loops: int, *, rng=None):
+    """Logits B x T x V after n_loops loops."""
+    state, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
+    return self.head(params, self.final_hidden(params, state))
+
+  def answer_logits(self, params, tokens_BxT, read_pos_B, n_loops: int, *, rng=None):
+    """Logits B x V at each example's answer position (cheaper than all positions)."""
+    state, _ = self.forward(params, tokens_BxT, n_loops, rng=rng)
+    return self.head(params, self.answer_hidden(params, state, read_pos_B))
+
+  def loop_logits(self, params, tokens_BxT, read_pos_B, n_loops: int):
+    """Logits at the answer position after every loop: R x B x V (one forward pass for all R)."""
+    readout = lambda state, _: self.head(params, self.answer_hidden(params, state, read_pos_B))
+    return self.forward(params, tokens_BxT, n_loops, readout=readout)[1]
+
+  def layer_logits(self, params, layers_LxBxTxD, read_pos_B):
+    """The logit lens of every layer's output at the answer position: L x B x V."""
+    return self.head(params, jax.vmap(gather_positions, (0, None))(layers_LxBxTxD, read_pos_B))
+
+  def trace(self, params, tokens_BxT, read_pos_B, n_loops: int, per_layer: bool = False):
+    """Per-loop analysis: `hidden` (R x B x T x D, the final hidden state), `logits` (R x B x V at the answer
+    position) and, with per_layer, `layers` (R x L x B x T x D) and `layer_logits` (R x L x B x V)."""
+    def readout(state, layers):
+      hidden_BxTxD = self.final_hidden(params, state)
+      out = {"hidden": hidden_BxTxD, "logits": self.head(params, gather_positions(hidden_BxTxD, read_pos_B))}
+      if per_layer:
+        out["layers"] = layers
+        out["layer_logits"] = self.layer_logits(params, layers, read_pos_B)
+      return out
+
+    return self.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=per_layer)[1]
+
+
+def gather_positions(h_BxTxD, pos_B):
+  """h[b, pos[b]] for each b: B x D."""
+  return jnp.take_along_axis(h_BxTxD, pos_B[:, None, None], axis=1)[:, 0]
+
+
+def count_params(params) -> int:
+  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+
+def params_checksum(params) -> float:
+  """Sum of all parameters in float64: equal across runs only if the params are (all but surely) identical."""
+  return float(sum(np.asarray(x, np.float64).sum() for x in jax.tree_util.tree_leaves(params)))
