@@ -17,7 +17,7 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import analysis, data, plots, sharding, train
+from looprec import analysis, data, plots, runs, sharding, train
 from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec import models
 from looprec.models import count_params, params_checksum
@@ -135,8 +135,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   if jax.process_index() == 0:
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
                    {n: r["trained_max_hop"] for n, r in results.items()})
-    with open(os.path.join(run_dir, "report.md"), "w") as f:
-      f.write(report(cfg, results))
+    runs.write_text(os.path.join(run_dir, "report.md"), report(cfg, results))
     analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
   halting = {n: {p: {s: {k: row[k] for k in ("accuracy", "mean_loops", "median_loops")} for s, row in table.items()}
                  for p, table in a["halting"].items()} for n, a in analyses.items()}

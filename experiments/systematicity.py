@@ -157,8 +157,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   stages = {name: stage_steps(c) for name, c in curves.items()}
   if jax.process_index() == 0:
     write_figures(run_dir, curves, lenses)
-    with open(os.path.join(run_dir, "report.md"), "w") as f:
-      f.write(report(cfg, models, stages, lenses))
+    runs.write_text(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses))
   return {"models": models, "curves": curves, "stages": stages, "logit_lens": lenses}
 
 

@@ -175,7 +175,8 @@ def plot_margins(margins_by_model: dict, path: str):
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title=name, xlabel="loop t", ylabel="logit margin" if ax is axes[0][0] else None)
   axes[0][-1].legend(fontsize="small", loc="best")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with runs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
   plots.plt.close(fig)
 
 
@@ -186,8 +187,7 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
   plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
                  os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
   plot_margins({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
-  with open(os.path.join(run_dir, "halting.md"), "w") as f:
-    f.write(halting_markdown(analyses))
+  runs.write_text(os.path.join(run_dir, "halting.md"), halting_markdown(analyses))
 
 
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
@@ -204,7 +204,7 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     raise C.ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
   saved = runs.read_json(config_path)
   module = cli.load_experiment(saved["experiment"])
-  cfg = C.from_dict(module.Config, saved["config"])
+  cfg = C.from_saved(module.Config, saved["config"], config_path)
   restored = {}
   for name in cfg.models:
     restored[name] = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))

@@ -1,8 +1,11 @@
 """`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]`.
 
-Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data) stops with one
-line `error: ...` and exit code 2, before the run folder is created when it can be checked that early.
+Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data, a runs folder that
+cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
+before the run folder is created when it can be checked that early. Exit codes: 0 done, 2 bad input or a disk
+error, 3 a NaN / Inf in training (the newest checkpoint is finite), 130 stopped by SIGINT, 143 by SIGTERM (both
+after a checkpoint; a second Ctrl-C stops at once, without one), 1 anything else (a bug: a traceback).
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
 import time
 
@@ -17,7 +21,7 @@ from looprec import config as C
 from looprec import runs
 
 
-RESUMABLE = re.compile(r"train\.(steps|max_minutes)|models\.\w+\.steps|eval\.\w+")
+RESUMABLE = re.compile(r"train\.(steps|max_minutes|debug_nan_step)|models\.\w+\.steps|eval\.\w+")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,13 +66,13 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
     changing = [o for o in overrides if not RESUMABLE.fullmatch(o.partition("=")[0])]
     if changing:
       raise C.ConfigError(f"--resume can change only step budgets and evaluation settings, not {changing[0]!r}")
-    preset, cfg = saved["preset"], C.override(C.from_dict(module.Config, saved["config"]), overrides)
+    cfg = C.from_saved(module.Config, saved["config"], config_path)
+    preset, cfg = saved["preset"], C.override(cfg, overrides)
     module.validate(cfg)
     run_dir = os.path.realpath(resume)
   else:
     preset, cfg = resolve(module, preset, overrides)
-    when = sharding.same_on_all_processes(int(time.time()))
-    run_dir = runs.make_run_dir(runs_root, name, preset, when, create=main_process)
+    run_dir = _new_run_dir(runs_root, name, preset, main_process)
   if main_process:
     runs.write_json(os.path.join(run_dir, "config.json"),
                     {"experiment": name, "preset": preset, "config": C.to_dict(cfg)})
@@ -79,13 +83,36 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {run_dir}",
           file=sys.stderr)
+    return 128 + (train.STOP.signum or signal.SIGINT)
+  except KeyboardInterrupt:
+    print(f"interrupted: a second Ctrl-C, stopped without a checkpoint; resume from the last one with: "
+          f"python -m looprec experiment {name} --resume {run_dir}", file=sys.stderr)
     return 130
+  except train.NonFinite as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   results = {"experiment": name, "preset": preset, "wall_seconds": time.time() - start, **body}
   path = os.path.join(run_dir, "results.json")
   if main_process:
     runs.write_json(path, results)
     print(f"results: {path}")
   return 0
+
+
+def _new_run_dir(runs_root: str, name: str, preset: str, main_process: bool) -> str:
+  """Process 0 creates the run folder; every process gets its name (time and -i suffix from process 0)."""
+  from looprec import sharding  # pylint: disable=import-outside-toplevel
+  when = sharding.same_on_all_processes(int(time.time()))
+  index, error = -1, None
+  if main_process:
+    try:
+      index = runs.index_of(runs.make_run_dir(runs_root, name, preset, when))
+    except C.ConfigError as e:
+      error = e
+  index = sharding.same_on_all_processes(index)
+  if error or index < 0:
+    raise error or C.ConfigError("process 0 could not create the run folder")
+  return runs.run_dir_name(runs_root, name, preset, when, index)
 
 
 def main(argv=None) -> int:
@@ -116,5 +143,8 @@ def main(argv=None) -> int:
       print(f"analysis: {path}")
   except C.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a disk error (full, read-only, removed) while writing the run folder
+    print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
     return 2
   return 0
