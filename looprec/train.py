@@ -202,8 +202,11 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
   writer = None
-  if jax.process_index() == 0:  # purge_step drops the points a killed run logged after its last checkpoint
+  if jax.process_index() == 0:  # purge_step hides the points a killed run logged from its last checkpoint on
     writer = SummaryWriter(os.path.join(run_dir, "tb", name), purge_step=step or None)
+    for split, points in curves.items():  # ... which include the evaluation at that checkpoint's step: again
+      if points and points[-1][0] == step:
+        writer.add_scalar(f"eval/{split}", points[-1][1], step)
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
                   mininterval=1.0)
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
@@ -216,6 +219,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     anyway, at a log step, an evaluation or a save)."""
     first, which = (int(x) for x in jax.device_get(health_now))
     if first >= 0:
+      ckpt.wait()
       kept = ckpt.steps()
       raise NonFinite(f"{name}: non-finite {HEALTH[which]} at step {first}; nothing after it was saved; "
                       + (f"the newest checkpoint is step {kept[0]}" if kept else "no checkpoint was written"))
