@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+from data_gen.io import write_json_atomic
 from looprec.config import ConfigError
 
 
@@ -49,8 +50,9 @@ def index_of(run_dir: str) -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-  """Yields a temporary path beside `path` (same suffix, so writers that go by the extension work) and
-  renames it to `path` when the block succeeds: a reader or a kill never leaves half a file."""
+  """Yields a temporary path beside `path` (same suffix, so writers that go by the extension work, such as
+  matplotlib's savefig) and renames it to `path` when the block succeeds: a reader or a kill never leaves half
+  a file (text and JSON: data_gen.io.write_text_atomic)."""
   head, tail = os.path.split(path)
   stem, ext = os.path.splitext(tail)
   tmp = os.path.join(head, f".{stem}.tmp-{os.getpid()}{ext}")
@@ -62,14 +64,9 @@ def atomic_path(path: str):
       os.remove(tmp)
 
 
-def write_text(path: str, text: str) -> None:
-  with atomic_path(path) as tmp, open(tmp, "w") as f:
-    f.write(text)
-
-
 def write_json(path: str, obj) -> None:
-  """Writes to a temporary file then renames, so a reader never sees half a file."""
-  write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+  """Writes atomically (a temporary file renamed over path), indented."""
+  write_json_atomic(path, obj, indent=2)
 
 
 def read_json(path: str):

@@ -18,8 +18,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, sharding
-from looprec.config import ModelConfig, Recurrence, TrainConfig, to_dict as config_to_dict
-from looprec import models
+from looprec.config import Recurrence, TrainConfig, to_dict as config_to_dict
 
 
 def schedule(cfg: TrainConfig):
@@ -153,7 +152,11 @@ def stop_on_signals():
 
 
 class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint."""
+  """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
+
+  def __init__(self, message: str, run_dir: str):
+    super().__init__(message)
+    self.run_dir = run_dir
 
 
 class NonFinite(Exception):
@@ -168,26 +171,26 @@ def data_fingerprint(task, seq_len: int) -> dict:
   return checkpoint.fingerprint(task.vocab.size, seq_len, config_to_dict(task.cfg))
 
 
-def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, cfg: TrainConfig, task, mesh,
-                run_dir: str, seed: int, config_json: dict) -> TrainResult:
-  """Trains one model of an experiment, resuming from the newest readable step of run_dir/checkpoints/<name>."""
+def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
+                seed: int, config_json: dict) -> TrainResult:
+  """Trains one model of an experiment on a task (through the task's curriculum), resuming from the newest
+  readable step of run_dir/checkpoints/<name>."""
   if STOP.requested:
-    raise Interrupted(f"stopped before training {name}")
-  rec = Recurrence.parse(recurrence)
+    raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
-  model = models.build(model_cfg, task.vocab.size)
+  curriculum = task.curriculum
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, cfg.debug_nan_step)
   key = jax.random.PRNGKey(seed)
-  seq_len = data.width(cfg.max_hop, task.cfg.answer_at)
+  seq_len = data.width(curriculum.last, task.cfg.answer_at)
   state = init_state(model, tx, jax.random.fold_in(key, 0), seq_len, mesh)
   fingerprint = data_fingerprint(task, seq_len)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
-  step, stage, stages, elapsed, curves = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0, {}
+  step, stage, stages, elapsed, curves = 0, curriculum.first, [[0, curriculum.first]], 0.0, {}
   iterator = None
   restored = ckpt.restore_latest(
       checkpoint.abstract_like(state),
-      lambda meta: data.stage_iterator(task, meta["stage"], cfg.batch_size, meta["stages"][-1][0], cfg.max_hop),
+      lambda meta: data.stage_iterator(task, meta["stage"], cfg.batch_size, meta["stages"][-1][0]),
       fingerprint)
   if restored is not None:
     step, meta, state, iterator = restored
@@ -197,7 +200,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     if step >= steps:
       ckpt.close()
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
-  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0, cfg.max_hop)
+  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
   eval_loops = cfg.eval_loops or rec.max_loops
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
@@ -259,17 +262,17 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
       bar.update(1)
       if step % cfg.eval_every == 0 or step == steps:
         check_finite(health)
-        for split, ex in eval_sets.items():
-          acc = evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+        accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+                    for split, ex in eval_sets.items()}
+        for split, acc in accuracy.items():
           curves.setdefault(split, []).append([step, acc])
           if writer:
             writer.add_scalar(f"eval/{split}", acc, step)
-        stage_split = data.split_name(stage)  # the curriculum's current hop (chain tasks)
-        stage_acc = curves[stage_split][-1][1] if stage_split in eval_sets else float("nan")
-        if stage_acc > cfg.threshold and stage < cfg.max_hop and step < steps:
+        stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+        if curriculum.advances(stage, accuracy) and step < steps:
           stage += 1
           stages.append([step, stage])
-          iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
+          iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
           eval_sets = task.monitor_splits(stage)
           stage_acc = float("nan")
           if cfg.restart_optimizer:
@@ -288,7 +291,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     if writer:
       writer.close()
   if STOP.requested and step < steps:
-    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved")
+    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved", run_dir)
   return TrainResult(state["params"], step, stage, stages, time.time() - started, curves)
 
 
