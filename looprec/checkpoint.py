@@ -23,16 +23,46 @@ ITEMS = ("state", "data", "meta")
 
 
 def fingerprint(vocab_size: int, seq_len: int, data_config: dict) -> dict:
-  """What a checkpoint must agree with to be resumed on this data."""
+  """What a checkpoint must agree with to be resumed on this data: the vocabulary size, the padded sequence
+  length, and the data config (a hash, and the config itself so that a difference can be named)."""
   digest = hashlib.sha256(json.dumps(data_config, sort_keys=True).encode()).hexdigest()[:16]
-  return {"vocab_size": int(vocab_size), "seq_len": int(seq_len), "data_config_sha": digest}
+  return {"vocab_size": int(vocab_size), "seq_len": int(seq_len), "data_config_sha": digest,
+          "data_config": data_config}
 
 
-def check_fingerprint(saved: dict | None, current: dict, where: str):
-  """ConfigError naming the first field of the data fingerprint that differs (none saved: nothing to check)."""
-  for key, value in (current or {}).items():
-    if saved is not None and key in saved and saved[key] != value:
-      raise ConfigError(f"{where} was trained on data with {key}={saved[key]}, the data now has {key}={value}")
+def task_fingerprint(task) -> dict:
+  """fingerprint of a task (looprec.data): its vocabulary, the width of its deepest curriculum stage, its config."""
+  from looprec import config, data  # pylint: disable=import-outside-toplevel
+  return fingerprint(task.vocab.size, data.width(task.curriculum.last, task.cfg.answer_at),
+                     config.to_dict(task.cfg))
+
+
+def _first_difference(saved: dict, current: dict, prefix: str = "data."):
+  """(key, saved value, current value) of the first key both configs hold with different values, or None (keys
+  only one side has are a newer version's defaults, not a difference in the data)."""
+  for key in saved.keys() & current.keys():
+    a, b = saved[key], current[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+      found = _first_difference(a, b, f"{prefix}{key}.")
+      if found:
+        return found
+    elif a != b:
+      return f"{prefix}{key}", a, b
+  return None
+
+
+def check_fingerprint(saved: dict | None, current: dict | None, where: str):
+  """ConfigError naming what differs between a checkpoint's data fingerprint and the current one (nothing to
+  check when either is missing: a checkpoint written before fingerprints, or a caller without data)."""
+  if not saved or not current:
+    return
+  for key in ("vocab_size", "seq_len"):
+    if key in saved and saved[key] != current[key]:
+      raise ConfigError(f"{where} was trained on data with {key}={saved[key]}, the data now has {key}={current[key]}")
+  if saved.get("data_config_sha") not in (None, current["data_config_sha"]):
+    found = _first_difference(saved.get("data_config", {}), current["data_config"])
+    if found:
+      raise ConfigError(f"{where} was trained on data with {found[0]}={found[1]!r}, the data now has {found[2]!r}")
 
 
 def _warn(message: str):

@@ -114,16 +114,18 @@ class Run:
 
 
 def load_run(run_dir: str) -> Run:
-  """Every model's latest checkpoint in a run folder; ConfigError if a model has none."""
+  """Every model's newest readable checkpoint in a run folder (an unreadable step falls back to the next older
+  one, said on stderr); ConfigError if a model has none, or if its checkpoint does not fit the data."""
   from looprec import checkpoint  # pylint: disable=import-outside-toplevel
   name, module, _, cfg = read_run_config(run_dir)
-  params, meta = {}, {}
+  run = Run(run_dir, name, module, cfg, {}, {})
+  fingerprint = checkpoint.task_fingerprint(run.task)
   for model in cfg.models:
-    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model))
+    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model), fingerprint)
     if restored is None:
       raise ConfigError(f"{run_dir!r}: no checkpoint of model {model!r}")
-    params[model], meta[model] = restored
-  return Run(run_dir, name, module, cfg, params, meta)
+    run.params[model], run.meta[model] = restored
+  return run
 
 
 def _new_run_dir(runs_root: str, name: str, preset: str, main_process: bool) -> str:

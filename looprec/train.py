@@ -18,7 +18,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, sharding
-from looprec.config import Recurrence, TrainConfig, to_dict as config_to_dict
+from looprec.config import Recurrence, TrainConfig
 
 
 def schedule(cfg: TrainConfig):
@@ -166,11 +166,6 @@ class NonFinite(Exception):
 HEALTHY = np.array([-1, 0], np.int32)
 
 
-def data_fingerprint(task, seq_len: int) -> dict:
-  """The checkpoint's record of the data it was trained on (see checkpoint.fingerprint)."""
-  return checkpoint.fingerprint(task.vocab.size, seq_len, config_to_dict(task.cfg))
-
-
 def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
                 seed: int, config_json: dict) -> TrainResult:
   """Trains one model of an experiment on a task (through the task's curriculum), resuming from the newest
@@ -182,9 +177,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, cfg.debug_nan_step)
   key = jax.random.PRNGKey(seed)
-  seq_len = data.width(curriculum.last, task.cfg.answer_at)
-  state = init_state(model, tx, jax.random.fold_in(key, 0), seq_len, mesh)
-  fingerprint = data_fingerprint(task, seq_len)
+  state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
+  fingerprint = checkpoint.task_fingerprint(task)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
   step, stage, stages, elapsed, curves = 0, curriculum.first, [[0, curriculum.first]], 0.0, {}
   iterator = None

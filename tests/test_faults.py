@@ -120,9 +120,10 @@ def test_checkpoint_of_other_data_is_refused_by_name(tmp_path):
   _save_steps(directory)
   with pytest.raises(ConfigError, match=r"vocab_size=10, the data now has vocab_size=12"):
     checkpoint.restore_params(directory, checkpoint.fingerprint(12, 8, {"seed": 0}))
-  with pytest.raises(ConfigError, match=r"data_config_sha"):
+  with pytest.raises(ConfigError, match=r"step 2 was trained on data with data.seed=0, the data now has 1"):
     checkpoint.restore_params(directory, checkpoint.fingerprint(10, 8, {"seed": 1}))
-  assert checkpoint.restore_params(directory, checkpoint.fingerprint(10, 8, {"seed": 0})) is not None
+  newer = checkpoint.fingerprint(10, 8, {"seed": 0, "a_field_added_later": 3})  # an old run, newer code
+  assert checkpoint.restore_params(directory, newer) is not None
 
 
 # ------------------------------------------------------------------ NaN / Inf (quick, in process)
@@ -473,3 +474,19 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
   models_equal(results_of(subprocess.CompletedProcess([], 0, outs[0][0], outs[0][1]))[1], pair)
   record(fault="SIGTERM to one of two processes", injected=1, survived=1, lost=0)
+
+
+@pytest.mark.slow
+def test_checkpoint_that_does_not_fit_the_data_is_one_line(tmp_path, straight):
+  """The run folder's data changed under its checkpoints (here: config.json edited to a larger graph)."""
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(straight[0], run_dir, symlinks=True)
+  saved = json.load(open(os.path.join(run_dir, "config.json")))
+  saved["config"]["data"]["n_entities"] += 1
+  open(os.path.join(run_dir, "config.json"), "w").write(json.dumps(saved))
+  for args in (["experiment", "depth_extrap", "--resume", run_dir], ["analyze", run_dir]):
+    proc = run_cli(*args)
+    errors = error_lines(proc.stderr)
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert "looped step 120 was trained on data with vocab_size=" in errors[0], errors
+  record(fault="checkpoint does not fit the data", injected=2, survived=2, lost=0)
