@@ -68,6 +68,6 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:  # a disk error (full, read-only, removed) while writing the run folder
-    print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)
+    print(f"error: disk error: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
     return 2
   return 0

@@ -151,6 +151,14 @@ def stop_on_signals():
       signal.signal(s, handler)
 
 
+def agreed_stop(timed_out: bool) -> tuple[bool, bool]:
+  """(process 0's time-budget verdict, whether any process was signalled), the same on every process; a
+  signal seen elsewhere sets STOP here too."""
+  STOP.signum, timed_out = sharding.agree_to_stop(STOP.signum, timed_out)
+  STOP.requested = STOP.requested or STOP.signum > 0
+  return timed_out, STOP.requested
+
+
 class Interrupted(Exception):
   """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
 
@@ -170,7 +178,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
                 seed: int, config_json: dict) -> TrainResult:
   """Trains one model of an experiment on a task (through the task's curriculum), resuming from the newest
   readable step of run_dir/checkpoints/<name>."""
-  if STOP.requested:
+  if agreed_stop(timed_out=False)[1]:
     raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
   curriculum = task.curriculum
@@ -232,13 +240,11 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     last_saved = step
 
   def should_stop() -> bool:
-    """Process 0's clock decides the time budget; a signal on any process stops all (agreed every log_every
-    steps when there are several processes)."""
+    """Agreed by all processes every log_every steps (every step when there is one)."""
     if jax.process_count() > 1 and step % cfg.log_every:
       return False
-    STOP.signum, timed_out = sharding.agree_to_stop(STOP.signum, time.time() >= deadline)
-    STOP.requested = STOP.requested or STOP.signum > 0
-    return timed_out or STOP.requested
+    timed_out, signalled = agreed_stop(time.time() >= deadline)
+    return timed_out or signalled
 
   try:
     while step < steps and not should_stop():
