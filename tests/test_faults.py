@@ -303,7 +303,7 @@ def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, strai
   runs_dir, run_dir, log = str(tmp_path / "runs"), None, []
   plan = ["random", "saving"] * 5 + ["sigterm", "double_sigint"]
   for i, how in enumerate(plan):
-    args = BASE + (["--resume", run_dir] if run_dir else ["--runs-dir", runs_dir])
+    args = ["experiment", "depth_extrap", "--resume", run_dir] if run_dir else BASE + ["--runs-dir", runs_dir]
     proc = _start(args)
     if run_dir is None:
       link = os.path.join(runs_dir, "depth_extrap", "latest")
@@ -337,7 +337,7 @@ def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, strai
       raise AssertionError(err[-2000:])
     if proc.returncode == 130:
       assert "second Ctrl-C" in err or "interrupted:" in err, err[-2000:]
-  final = run_cli(*BASE, "--resume", run_dir)
+  final = run_cli("experiment", "depth_extrap", "--resume", run_dir)
   assert final.returncode == 0, final.stderr[-2000:]
   models_equal(results_of(final)[1], straight[1])
   assert not _saving(run_dir)
@@ -357,30 +357,35 @@ def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, strai
 def test_corrupt_newest_checkpoint_on_resume_falls_back_and_finishes_equal(tmp_path, straight):
   """Three times: SIGTERM after a checkpoint, then the newest step is truncated / emptied / loses a file; the
   resume names the bad step, uses the next older one, and the finished run equals the uninterrupted one."""
-  runs_dir, run_dir = str(tmp_path / "runs"), None
-  for how in ("truncated", "emptied", "missing_file"):
-    proc = _start(BASE + (["--resume", run_dir] if run_dir else ["--runs-dir", runs_dir]))
-    if run_dir is None:
-      link = os.path.join(runs_dir, "depth_extrap", "latest")
-      assert _wait(lambda: os.path.isfile(os.path.join(link, "config.json")), proc, poll=0.05)
-      run_dir = os.path.realpath(link)
-    looped = os.path.join(run_dir, "checkpoints", "looped")
-    before = len(os.listdir(looped)) if os.path.isdir(looped) else 0
-    assert _wait(lambda: os.path.isdir(looped) and len([s for s in os.listdir(looped) if s.isdigit()]) >= 1
-                 and len(os.listdir(looped)) > before, proc, poll=0.05), proc.communicate()
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 143, err[-2000:]
-    steps = sorted((int(s) for s in os.listdir(looped) if s.isdigit()), reverse=True)
-    corrupt(os.path.join(looped, str(steps[0])), how)
-    check = run_cli(*BASE, "--resume", run_dir, "train.steps=1")  # restores (and falls back), trains nothing
-    if len(steps) > 1:
-      assert f"step {steps[0]} is unreadable" in check.stderr and f"using step {steps[1]}" in check.stderr, \
-          check.stderr[-2000:]
-    record(fault=f"newest checkpoint {how} (end to end)", injected=1, survived=1, lost=0)
-  final = run_cli(*BASE, "--resume", run_dir)
-  assert final.returncode == 0, final.stderr[-2000:]
-  models_equal(results_of(final)[1], straight[1])
+  runs_dir, run_dir, expect = str(tmp_path / "runs"), None, None
+  for how in ("truncated", "emptied", "missing_file", None):
+    resume = ["experiment", "depth_extrap", "--resume", run_dir]
+    if how is None:  # the last resume runs to the end
+      proc = run_cli(*resume)
+      err = proc.stderr
+      assert proc.returncode == 0, err[-2000:]
+      models_equal(results_of(proc)[1], straight[1])
+    else:
+      proc = _start(resume if run_dir else BASE + ["--runs-dir", runs_dir])
+      if run_dir is None:
+        link = os.path.join(runs_dir, "depth_extrap", "latest")
+        assert _wait(lambda: os.path.isfile(os.path.join(link, "config.json")), proc, poll=0.05)
+        run_dir = os.path.realpath(link)
+      looped = os.path.join(run_dir, "checkpoints", "looped")
+      before = set(os.listdir(looped)) if os.path.isdir(looped) else set()
+      digits = lambda: {s for s in os.listdir(looped) if s.isdigit()} if os.path.isdir(looped) else set()
+      assert _wait(lambda: digits() - before and len(digits()) >= 2, proc, poll=0.05), proc.communicate()
+      proc.send_signal(signal.SIGTERM)
+      _, err = proc.communicate(timeout=600)
+      assert proc.returncode == 143, err[-2000:]
+    if expect:  # this resume named the step corrupted before it and used the next older one
+      assert f"step {expect[0]} is unreadable" in err and f"using step {expect[1]}" in err, err[-3000:]
+      record(fault=f"newest checkpoint {expect[2]} (end to end)", injected=1, survived=1, lost=0)
+    if how is not None:
+      steps = sorted((int(s) for s in os.listdir(looped) if s.isdigit()), reverse=True)
+      assert len(steps) == 2, steps  # keep_checkpoints=2: an older step to fall back to
+      corrupt(os.path.join(looped, str(steps[0])), how)
+      expect = (steps[0], steps[1], how)
 
 
 @pytest.mark.slow
@@ -469,7 +474,7 @@ def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
   run_dir = os.path.realpath(link)
   assert len([d for d in os.listdir(tmp_path / "cut" / "depth_extrap") if d != "latest"]) == 1
   assert not os.path.exists(os.path.join(run_dir, "results.json"))
-  procs = start_processes(BASE + ["--resume", run_dir])
+  procs = start_processes(["experiment", "depth_extrap", "--resume", run_dir])
   outs = [p.communicate(timeout=1200) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
   models_equal(results_of(subprocess.CompletedProcess([], 0, outs[0][0], outs[0][1]))[1], pair)
