@@ -122,14 +122,17 @@ def margins(model, params, splits: dict, n_loops: int = MARGIN_LOOPS, mesh=None,
           for name, examples in splits.items()}
 
 
-def analyze_model(model, params, splits: dict, max_loops: int, policies=tuple(halting.RULES),
+def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
                   halt_loops: int = halting.DEFAULT_CAP, margin_loops: int = MARGIN_LOOPS, mesh=None,
                   batch_size: int = 256) -> dict:
   """{"sweep": accuracy[split][R] for R = 1..max(max_loops, halt_loops), "halting": policy -> split -> row,
   "margins": split -> curve} for one model. The sweep and the margins come from one scan per batch (one
-  compile), the halting of every policy from one compiled while_loop."""
+  compile), the halting of every policy from one compiled while_loop. policies: default every policy that
+  applies to the model (`halting.applicable`); `gate` is skipped for a model without an exit gate."""
   mesh = mesh or sharding.make_mesh()
-  pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p) for p in policies]
+  pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p)
+          for p in (policies or halting.applicable(model))]
+  pols = [p for p in pols if p.name != "gate" or model.has_exit_gate]
   sweep_loops = max(max_loops, halt_loops)
   acc, curves = {}, {}
   for name, examples in splits.items():
@@ -195,7 +198,7 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
   of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
   experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops."""
-  pols = [halting.parse_policy(p) for p in (policies or halting.RULES)]
+  pols = [halting.parse_policy(p) for p in policies] if policies else None
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
       _check_loops(value, what)
