@@ -14,6 +14,7 @@ import numpy as np
 from looprec import checkpoint, cli, data, eval as evaluation, halting, plots, runs, sharding
 from looprec import config as C
 from looprec import models
+from looprec.models import training_free
 
 MARGIN_LOOPS = 50
 
@@ -193,11 +194,38 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
     f.write(halting_markdown(analyses))
 
 
+def training_free_configs(model_cfgs: dict, spec: str) -> dict:
+  """name -> the training-free config (`models.training_free.wrap`) of each model whose layers hold the window of
+  spec ("window=a:b,substeps=K,damping=b[,model=NAME]"); ConfigError if none does or NAME is not a model."""
+  items = [i for i in spec.split(",") if i]
+  chosen = [i.partition("=")[2] for i in items if i.startswith("model=")]
+  spec = ",".join(i for i in items if not i.startswith("model="))
+  for name in chosen:
+    if name not in model_cfgs:
+      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {', '.join(model_cfgs)})")
+  out, errors = {}, []
+  for name, cfg in model_cfgs.items():
+    if chosen and name not in chosen:
+      continue
+    try:
+      out[name] = training_free.wrap(cfg, spec)
+    except C.ConfigError as e:
+      if chosen:
+        raise C.ConfigError(f"--training-free model={name}: {e}") from None
+      errors.append(f"{name}: {e}")
+  if not out:
+    raise C.ConfigError(f"--training-free {spec!r} fits no model of the run ({'; '.join(errors)})")
+  return out
+
+
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
-            margin_loops: int = MARGIN_LOOPS) -> str:
+            margin_loops: int = MARGIN_LOOPS, training_free_spec: str | None = None) -> str:
   """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
   of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
-  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops."""
+  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops.
+
+  training_free_spec ("window=a:b,substeps=K,damping=b[,model=NAME]"): analyze instead the trained models with
+  that window looped at inference (`models.training_free`), into run_dir/training_free/<spec>/."""
   pols = [halting.parse_policy(p) for p in policies] if policies else None
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
@@ -213,19 +241,29 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     restored[name] = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
     if restored[name] is None:
       raise C.ConfigError(f"{run_dir!r}: no checkpoint of model {name!r}")
-  if hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
+  model_cfgs = {name: dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers) for name in cfg.models}
+  out_dir = run_dir
+  if training_free_spec is not None:
+    model_cfgs = training_free_configs(model_cfgs, training_free_spec)
+    out_dir = os.path.join(run_dir, "training_free", training_free_spec.replace("=", "").replace(",", "_")
+                           .replace(":", "-"))
+  elif hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
     return module.analyze_run(cfg, run_dir, restored, max_loops)
   task = data.make_task(cfg.data)
   splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.make_mesh()
   analyses, trained = {}, {}
-  for name, (params, meta) in restored.items():
+  built = {name: models.build(model_cfg, task.vocab.size) for name, model_cfg in model_cfgs.items()}
+  if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
+    raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
+  for name, model in built.items():
+    params, meta = restored[name]
     params = jax.device_put(params, sharding.replicated(mesh))
-    model = models.build(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
     analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
                                    cfg.eval.batch_size)
     trained[name] = meta["stage"]
   if jax.process_index() == 0:
-    write(run_dir, analyses, trained)
-  return os.path.join(run_dir, "analysis.json")
+    os.makedirs(out_dir, exist_ok=True)
+    write(out_dir, analyses, trained)
+  return os.path.join(out_dir, "analysis.json")
