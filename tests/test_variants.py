@@ -138,6 +138,19 @@ def test_train_step_uses_the_models_loss():
   assert np.isfinite(metrics["grad_norm"])
 
 
+@pytest.mark.parametrize("kw", [dict(kind="prelude_core_coda", n_prelude=1, n_coda=1),
+                                dict(kind="hyperloop", n_prelude=1, n_streams=2, gate_sets=2), dict(kind="exit_gate")])
+def test_jitted_donating_train_step_of_every_kind(kw):
+  """The step the trainer runs (jit, sharded, params donated: every leaf its own buffer), with finite metrics."""
+  model, _ = make(**kw)
+  mesh = sharding.make_mesh()
+  tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
+  state = train.init_state(model, tx, jax.random.PRNGKey(0), 6, mesh)
+  state, metrics = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
+                                                                 jax.random.PRNGKey(1))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+
+
 def test_gate_policy_is_fixed_r_when_the_gate_never_fires_and_stops_when_it_does():
   model, params = make(kind="exit_gate")
   mesh = sharding.make_mesh()

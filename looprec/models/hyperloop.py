@@ -38,11 +38,10 @@ class Hyperloop(PreludeCoreCoda):
   def init(self, rng, seq_len: int = 8) -> dict:
     params = super().init(rng, seq_len)
     n, d, g = self.cfg.n_streams, self.cfg.d_model, self.cfg.gate_sets
-    scale = jnp.full((g,), DYNAMIC_SCALE_INIT)
     params["hyper"] = {
         "pre": jax.nn.one_hot(jnp.arange(g) % n, n), "post": jnp.ones((g, n)), "res": jnp.tile(jnp.eye(n), (g, 1, 1)),
         "w_pre": jnp.zeros((g, n * d, n)), "w_post": jnp.zeros((g, n * d, n)), "w_res": jnp.zeros((g, n * d, n * n)),
-        "c_pre": scale, "c_post": scale, "c_res": scale}
+        **{f"c_{name}": jnp.full((g,), DYNAMIC_SCALE_INIT) for name in ("pre", "post", "res")}}  # distinct buffers
     return params
 
   def gates(self, params, t, y_BxTxNxD):
