@@ -144,7 +144,7 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
   for name, r in results.items():
     acc = r["accuracy"]
     trained = np.mean([best(acc[split(h)])[0] for h in range(1, k + 1) if split(h) in acc])
-    cells = [name, r["kind"], f"{r['n_params']:,}", f"{r['steps_per_second']:.0f}" if r["steps"] else "—",
+    cells = [name, r["kind"], f"{r['n_params']:,}", f"{r['steps_per_second']:.1f}" if r["steps"] else "—",
              f"{trained:.2f} (k reached {r['trained_max_hop']})"]
     cells += ["%.2f (R=%d)" % best(acc[split(h)]) for h in beyond]
     rows = _halting_rows(analyses[name])
