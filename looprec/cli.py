@@ -1,5 +1,6 @@
 """`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
-`python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]`.
+`python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
+[--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`.
 
 Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data, a runs folder that
 cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
@@ -53,6 +54,9 @@ def main(argv=None) -> int:
   ana.add_argument("--margin-loops", type=int, default=50, help="margins for loops t = 1..T")
   ana.add_argument("--halt-loops", type=int, default=16, help="the halting cap")
   ana.add_argument("--policy", nargs="+", default=None, help="name[:key=value,...] (default: every policy)")
+  ana.add_argument("--training-free", default=None, metavar="SPEC",
+                   help="loop layers a..b-1 of the trained models at inference, K damped sub-steps, output "
+                        "B g(h_in) + (1-B) h_K: window=a:b,substeps=K,damping=B[,model=NAME] (K=6, B=0.5 default)")
   try:
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "analyze"]
@@ -62,7 +66,8 @@ def main(argv=None) -> int:
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
     if args.command == "analyze":
       from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
-      path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops)
+      path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops,
+                              args.training_free)
       print(f"analysis: {path}")
   except (C.ConfigError, UsageError) as e:
     print(f"error: {e}", file=sys.stderr)

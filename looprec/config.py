@@ -81,6 +81,15 @@ class ModelConfig:
   injection: str = "add"  # none | add (embedding added before every loop after the first) | adapter
   dropout: float = 0.0
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # begin / end blocks around the looped one (prelude_core_coda, hyperloop, exit_gate): layers run once
+  n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
+  n_coda: int = 0  # layers after the loop, before the final norm
+  n_streams: int = 1  # hyperloop: parallel residual streams
+  gate_sets: int = 4  # hyperloop: per-loop gate sets; loop t >= gate_sets uses the last
+  exit_beta: float = 0.1  # exit_gate: weight of the exit distribution's entropy in the loss
+  window: str = ""  # training_free: "a:b", layers a..b-1 (0-based) of the trained stack are looped
+  substeps: int = 6  # training_free: damped sub-steps K per loop
+  damping: float = 0.5  # training_free: beta, the loop's output is beta g(h_in) + (1 - beta) h_K
 
   def validate(self):
     from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
@@ -97,6 +106,34 @@ class ModelConfig:
     _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
     _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    blocks = ("prelude_core_coda", "hyperloop", "exit_gate")
+    for name in ("n_prelude", "n_coda"):
+      size = getattr(self, name)
+      _check(size >= 0, f"model.{name}={size} must be >= 0")
+      _check(size == 0 or self.kind in blocks,
+             f"model.{name}={size}: model.kind={self.kind!r} has no begin/end blocks (only {', '.join(blocks)})")
+    _check(self.dropout == 0 or self.n_prelude == self.n_coda == 0,
+           f"model.dropout={self.dropout}: the begin/end blocks run without dropout (set model.n_prelude/n_coda=0)")
+    _check(self.n_streams >= 1, f"model.n_streams={self.n_streams} must be >= 1")
+    _check(self.n_streams == 1 or self.kind == "hyperloop",
+           f"model.n_streams={self.n_streams}: only model.kind=hyperloop has several residual streams")
+    _check(self.gate_sets >= 1, f"model.gate_sets={self.gate_sets} must be >= 1")
+    _check(self.exit_beta >= 0, f"model.exit_beta={self.exit_beta} must be >= 0")
+    if self.kind == "training_free":
+      a, b = self.window_layers()
+      _check(0 <= a < b <= self.n_layers,
+             f"model.window={self.window!r} is outside the model's {self.n_layers} layers (need 0 <= a < b <= "
+             f"{self.n_layers})")
+      _check(self.substeps >= 1, f"model.substeps={self.substeps} must be >= 1")
+      _check(0.0 <= self.damping <= 1.0, f"model.damping={self.damping} must be in [0, 1]")
+      _check(self.dropout == 0, f"model.dropout={self.dropout}: model.kind=training_free is inference only")
+
+  def window_layers(self) -> tuple[int, int]:
+    """model.window "a:b" as (a, b): layers a..b-1 are looped (training_free)."""
+    m = re.fullmatch(r"(\d+):(\d+)", self.window)
+    if m is None:
+      raise ConfigError(f"model.window={self.window!r} is not 'a:b' (loop layers a..b-1, 0-based)")
+    return int(m.group(1)), int(m.group(2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +267,10 @@ class ModelRun:
   n_layers: int = 1
   recurrence: str = "dynamic:4,2,8"
   steps: int = 0
+  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=hyperloop,n_streams=2")
+
+  def model_overrides(self) -> list[str]:
+    return [item for item in self.model.split(",") if item]
 
   @property
   def rec(self) -> Recurrence:
@@ -252,6 +293,10 @@ def validate_experiment(cfg):
   _check(bool(cfg.models), "the experiment trains no models")
   for name, run in cfg.models.items():
     run.validate(name)
+    try:
+      cfg.model_cfg(name).validate()
+    except ConfigError as e:
+      raise ConfigError(f"models.{name}: {e}") from None
     _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 

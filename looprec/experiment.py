@@ -43,8 +43,12 @@ class ExperimentConfig:
   deviations: str = ""  # how the preset departs from the paper's recipe, for the report
 
   def model_cfg(self, name: str) -> ModelConfig:
-    """The model config of models[name]: the shared one with that model's depth."""
-    return dataclasses.replace(self.model, n_layers=self.models[name].n_layers)
+    """The model config of models[name]: the shared one with that model's depth and its `model` changes."""
+    run = self.models[name]
+    try:
+      return C.override(dataclasses.replace(self.model, n_layers=run.n_layers), run.model_overrides())
+    except ConfigError as e:
+      raise ConfigError(f"models.{name}.model: {e}") from None
 
   def build_model(self, name: str, vocab_size: int):
     from looprec import models  # pylint: disable=import-outside-toplevel  (jax is slow to import)

@@ -54,11 +54,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def loss_fn(params, batch, rng, *, model, n_loops: int, label_smoothing: float):
-  """Cross-entropy of the answer token over the whole vocabulary, read at each example's answer position."""
-  logits_BxV = model.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng)
-  labels_BxV = optax.smooth_labels(jax.nn.one_hot(batch["target"], logits_BxV.shape[-1]), label_smoothing)
-  loss = optax.softmax_cross_entropy(logits_BxV, labels_BxV).mean()
-  return loss, jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+  """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
+  kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
+  return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing)
 
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
