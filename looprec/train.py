@@ -206,7 +206,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   lr_at = schedule(cfg)
   writer = None
   if jax.process_index() == 0:  # purge_step hides the points a killed run logged from its last checkpoint on
-    writer = SummaryWriter(os.path.join(run_dir, "tb", name), purge_step=step or None)
+    writer = SummaryWriter(os.path.join(run_dir, "tb", name), purge_step=step)  # (from 0 if it had none)
     for split, points in curves.items():  # ... which include the evaluation at that checkpoint's step: again
       if points and points[-1][0] == step:
         writer.add_scalar(f"eval/{split}", points[-1][1], step)
