@@ -233,7 +233,7 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   log_every: int = 25
-  debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off)
+  debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off; its own compile)
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):

@@ -63,16 +63,16 @@ HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities ch
 
 
 def train_step(state, batch, rng, step, health, *, model, tx, n_loops: int, label_smoothing: float,
-               nan_step: int = -1):
+               poison: bool = False):
   """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
   n_loops is static. health = [first step with a non-finite HEALTH quantity (-1: none), its index in HEALTH],
-  kept on the device and read only where the host syncs anyway. nan_step >= 0 (a debug option) makes the
-  gradients NaN at that step."""
+  kept on the device and read only where the host syncs anyway. poison (a debug fault, a separate compilation
+  so that every other step runs the unchanged program) makes the gradients NaN."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
                                                  label_smoothing=label_smoothing), has_aux=True)
   (loss, acc), grads = grad_fn(state["params"], batch, rng)
-  if nan_step >= 0:
-    grads = jax.tree_util.tree_map(lambda g: jnp.where(step == nan_step, jnp.nan, g), grads)
+  if poison:
+    grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
@@ -86,18 +86,18 @@ def train_step(state, batch, rng, step, health, *, model, tx, n_loops: int, labe
 class StepFunctions:
   """One jitted, sharded, state-donating step per loop count R, compiled on first use and cached."""
 
-  def __init__(self, model, tx, mesh, label_smoothing: float, nan_step: int = -1):
-    self.model, self.tx, self.mesh, self.label_smoothing, self.nan_step = model, tx, mesh, label_smoothing, nan_step
+  def __init__(self, model, tx, mesh, label_smoothing: float):
+    self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
     self._cache = {}
 
-  def __call__(self, n_loops: int):
-    if n_loops not in self._cache:
+  def __call__(self, n_loops: int, poison: bool = False):
+    if (n_loops, poison) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing, nan_step=self.nan_step)
+                             label_smoothing=self.label_smoothing, poison=poison)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      self._cache[n_loops] = jax.jit(fn, in_shardings=(rep, dat, rep, rep, rep), out_shardings=(rep, rep, rep),
-                                     donate_argnums=0)
-    return self._cache[n_loops]
+      self._cache[n_loops, poison] = jax.jit(fn, in_shardings=(rep, dat, rep, rep, rep),
+                                             out_shardings=(rep, rep, rep), donate_argnums=0)
+    return self._cache[n_loops, poison]
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
@@ -181,7 +181,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   sharding.check_batch(cfg.batch_size, mesh)
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, cfg.debug_nan_step)
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
   fingerprint = checkpoint.task_fingerprint(task)
@@ -248,7 +248,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     while step < steps and not should_stop():
       n_loops = draw_loops(rec, seed, step)
       batch = sharding.put_batch(next(iterator), mesh)
-      state, metrics, health = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1), step, health)
+      state, metrics, health = step_fn(n_loops, step == cfg.debug_nan_step)(state, batch,
+                                                                            jax.random.fold_in(key, step + 1), step, health)
       if pending is not None:  # fetched one step late so the device never waits for the host
         check_finite(pending_health)  # before logging: no NaN reaches tensorboard
         _log_train(writer, bar, *pending, stage, stage_acc)
