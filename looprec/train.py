@@ -134,6 +134,24 @@ def stop_on_signals():
       signal.signal(s, handler)
 
 
+EVAL_LISTENERS = []  # functions called by on_eval
+
+
+@contextlib.contextmanager
+def on_eval(fn):
+  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
+  to draw curves as they come in:
+
+      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
+        experiment.run("systematicity", "smoke")
+  """
+  EVAL_LISTENERS.append(fn)
+  try:
+    yield
+  finally:
+    EVAL_LISTENERS.remove(fn)
+
+
 class Interrupted(Exception):
   """Training stopped on a signal after saving a checkpoint."""
 
@@ -203,6 +221,8 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
         curves.setdefault(split, []).append([step, acc])
         if writer:
           writer.add_scalar(f"eval/{split}", acc, step)
+      for listener in EVAL_LISTENERS:
+        listener(name, step, {split: curves[split][-1][1] for split in eval_sets})
       stage_split = data.split_name(stage)  # the curriculum's current hop (chain tasks)
       stage_acc = curves[stage_split][-1][1] if stage_split in eval_sets else float("nan")
       if stage_acc > cfg.threshold and stage < cfg.max_hop and step < steps:
