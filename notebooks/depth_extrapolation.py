@@ -172,7 +172,8 @@ ax.set(xlabel="entity", ylabel="after loop R", title=f"a held-out {deep}-hop cha
 plt.show()
 for r, p_N in enumerate(probs_RxN, 1):
   top = int(p_N.argmax())
-  where = f"entity after hop {path.index(top)}" if top in path else "off the chain"
+  hops = [k for k, e in enumerate(path) if e == top]
+  where = f"the entity after hop {', '.join(map(str, hops))}" if hops else "off the chain"
   print(f"R={r:2d}: top-1 entity {top:3d} ({where}), p(answer) = {p_N[path[-1]]:.2f}")
 
 # %% [markdown]

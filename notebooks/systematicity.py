@@ -145,8 +145,9 @@ def redraw(name, step, accuracy):
       ax.plot(steps, accs, marker=".", label=split, ls="--" if split.endswith(("_first", "_second")) else "-")
     ax.set(title=model_name, xscale="log", xlabel="training step", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
+    if by_split:
+      ax.legend(fontsize="small", loc="upper left")
   axes[0][0].set_ylabel("accuracy")
-  axes[0][-1].legend(fontsize="small", loc="upper left")
   handle.update(fig)
 
 
@@ -165,8 +166,8 @@ print("run folder:", run_dir)
 # %% tags=["figure"]
 run = experiment.load_run(run_dir)
 readings = ("answer", "bridge", "bridge_at_r1")
-fig, axes = plt.subplots(len(cfg.models), len(readings), figsize=(4 * len(readings), 2.6 * len(cfg.models)),
-                         squeeze=False)
+fig, axes = plt.subplots(len(cfg.models), len(readings), figsize=(4 * len(readings), 2.8 * len(cfg.models)),
+                         squeeze=False, layout="constrained")
 for row, name in zip(axes, cfg.models):
   model = run.model(name)
   loops = Recurrence.parse(run.cfg.models[name].recurrence).max_loops  # the training R
