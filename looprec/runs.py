@@ -22,8 +22,11 @@ def make_run_dir(root: str, name: str, preset: str, when: float | None = None, c
     run_dir, i = os.path.join(base, f"{preset}-{stamp}-{i}"), i + 1
   os.makedirs(run_dir)
   link, tmp = os.path.join(base, "latest"), os.path.join(base, f".latest-{os.getpid()}")
-  os.symlink(os.path.basename(run_dir), tmp)
-  os.replace(tmp, link)
+  try:
+    os.symlink(os.path.basename(run_dir), tmp)
+    os.replace(tmp, link)
+  except OSError:  # a filesystem without symlinks (Google Drive mounted in Colab: errno 95): no `latest` link
+    pass
   return run_dir
 
 

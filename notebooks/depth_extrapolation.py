@@ -97,7 +97,8 @@ print("mesh:", dict(mesh.shape), "| preset:", PRESET)
 # %%
 PRESET, cfg = experiment.resolve(module, PRESET, OVERRIDES)
 print(f"graph: {cfg.data.n_entities} entities, {cfg.data.n_relations} relations")
-print(f"curriculum: train on {cfg.train.start_hop}..{cfg.train.max_hop} hops, evaluate 1..{cfg.eval.max_hop} hops "
+curriculum = cfg.data.curriculum
+print(f"curriculum: train on {curriculum.first_hop}..{curriculum.last_hop} hops, evaluate 1..{cfg.eval.max_hop} hops "
       f"for R = 1..{cfg.eval.max_loops}")
 for name, mrun in cfg.models.items():
   print(f"{name}: L = {mrun.n_layers} layers, R = {mrun.recurrence}, {mrun.steps or cfg.train.steps} steps")

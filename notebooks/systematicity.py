@@ -76,7 +76,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import display
 
-from looprec import Recurrence, experiment, logit_lens, make_mesh, make_task, on_eval
+from looprec import experiment, logit_lens, make_mesh, make_task, on_eval
 
 module = experiment.load("systematicity")
 # %matplotlib inline
@@ -170,7 +170,7 @@ fig, axes = plt.subplots(len(cfg.models), len(readings), figsize=(4 * len(readin
                          squeeze=False, layout="constrained")
 for row, name in zip(axes, cfg.models):
   model = run.model(name)
-  loops = Recurrence.parse(run.cfg.models[name].recurrence).max_loops  # the training R
+  loops = run.cfg.models[name].rec.max_loops  # the training R
   lens = logit_lens(model, run.params[name], {LENS_SPLIT: task.probes[LENS_SPLIT]}, n_loops=loops)[LENS_SPLIT]
   for ax, reading in zip(row, readings):
     top1_RxL = np.array(lens[reading]["top1_by_layer"])

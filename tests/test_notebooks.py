@@ -198,3 +198,17 @@ def test_notebook_runs_headless_and_draws_its_figures(name, tmp_path, kernel_man
     assert "image/png" in kinds, f"{name}: no figure from {cell.source[:80]!r}"
   assert all(out.output_type != "error" for c in code_cells(nb) for out in c.outputs)
   assert "looprec is importable" in "".join(o.get("text", "") for o in code_cells(nb)[0].outputs)
+
+
+def test_run_folders_on_a_filesystem_without_symlinks(tmp_path, monkeypatch):
+  """paper_scale_tpu writes run folders to Google Drive in Colab, where os.symlink fails with errno 95: the run
+  folder is still made, only the `latest` link is missing."""
+  from looprec import runs  # pylint: disable=import-outside-toplevel
+
+  def refuse(*_):
+    raise OSError(95, "Operation not supported")
+
+  monkeypatch.setattr(os, "symlink", refuse)
+  run_dir = runs.make_run_dir(str(tmp_path), "depth_extrap", "paper", when=0)
+  assert os.path.isdir(run_dir) and not os.path.lexists(tmp_path / "depth_extrap" / "latest")
+  assert os.listdir(tmp_path / "depth_extrap") == [os.path.basename(run_dir)]
