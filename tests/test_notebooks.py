@@ -212,3 +212,26 @@ def test_run_folders_on_a_filesystem_without_symlinks(tmp_path, monkeypatch):
   run_dir = runs.make_run_dir(str(tmp_path), "depth_extrap", "paper", when=0)
   assert os.path.isdir(run_dir) and not os.path.lexists(tmp_path / "depth_extrap" / "latest")
   assert os.listdir(tmp_path / "depth_extrap") == [os.path.basename(run_dir)]
+
+
+def test_on_eval_sees_every_training_evaluation(tmp_path):
+  """The hook the systematicity notebook draws its live curves with: called once per evaluation, with what
+  the run records as its curves, and removed on exit, also after an error."""
+  # pylint: disable=import-outside-toplevel
+  from looprec import (CompositionDataConfig, ModelConfig, Recurrence, TrainConfig, build_model, make_mesh, make_task,
+                       on_eval)
+  from looprec import train
+  task = make_task(CompositionDataConfig(n_entities=24, n_relations=4, out_degree=3, phi=2.0, n_probe=32))
+  model = build_model(ModelConfig(d_model=16, n_heads=2, n_layers=1, pos_emb="learned", max_positions=4,
+                                  injection="none"), task.vocab.size)
+  cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=1, eval_every=2, checkpoint_every=100, log_every=1)
+  seen = []
+  with on_eval(lambda name, step, accuracy: seen.append((name, step, accuracy))):
+    result = train.train_model("m", model, Recurrence.parse("fixed:1"), 6, cfg, task, make_mesh(), str(tmp_path), 0,
+                               {})
+  assert [(name, step) for name, step, _ in seen] == [("m", 2), ("m", 4), ("m", 6)]
+  assert set(seen[0][2]) == set(task.probes)
+  assert {split: [[step, acc[split]] for _, step, acc in seen] for split in task.probes} == result.curves
+  with pytest.raises(RuntimeError), on_eval(seen.append):
+    raise RuntimeError
+  assert not train.EVAL_LISTENERS
