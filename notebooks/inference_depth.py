@@ -93,7 +93,8 @@ if RUN_DIR is None:
 run = experiment.load_run(RUN_DIR)
 task, cfg = run.task, run.cfg
 model, params = run.model(MODEL), run.params[MODEL]
-splits = {f"{hop} hops": task.eval_split(hop) for hop in range(1, min(cfg.eval.max_hop, task.eval_max_hop) + 1)}
+deepest = min(cfg.eval.max_hop, task.deepest_eval_hop)
+splits = {f"{hop} hops": task.eval_split(hop) for hop in range(1, deepest + 1)}
 trained = run.meta[MODEL]["stage"]
 print(f"{RUN_DIR}: {MODEL}, L = {model.cfg.n_layers}, trained on <= {trained} hops; "
       f"evaluating {', '.join(splits)} ({len(splits['1 hops']['target'])} examples each)")
@@ -113,7 +114,8 @@ colors = plt.cm.viridis(np.linspace(0, 0.95, len(splits)))
 for (split, by_r), color in zip(acc.items(), colors):
   ax.plot(range(1, max_loops + 1), [by_r[str(r)] for r in range(1, max_loops + 1)], color=color, label=split,
           lw=2 if int(split.split()[0]) > trained else 1)
-ax.set(xlabel="loops R", ylabel="accuracy", ylim=(-0.02, 1.02), title=f"{MODEL}: accuracy vs loops (thick: untrained depth)")
+ax.set(xlabel="loops R", ylabel="accuracy", ylim=(-0.02, 1.02),
+       title=f"{MODEL}: accuracy vs loops (thick: untrained depth)")
 ax.legend(fontsize="small", ncol=2)
 plt.show()
 
@@ -143,7 +145,7 @@ def tradeoff_plot(points):
     ax.scatter([loops], [accuracy], marker=marker, s=70, label=label, zorder=3)
   ax.set(xlabel="mean loops per example", ylabel="accuracy (mean over splits)", ylim=(-0.02, 1.02),
          title="halting: accuracy vs compute")
-  ax.legend(fontsize="small", loc="lower right")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
   plt.show()
 
 
