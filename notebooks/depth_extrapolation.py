@@ -55,9 +55,9 @@ else:
 
 # %% [markdown]
 # ## Parameters
-# `SMOKE` trains the tiny `smoke` preset (seconds on a CPU; it is not meant to learn the task); otherwise the
-# `cpu` preset, the setting whose results `docs/reproducing.md` reports. `None` picks smoke unless an
-# accelerator is attached.
+# `SMOKE` trains the tiny `smoke` preset (a few CPU minutes, mostly compilation; it is not meant to learn the
+# task); otherwise the `cpu` preset, the setting whose results `docs/reproducing.md` reports. `None` picks smoke
+# unless an accelerator is attached.
 
 # %% tags=["parameters"]
 SMOKE = None

@@ -56,7 +56,7 @@ else:
 # %% [markdown]
 # ## Parameters
 # Give `RUN_DIR` (a depth_extrap run folder) to analyze its models; otherwise a model is trained here: the tiny
-# `smoke` preset under `SMOKE` (seconds on a CPU; it barely learns), else `cpu`.
+# `smoke` preset under `SMOKE` (a few CPU minutes, mostly compilation; it barely learns), else `cpu`.
 
 # %% tags=["parameters"]
 SMOKE = None

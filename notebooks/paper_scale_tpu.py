@@ -56,7 +56,7 @@ else:
 # %% [markdown]
 # ## Parameters
 # `SMOKE` swaps the paper preset for the tiny `smoke` one and stops its first session after a second of
-# training, so that the resume path runs in seconds on a CPU. `RUNS_ROOT` must outlive the runtime: on Colab a
+# training, so that the resume path runs on a CPU. `RUNS_ROOT` must outlive the runtime: on Colab a
 # folder of the mounted Drive.
 
 # %% tags=["parameters"]

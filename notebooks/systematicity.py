@@ -56,9 +56,9 @@ else:
 
 # %% [markdown]
 # ## Parameters
-# `SMOKE` trains the tiny `smoke` preset (seconds on a CPU; too short to generalize); otherwise `cpu`, the
-# setting of `docs/reproducing.md` (use `PRESET = "cpu_long"` for the OOD stage). `None` picks smoke unless an
-# accelerator is attached.
+# `SMOKE` trains the tiny `smoke` preset (a few CPU minutes, mostly compilation; too short to generalize);
+# otherwise `cpu`, the setting of `docs/reproducing.md` (use `PRESET = "cpu_long"` for the OOD stage). `None`
+# picks smoke unless an accelerator is attached.
 
 # %% tags=["parameters"]
 SMOKE = None
