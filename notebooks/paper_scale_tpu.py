@@ -71,7 +71,7 @@ OVERRIDES = []  # for a new run only; a resumed run keeps its config
 # %%
 import jax
 
-from looprec import ConfigError, experiment, make_mesh
+from looprec import experiment, make_mesh
 
 module = experiment.load(EXPERIMENT)
 # %matplotlib inline
@@ -105,11 +105,14 @@ import os
 
 
 def finished(run_dir):
-  """Whether every model of a run folder has a final checkpoint."""
-  try:
-    return all(meta.get("done") for meta in experiment.load_run(run_dir).meta.values())
-  except ConfigError:  # a model without a checkpoint yet
+  """Whether every model of a run folder reached its step budget, by the results.json of its last session."""
+  path = os.path.join(run_dir, "results.json")
+  if not os.path.isfile(path):
     return False
+  cfg = experiment.read_run_config(run_dir)[3]
+  reached = json.load(open(path))["models"]
+  return all(reached.get(name, {}).get("steps", 0) >= (mrun.steps or cfg.train.steps)
+             for name, mrun in cfg.models.items())
 
 
 def unfinished_run(root, name, preset):
@@ -148,7 +151,8 @@ if SMOKE and not resume:
   resume = session(None, 0.02)
   print("first session stopped at steps", steps(resume), "| finished:", finished(resume))
 run_dir = session(resume)
-print("run folder:", run_dir, "| steps", steps(run_dir), "| finished:", finished(run_dir))
+print("run folder:", run_dir, "| steps", steps(run_dir))
+assert finished(run_dir), "a session that returns has trained every model to its budget"
 
 # %% [markdown]
 # ## Results so far
