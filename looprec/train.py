@@ -157,6 +157,24 @@ def agreed_stop(timed_out: bool) -> tuple[bool, bool]:
   return timed_out, STOP.requested
 
 
+EVAL_LISTENERS = []  # functions called by on_eval
+
+
+@contextlib.contextmanager
+def on_eval(fn):
+  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
+  to draw curves as they come in:
+
+      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
+        experiment.run("systematicity", "smoke")
+  """
+  EVAL_LISTENERS.append(fn)
+  try:
+    yield
+  finally:
+    EVAL_LISTENERS.remove(fn)
+
+
 class Interrupted(Exception):
   """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
 
@@ -266,6 +284,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
           curves.setdefault(split, []).append([step, acc])
           if writer:
             writer.add_scalar(f"eval/{split}", acc, step)
+        for listener in EVAL_LISTENERS:
+          listener(name, step, dict(accuracy))
         stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
         if curriculum.advances(stage, accuracy) and step < steps:
           stage += 1
