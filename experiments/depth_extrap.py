@@ -79,7 +79,7 @@ def paper() -> Config:
       data=ChainDataConfig(n_entities=200, n_relations=10, seq_len=50, n_eval=750, test_fraction=750 / 15750,
                            train_chains_per_hop=15000, hop_weights="pool", answer_at="next"),
       model=ModelConfig(d_model=768, n_heads=12, n_layers=4, pos_emb="none", attn_window=0, out_init_scale=0.0,
-                        injection="none", dropout=0.0, dtype="bfloat16", max_positions=50),
+                        injection="none", dtype="bfloat16", max_positions=50),
       train=TrainConfig(steps=1_000_000, batch_size=128, lr=1e-4, warmup_steps=2000, weight_decay=0.01,
                         grad_clip=0.0, label_smoothing=0.0, start_hop=2, max_hop=20, threshold=0.95,
                         restart_optimizer=True, eval_every=2000, checkpoint_every=5000),

@@ -98,7 +98,7 @@ def paper() -> Config:
                   "3,000-example probes. Gradient clipping 1.0 is the Hugging Face trainer's default."),
       data=CompositionDataConfig(n_entities=2000, n_relations=200, out_degree=20, ood_ratio=0.05, phi=7.2),
       model=ModelConfig(d_model=768, n_heads=12, pos_emb="learned", max_positions=5, injection="none",
-                        dropout=0.1, dtype="bfloat16"),
+                        embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1, dtype="bfloat16"),
       train=_train(steps=2_000_000, batch_size=128, lr=1e-4, warmup_steps=2000, decay_steps=150_001 * epoch,
                    weight_decay=0.1, label_smoothing=0.1, grad_clip=1.0, eval_every=epoch, checkpoint_every=10 * epoch),
       eval=EvalConfig(max_hop=2, max_loops=8, batch_size=1024),

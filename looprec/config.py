@@ -76,10 +76,22 @@ class ModelConfig:
   max_positions: int = 64  # table size for learned positions
   attn_window: int = 0  # 0 = full causal attention; w = each query sees itself and w-1 tokens before
   out_init_scale: float = 1.0  # std multiplier of attention/MLP output projections; 0 = zero init
-  init_std: float = 0.02
+  out_init_scaled: bool = True  # output projections' std also divided by sqrt(2 n_layers) (GPT-2 trainers)
+  init_std: float = 0.02  # std of the layers' weight matrices
+  embed_init_std: float = 0.02  # std of the token (and learned position) embeddings; nn.Embedding's is 1.0
+  ln_eps: float = 1e-6  # LayerNorm epsilon (Flax's default; PyTorch's and GPT-2's is 1e-5)
   injection: str = "add"  # none | add (embedding added before every loop after the first) | adapter
-  dropout: float = 0.0
+  embed_dropout: float = 0.0  # on the embeddings entering the loop (GPT-2 embd_pdrop)
+  attn_dropout: float = 0.0  # on the attention probabilities (attn_pdrop)
+  resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  # a key of older run folders -> the fields that replaced it (from_dict reads old config.json files)
+  RENAMED = {"dropout": ("embed_dropout", "attn_dropout", "resid_dropout")}
+
+  @property
+  def any_dropout(self) -> bool:
+    return bool(self.embed_dropout or self.attn_dropout or self.resid_dropout)
 
   def validate(self):
     from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
@@ -94,7 +106,11 @@ class ModelConfig:
     _check(self.injection in ("none", "add", "adapter"),
            f"model.injection={self.injection!r} is not one of none, add, adapter")
     _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
-    _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+    for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
+      _check(0.0 <= getattr(self, name) < 1.0, f"model.{name}={getattr(self, name)} must be in [0, 1)")
+    _check(self.init_std >= 0 and self.embed_init_std >= 0,
+           f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
+    _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
 
 
@@ -165,6 +181,7 @@ class TrainConfig:
   warmup_steps: int = 200
   decay_steps: int = 0  # linear decay to 0 over this many steps of a stage; 0 = no decay after warmup
   weight_decay: float = 0.01
+  weight_decay_on: str = "matrices"  # matrices (GPT-2 trainers) | all (torch.optim.AdamW over every parameter)
   b1: float = 0.9
   b2: float = 0.999
   grad_clip: float = 1.0  # 0 = off
@@ -185,6 +202,8 @@ class TrainConfig:
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
       _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
     _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+    _check(self.weight_decay_on in ("matrices", "all"),
+           f"train.weight_decay_on={self.weight_decay_on!r} is not matrices or all")
     for name in ("warmup_steps", "decay_steps", "max_minutes", "grad_clip", "weight_decay", "eval_loops"):
       _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
     _check(not self.decay_steps or self.decay_steps > self.warmup_steps,
@@ -303,6 +322,9 @@ def from_dict(cls, data: dict):
   """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars."""
   hints = typing.get_type_hints(cls)
   kwargs = {}
+  for old, new in getattr(cls, "RENAMED", {}).items():
+    if old in data:
+      data = {**{k: data[old] for k in new}, **{k: v for k, v in data.items() if k != old}}
   for f in dataclasses.fields(cls):
     if f.name not in data:
       continue

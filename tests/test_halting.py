@@ -66,7 +66,8 @@ def test_bad_policies(spec, message):
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, injection="add", init_std=0.5), vocab_size=V)
+  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, injection="add", init_std=0.5,
+                                        embed_init_std=0.5), vocab_size=V)
   params = model.init(jax.random.PRNGKey(0))
   tokens_BxT = jax.random.randint(jax.random.PRNGKey(1), (8, 5), 1, V)
   read_pos_B = jnp.full((8,), 4)

@@ -18,7 +18,7 @@ def test_paper_preset_is_the_recipe():
   assert d.seq_len == 50 and d.answer_at == "next" and d.hop_weights == "pool"
   assert (m.d_model, m.n_heads, m.n_layers) == (768, 12, 4)
   assert m.pos_emb == "none" and m.attn_window == 0 and m.out_init_scale == 0.0
-  assert m.dropout == 0.0 and m.dtype == "bfloat16" and m.injection == "none"
+  assert (m.embed_dropout, m.attn_dropout, m.resid_dropout) == (0.0, 0.0, 0.0) and m.dtype == "bfloat16" and m.injection == "none"
   assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps) == (1e-4, 0.01, 128, 2000)
   assert t.decay_steps == 0 or t.decay_steps >= t.steps  # linear schedule over a nominal run far longer than any
   assert t.label_smoothing == 0.0 and t.grad_clip == 0.0

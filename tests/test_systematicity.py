@@ -132,7 +132,7 @@ def test_ranks_match_brute_force():
 def test_lens_matches_the_traced_layer_logits_and_the_accuracy():
   task = data.make_task(SMALL)
   model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, n_layers=2, pos_emb="learned", max_positions=4,
-                                        init_std=0.5), task.vocab.size)  # large weights: varied ranks untrained
+                                        init_std=0.5, embed_init_std=0.5), task.vocab.size)  # large weights: varied ranks untrained
   params = model.init(jax.random.PRNGKey(3), 3)
   mesh = sharding.make_mesh()
   splits = {s: task.probes[s] for s in ("train_inferred", "test_inferred_ood", "id_atomic")}
@@ -172,7 +172,7 @@ def test_paper_preset_is_the_recipe():
   d, m, t = cfg.data, cfg.model, cfg.train
   assert (d.n_entities, d.n_relations, d.out_degree, d.ood_ratio, d.phi) == (2000, 200, 20, 0.05, 7.2)
   assert d.n_probe == 3000 and d.iid_test_prob == 0.005 and d.answer_at == "last_input"
-  assert (m.d_model, m.n_heads, m.pos_emb, m.max_positions, m.dropout, m.dtype) == (768, 12, "learned", 5, 0.1,
+  assert (m.d_model, m.n_heads, m.pos_emb, m.max_positions, m.attn_dropout, m.dtype) == (768, 12, "learned", 5, 0.1,
                                                                                     "bfloat16")
   assert m.injection == "none" and m.out_init_scale == 1.0
   assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps, t.label_smoothing) == (1e-4, 0.1, 128, 2000, 0.1)
