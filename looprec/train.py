@@ -44,9 +44,11 @@ def grokfast_ema(alpha: float, lamb: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only, as GPT-2 trainers do) behind optional global-norm clipping and then an
-  optional Grokfast filter (after the clipping, which would otherwise undo its amplification)."""
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """AdamW (decay on matrices only, as GPT-2 trainers do, or on every parameter, as torch.optim.AdamW over
+  model.parameters() does) behind optional global-norm clipping and then an optional Grokfast filter (after the
+  clipping, which would otherwise undo its amplification)."""
+  decay_mask = None if cfg.weight_decay_on == "all" else (
+      lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params))
   adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
   parts += [grokfast_ema(cfg.grokfast_alpha, cfg.grokfast_lambda)] if cfg.grokfast_alpha else []

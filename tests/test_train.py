@@ -16,7 +16,7 @@ from looprec import data, sharding, train
 from looprec.config import ChainDataConfig, ModelConfig, TrainConfig
 from looprec.models.looped import LoopedTransformer
 task = data.make_task(ChainDataConfig(n_entities=10, n_relations=3, seq_len=8))
-model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.1), task.vocab.size)
+model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1), task.vocab.size)
 tx = train.make_optimizer(TrainConfig(warmup_steps=2))
 mesh = sharding.make_mesh()
 state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
@@ -73,3 +73,27 @@ def test_weight_decay_skips_vectors():
   grads = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(jnp.abs(updates["b"]).max()) == 0.0 and float(jnp.abs(updates["w"]).max()) > 0
+
+
+def test_weight_decay_on_all_decays_every_parameter_like_torch_adamw():
+  """weight_decay_on=all: one step on zero gradients shrinks vectors and matrices alike by lr x wd."""
+  import jax
+  import jax.numpy as jnp
+  cfg = TrainConfig(lr=0.1, warmup_steps=0, weight_decay=0.5, grad_clip=0.0, weight_decay_on="all")
+  tx = train.make_optimizer(cfg)
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+  grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for leaf in jax.tree_util.tree_leaves(updates):
+    np.testing.assert_allclose(np.asarray(leaf), -0.1 * 0.5, rtol=1e-6)
+
+
+def test_old_run_configs_with_one_dropout_still_load():
+  from looprec import config as C
+  from looprec.config import ModelConfig
+  m = C.from_dict(ModelConfig, {"d_model": 32, "dropout": 0.1})
+  assert (m.embed_dropout, m.attn_dropout, m.resid_dropout) == (0.1, 0.1, 0.1) and m.d_model == 32
+  with np.testing.assert_raises(C.ConfigError):
+    C.override(ModelConfig(), ["dropout=0.1"])
+  with np.testing.assert_raises(C.ConfigError):
+    C.override(TrainConfig(), ["weight_decay_on=bias"]).validate()
