@@ -158,7 +158,10 @@ class CompositionDataConfig:
   iid_test_prob: float = 0.005  # share of ID 2-hop paths held out as test_inferred_iid
   n_probe: int = 3000  # examples per probe split
   atomic_repeats: int = 1  # each atomic fact appears this many times per training epoch (RECIPE: 1)
-  answer_at: str = "last_input"  # the answer is predicted at the last input token (RECIPE)
+  # last_input: at each row's last input token | next: a pad after it | batch_last: the official collate (rows
+  # padded to the batch's longest, the answer read at the last position: an atomic fact in a batch holding any
+  # 2-hop row is read at a pad after its relation; a probe split is one such batch group)
+  answer_at: str = "last_input"
 
   def validate(self):
     _check(self.n_entities >= 2, f"data.n_entities={self.n_entities} must be >= 2")
@@ -169,7 +172,8 @@ class CompositionDataConfig:
     _check(self.phi > 0, f"data.phi={self.phi} must be > 0")
     _check(self.n_probe >= 1, f"data.n_probe={self.n_probe} must be >= 1")
     _check(self.atomic_repeats >= 1, f"data.atomic_repeats={self.atomic_repeats} must be >= 1")
-    _check(self.answer_at in ("last_input", "next"), f"data.answer_at={self.answer_at!r} is not last_input or next")
+    _check(self.answer_at in ("last_input", "next", "batch_last"),
+           f"data.answer_at={self.answer_at!r} is not last_input, next or batch_last")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,17 +237,24 @@ class CompositionTask:
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 
   def _encode(self, facts: Facts, with_bridge: bool) -> dict:
-    ex = encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, width(2, self.cfg.answer_at),
-                self.cfg.answer_at, pad_hop=2)
+    layout = "last_input" if self.cfg.answer_at == "batch_last" else self.cfg.answer_at
+    ex = encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, width(2, layout), layout, pad_hop=2)
     if with_bridge and facts.bridges_B is not None:
       ex["bridge"] = self.vocab.entity_ids(facts.bridges_B).astype(np.int32)
-    return ex
+    return _batch_last(ex) if with_bridge and self.cfg.answer_at == "batch_last" else ex
 
   def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
     """Rows at the given positions of the endless stream: epoch e = ids in [e n, (e + 1) n) visits every
     training row once, in the order of the epoch's shuffle."""
     del max_hop, pad_hop  # every row is trained from the start, padded to two hops
-    return take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
+    ex = take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
+    return _batch_last(ex) if self.cfg.answer_at == "batch_last" else ex
+
+
+def _batch_last(ex: dict) -> dict:
+  """The official systematicity collate: rows right-padded to the longest of the group, the answer read at its
+  last position (so an atomic fact grouped with any 2-hop fact is read at the pad after its relation token)."""
+  return {**ex, "read_pos": np.full_like(ex["read_pos"], ex["hop"].max())}
 
   def monitor_splits(self, stage: int) -> dict:
     del stage

@@ -65,6 +65,34 @@ def test_atomic_repeats_multiply_only_the_atomic_rows():
     assert rows(thrice) == sorted(rows(once) * factor)
 
 
+def test_batch_last_is_the_official_collate():
+  """answer_at=batch_last: the rows a batch (or probe split) holds, padded to its longest and read at the last
+  position, give the logits a model computes on exactly that padded batch (pad_sequence + logits[:, -1])."""
+  task = data.make_task(C.override(SMALL, ["answer_at=batch_last"]))
+  plain = data.make_task(SMALL)
+  model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, pos_emb="learned", max_positions=4, injection="none",
+                                        embed_init_std=1.0), task.vocab.size)
+  params = model.init(jax.random.PRNGKey(0))
+  ex = task.train_examples(2, np.arange(64))
+  assert set(ex["hop"]) == {1, 2} and (ex["read_pos"] == 2).all()
+  np.testing.assert_array_equal(ex["tokens"], plain.train_examples(2, np.arange(64))["tokens"])
+  official = model.apply(params, ex["tokens"], 2)[:, -1]  # every row padded to 3 tokens, read at the last
+  np.testing.assert_allclose(model.answer_logits(params, ex["tokens"], ex["read_pos"], 2), official, atol=1e-5)
+  atomic_rows = np.flatnonzero(task.train["hop"] == 1)[:16]
+  only_atomic = data._batch_last(data.take(task.train, atomic_rows))  # pylint: disable=protected-access
+  assert (only_atomic["read_pos"] == 1).all()
+  official = model.apply(params, only_atomic["tokens"][:, :2], 2)[:, -1]  # the batch's longest row has 2 tokens
+  np.testing.assert_allclose(model.answer_logits(params, only_atomic["tokens"], only_atomic["read_pos"], 2),
+                             official, atol=1e-5)
+  for name, probe in task.probes.items():
+    assert (probe["read_pos"] == (1 if "atomic" in name else 2)).all(), name
+  # learned positions: the pad after an atomic fact's relation is a different place from the relation itself
+  atomic_mixed = ex["hop"] == 1
+  at_relation = model.answer_logits(params, ex["tokens"], np.where(atomic_mixed, 1, 2), 2)
+  at_pad = model.answer_logits(params, ex["tokens"], ex["read_pos"], 2)
+  assert not np.allclose(at_relation[atomic_mixed], at_pad[atomic_mixed], atol=1e-3)
+
+
 def test_probe_bridges_are_the_first_hops_tail():
   task = data.make_task(SMALL)
   atomic, _ = graph()
