@@ -128,7 +128,7 @@ def test_stream_resumes_from_the_iterator_state():
 
 def test_official_folder_reads_back_as_the_generated_task(tmp_path):
   c = SMALL
-  vocab, train_rows, test_rows = composition_dataset(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio,
+  vocab, train_rows, test_rows, _ = composition_dataset(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio,
                                                      c.phi, c.n_probe)
   write_dataset(tmp_path, vocab, train_rows, test_rows)
   generated, read = data.make_task(c), data.make_task(C.override(c, [f"source={tmp_path}"]))
@@ -141,7 +141,7 @@ def test_official_folder_reads_back_as_the_generated_task(tmp_path):
 
 
 def test_folder_with_unknown_probe_type_is_one_line_error(tmp_path):
-  vocab, train_rows, test_rows = composition_dataset(0, 10, 3, 2, 0.2, 1.0, 20)
+  vocab, train_rows, test_rows, _ = composition_dataset(0, 10, 3, 2, 0.2, 1.0, 20)
   write_dataset(tmp_path, vocab, train_rows, [{**test_rows[0], "type": "3hop_test"}])
   with pytest.raises(C.ConfigError, match="type '3hop_test'"):
     data.make_task(C.override(SMALL, [f"source={tmp_path}"]))
