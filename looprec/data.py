@@ -250,15 +250,15 @@ class CompositionTask:
     ex = take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
     return _batch_last(ex) if self.cfg.answer_at == "batch_last" else ex
 
+  def monitor_splits(self, stage: int) -> dict:
+    del stage
+    return self.probes
+
 
 def _batch_last(ex: dict) -> dict:
   """The official systematicity collate: rows right-padded to the longest of the group, the answer read at its
   last position (so an atomic fact grouped with any 2-hop fact is read at the pad after its relation token)."""
   return {**ex, "read_pos": np.full_like(ex["read_pos"], ex["hop"].max())}
-
-  def monitor_splits(self, stage: int) -> dict:
-    del stage
-    return self.probes
 
 
 def _read_composition(folder: str, n_probe: int):
