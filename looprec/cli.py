@@ -1,5 +1,6 @@
 """`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
-`python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]`.
+`python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]`, and
+`python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`.
 
 Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data) stops with one
 line `error: ...` and exit code 2, before the run folder is created when it can be checked that early.
@@ -103,6 +104,13 @@ def main(argv=None) -> int:
   ana.add_argument("--margin-loops", type=int, default=50, help="margins for loops t = 1..T")
   ana.add_argument("--halt-loops", type=int, default=16, help="the halting cap")
   ana.add_argument("--policy", nargs="+", default=None, help="name[:key=value,...] (default: every policy)")
+  imp = sub.add_parser("import-checkpoint", help="an official PyTorch checkpoint as a run folder `analyze` reads")
+  imp.add_argument("path", help="a .pt/.pth/.bin state_dict (or training checkpoint) or a .safetensors file")
+  imp.add_argument("--experiment", required=True, help="depth_extrap | systematicity")
+  imp.add_argument("--preset", default="paper")
+  imp.add_argument("--model", default="looped", help="which of the preset's models the checkpoint is")
+  imp.add_argument("--trained-hop", type=int, default=0, help="the curriculum hop it reached (default: the last)")
+  imp.add_argument("--out", required=True, help="the run folder to create")
   try:
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "analyze"]
@@ -110,6 +118,11 @@ def main(argv=None) -> int:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
+    if args.command == "import-checkpoint":
+      from looprec import importer  # pylint: disable=import-outside-toplevel
+      out = importer.import_run(args.path, args.experiment, args.preset, extra, args.out, args.model,
+                                args.trained_hop)
+      print(f"run: {out}")
     if args.command == "analyze":
       from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
       path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops)
