@@ -7,7 +7,7 @@ PRESET ?=
 ARGS ?=
 RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment analyze test test-slow clean-venv
+.PHONY: experiment analyze test test-slow test-torch clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.stamp-dev
 
 test-slow: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -m slow
+
+test-torch: $(VENV)/.stamp-dev  # the official-checkpoint import against PyTorch (installs the torch extra)
+	$(PY) -m pip install -q -e ".[torch]"
+	$(PY) -m pytest -q -p no:xdist tests/test_torch_import.py
 
 clean-venv:
 	rm -rf $(VENV)
