@@ -43,7 +43,7 @@ def main():
   summary = summarize(per_seed)
   runs.write_json(os.path.join(out_dir, "seeds.json"), {"seeds": args.seeds, "overrides": overrides,
                                                         "summary": summary, "per_seed": per_seed})
-  text = to_markdown(summary, args.seeds, base.train.max_hop)
+  text = to_markdown(summary, args.seeds, base.data.curriculum.last_hop)
   with open(os.path.join(out_dir, "seeds.md"), "w") as f:
     f.write(text)
   print(text)

@@ -12,28 +12,19 @@ fixed R = cap forward on the same splits, both compiled beforehand (best of --re
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import time
 
 import jax
 import numpy as np
 from jax import monitoring
 
-from looprec import analysis, checkpoint, cli, data, halting, runs, sharding
-from looprec import config as C
-from looprec import models
+from looprec import analysis, experiment, halting, sharding
 
 
 def load(run_dir: str, name: str):
-  saved = runs.read_json(os.path.join(run_dir, "config.json"))
-  module = cli.load_experiment(saved["experiment"])
-  cfg = C.from_dict(module.Config, saved["config"])
-  task = data.make_task(cfg.data)
-  splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
-  params, _ = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
-  model = models.build(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
-  return model, params, splits
+  run = experiment.load_run(run_dir)
+  splits = run.module.eval_splits(run.task, run.cfg.eval.max_hop)
+  return run.model(name), run.params[name], splits
 
 
 def per_r_compiles(model, params, splits, max_loops: int) -> dict:

@@ -12,14 +12,13 @@ runs/systematicity_recipe/<time>/recipe.json and recipe.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 import numpy as np
 
 from experiments import systematicity
-from looprec import checkpoint, config as C, data, eval as evaluation, models, runs, sharding
+from looprec import checkpoint, config as C, data, eval as evaluation, runs, sharding
 
 VARIANTS = {
     "cpu preset (N(0, 0.02), answer at the relation)": [],
@@ -51,9 +50,7 @@ def main():
     table[name] = {"overrides": extra}
     for model_name, m in out["models"].items():
       params, _ = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model_name))
-      run = cfg.models[model_name]
-      model = models.build(dataclasses.replace(cfg.model, n_layers=run.n_layers), task.vocab.size)
-      loops = C.Recurrence.parse(run.recurrence).max_loops
+      model, loops = cfg.build_model(model_name, task.vocab.size), cfg.models[model_name].rec.max_loops
       final = dict(m["final"])
       for split in ("id_atomic", "ood_atomic"):
         final[f"{split}@pad"] = evaluation.accuracy(model, params, at_pad(task.probes[split]), loops, mesh, 1024)

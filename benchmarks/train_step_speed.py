@@ -41,8 +41,8 @@ def main():
   tx = train.make_optimizer(cfg.train)
   step_fn = train.StepFunctions(model, tx, mesh, 0.0)(args.loops)
   ids = np.arange(cfg.train.batch_size)
-  k = cfg.train.max_hop
-  batches = {"padded to seq_len": task.train_examples(k, ids, pad_hop=cfg.data.max_hops()),
+  k = cfg.data.curriculum.last_hop
+  batches = {"padded to seq_len": task.train_examples(k, ids, pad_hop=cfg.data.fitting_hops()),
              "trimmed": task.train_examples(k, ids, pad_hop=k)}
   rates = {}
   for name, batch in batches.items():

@@ -9,7 +9,7 @@ import numpy as np
 
 from data_gen import chains, composition
 from data_gen.facts import Facts
-from data_gen.io import facts_to_rows, write_dataset
+from data_gen.io import OneLineParser, facts_to_rows, write_dataset
 from data_gen.vocab import Vocab
 
 
@@ -63,13 +63,8 @@ def composition_dataset(seed: int, n_entities: int, n_relations: int, out_degree
   return vocab, train_rows, test_rows, facts_to_rows(vocab, data.probes["test_inferred_ood"])
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise ValueError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-  parser = _Parser(prog="python -m data_gen", description=__doc__)
+  parser = OneLineParser(prog="python -m data_gen", description=__doc__)
   sub = parser.add_subparsers(dest="task", required=True)
   ch = sub.add_parser("chains", help="task B: k-hop chains over a permutation graph")
   ch.add_argument("--entities", type=int, default=200)

@@ -17,31 +17,24 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import analysis, data, plots, sharding, train
-from looprec.config import ChainDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
-from looprec import models
+from looprec import analysis, data, experiment, plots, report as md, sharding
+from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  seed: int = 0
+class Config(experiment.ExperimentConfig):
   data: ChainDataConfig = ChainDataConfig()
-  model: ModelConfig = ModelConfig()
-  train: TrainConfig = TrainConfig()
-  eval: EvalConfig = EvalConfig()
-  models: dict[str, ModelRun] = dataclasses.field(default_factory=dict)
-  deviations: str = ""  # how the preset departs from RECIPE task B, for the report
 
 
 def smoke() -> Config:
   """Tiny and fast: exercises every part (curriculum, dynamic R, checkpoints, sweep) in well under 2 minutes."""
   return Config(
       deviations="A tiny test configuration; it is not meant to learn the task.",
-      data=ChainDataConfig(n_entities=8, n_relations=2, seq_len=8, n_eval=64, test_fraction=0.2),
+      data=ChainDataConfig(n_entities=8, n_relations=2, seq_len=8, n_eval=64, test_fraction=0.2,
+                           curriculum=CurriculumConfig(first_hop=2, last_hop=3, threshold=0.5)),
       model=ModelConfig(d_model=32, n_heads=2, n_layers=1, attn_window=3),
-      train=TrainConfig(steps=200, batch_size=32, warmup_steps=20, start_hop=2, max_hop=3, threshold=0.5,
-                        eval_every=50, checkpoint_every=100, log_every=10),
+      train=TrainConfig(steps=200, batch_size=32, warmup_steps=20, eval_every=50, checkpoint_every=100, log_every=10),
       eval=EvalConfig(max_hop=5, max_loops=8, batch_size=64),
       models={"looped": ModelRun(n_layers=1, recurrence="dynamic:2,1,3"),
               "vanilla": ModelRun(n_layers=2, recurrence="fixed:1", steps=100)})
@@ -59,10 +52,11 @@ def cpu() -> Config:
                   "4 hops, R = clip(Poisson(4), 2, 4) (paper: clipped to [2, 8]) so that every untrained hop needs "
                   "more loops than training ever ran, and a fixed step budget per model instead of thousands of "
                   "epochs. The vanilla model has 3 layers, the looped model's mean unrolled depth."),
-      data=ChainDataConfig(n_entities=20, n_relations=4, seq_len=12, n_eval=256, test_fraction=0.1),
+      data=ChainDataConfig(n_entities=20, n_relations=4, seq_len=12, n_eval=256, test_fraction=0.1,
+                           curriculum=CurriculumConfig(first_hop=2, last_hop=4, threshold=0.95)),
       model=ModelConfig(d_model=64, n_heads=4, n_layers=1, pos_emb="none", attn_window=2, injection="add"),
-      train=TrainConfig(steps=20000, batch_size=64, lr=3e-3, warmup_steps=200, grad_clip=1.0, start_hop=2,
-                        max_hop=4, threshold=0.95, eval_every=250, checkpoint_every=2000),
+      train=TrainConfig(steps=20000, batch_size=64, lr=3e-3, warmup_steps=200, grad_clip=1.0, eval_every=250,
+                        checkpoint_every=2000),
       eval=EvalConfig(max_hop=10, max_loops=20),
       models={"looped": ModelRun(n_layers=1, recurrence="dynamic:4,2,4"),
               "vanilla": ModelRun(n_layers=3, recurrence="fixed:1", steps=6000),
@@ -77,12 +71,13 @@ def paper() -> Config:
                   "fixed pool, atomic facts weighted by their count) rather than read from a file, and the step "
                   "budget replaces the epoch count."),
       data=ChainDataConfig(n_entities=200, n_relations=10, seq_len=50, n_eval=750, test_fraction=750 / 15750,
-                           train_chains_per_hop=15000, hop_weights="pool", answer_at="next"),
+                           train_chains_per_hop=15000, hop_weights="pool", answer_at="next",
+                           curriculum=CurriculumConfig(first_hop=2, last_hop=20, threshold=0.95)),
       model=ModelConfig(d_model=768, n_heads=12, n_layers=4, pos_emb="none", attn_window=0, out_init_scale=0.0,
                         injection="none", dtype="bfloat16", max_positions=50),
       train=TrainConfig(steps=1_000_000, batch_size=128, lr=1e-4, warmup_steps=2000, weight_decay=0.01,
-                        grad_clip=0.0, label_smoothing=0.0, start_hop=2, max_hop=20, threshold=0.95,
-                        restart_optimizer=True, eval_every=2000, checkpoint_every=5000),
+                        grad_clip=0.0, label_smoothing=0.0, restart_optimizer=True, eval_every=2000,
+                        checkpoint_every=5000),
       eval=EvalConfig(max_hop=40, max_loops=40),
       models={"looped": ModelRun(n_layers=4, recurrence="dynamic:4,2,8")})
 
@@ -94,22 +89,20 @@ DEFAULT_PRESET = "cpu"
 def validate(cfg: Config):
   """Cross-field checks; raises ConfigError naming the culprit."""
   C.validate_experiment(cfg)
-  fits = cfg.data.max_hops()
-  for key, hop in (("train.max_hop", cfg.train.max_hop), ("eval.max_hop", cfg.eval.max_hop)):
-    if hop > fits:
-      raise ConfigError(f"{key}={hop} needs more than data.seq_len={cfg.data.seq_len} allows ({fits} hops)")
+  fits = cfg.data.fitting_hops()
+  if cfg.eval.max_hop > fits:
+    raise ConfigError(f"eval.max_hop={cfg.eval.max_hop} needs more than data.seq_len={cfg.data.seq_len} allows "
+                      f"({fits} hops)")
   sharding.check_batch(cfg.train.batch_size, sharding.make_mesh())
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
   if cfg.data.source != "generate":
-    task = data.make_task(cfg.data)  # reads and checks the folder before anything is written
-    if cfg.train.max_hop > task.max_hop:
-      raise ConfigError(f"train.max_hop={cfg.train.max_hop} exceeds the data's deepest chain ({task.max_hop} hops)")
-    eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
+    eval_splits(data.make_task(cfg.data), cfg.eval.max_hop)  # reads and checks the folder before anything is written
 
 
 def eval_splits(task, max_hop: int) -> dict:
-  return {data.split_name(hop): task.eval_split(hop) for hop in range(1, max_hop + 1)}
+  """The held-out split of every hop 1..max_hop that the task has."""
+  return {data.split_name(hop): task.eval_split(hop) for hop in range(1, min(max_hop, task.deepest_eval_hop) + 1)}
 
 
 def run(cfg: Config, run_dir: str) -> dict:
@@ -117,13 +110,10 @@ def run(cfg: Config, run_dir: str) -> dict:
   results.json and writes the plots, report.md and the files of `analysis.write`."""
   mesh = sharding.make_mesh()
   task = data.make_task(cfg.data)
-  splits = eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
+  splits = eval_splits(task, cfg.eval.max_hop)
   results, analyses = {}, {}
-  for i, (name, mrun) in enumerate(cfg.models.items()):
-    model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
-    result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
-                               mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
-    model = models.build(model_cfg, task.vocab.size)
+  for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
+    mrun = cfg.models[name]
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
                                             batch_size=cfg.eval.batch_size)
     accuracy = {s: {str(r): by_r[str(r)] for r in range(1, cfg.eval.max_loops + 1)}  # the same pass's sweep
@@ -135,8 +125,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   if jax.process_index() == 0:
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
                    {n: r["trained_max_hop"] for n, r in results.items()})
-    with open(os.path.join(run_dir, "report.md"), "w") as f:
-      f.write(report(cfg, results))
+    md.write(os.path.join(run_dir, "report.md"), report(cfg, results))
     analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
   halting = {n: {p: {s: {k: row[k] for k in ("accuracy", "mean_loops", "median_loops")} for s, row in table.items()}
                  for p, table in a["halting"].items()} for n, a in analyses.items()}
@@ -169,9 +158,9 @@ def report(cfg: Config, results: dict) -> str:
   lines += ["", "`*` hops the model trained on. Steps and training time: " + "; ".join(
       f"{n} {r['steps']} steps, {r['train_seconds']:.0f} s, curriculum stages {r['stages']}" for n, r in results.items()),
             "", "## What it shows", ""]
-  k = cfg.train.max_hop
+  k = cfg.data.curriculum.last_hop
   for n, r in results.items():
-    rec = C.Recurrence.parse(r["train_loops"])
+    rec = cfg.models[n].rec
     beyond = [hop for hop in range(k + 1, k + 4) if hop in hops]
     best = ", ".join("%d hops %.2f (R=%d)" % (hop, *best_over_loops(r["accuracy"][split(hop)])) for hop in beyond)
     more = sum(best_over_loops(r["accuracy"][split(hop)])[1] > rec.max_loops for hop in beyond)

@@ -18,9 +18,8 @@ import jax
 
 from data_gen.composition import SPLITS
 from looprec import config as C
-from looprec import data, eval as evaluation, lens, plots, runs, sharding, train
+from looprec import data, eval as evaluation, experiment, lens, plots, report as md, runs, sharding
 from looprec.config import CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
-from looprec import models
 from looprec.models import count_params, params_checksum
 
 STAGE_ACCURACY = 0.9  # a split's stage step: the first evaluation at or above this accuracy
@@ -28,19 +27,15 @@ TWO_HOP = [s for s in SPLITS if "inferred" in s]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-  seed: int = 0
+class Config(experiment.ExperimentConfig):
+  """eval.max_loops: R of the final accuracy sweep. No hop curriculum: every training fact (1 and 2 hops) is in
+  play from the first step."""
+
   data: CompositionDataConfig = CompositionDataConfig()
-  model: ModelConfig = ModelConfig()
-  train: TrainConfig = TrainConfig()
-  eval: EvalConfig = EvalConfig()  # max_loops: R of the final accuracy sweep
-  models: dict[str, ModelRun] = dataclasses.field(default_factory=dict)
-  deviations: str = ""  # how the preset departs from RECIPE task A, for the report
 
 
 def _train(**kw) -> TrainConfig:
-  """No hop curriculum: every training fact (1 and 2 hops) is in play from the first step."""
-  return TrainConfig(start_hop=2, max_hop=2, restart_optimizer=False, **kw)
+  return TrainConfig(restart_optimizer=False, **kw)
 
 
 def smoke() -> Config:
@@ -113,8 +108,6 @@ DEFAULT_PRESET = "cpu"
 def validate(cfg: Config):
   """Cross-field checks; raises ConfigError naming the culprit."""
   C.validate_experiment(cfg)
-  if (cfg.train.start_hop, cfg.train.max_hop) != (2, 2):
-    raise ConfigError("systematicity trains 1- and 2-hop facts together: train.start_hop and train.max_hop must be 2")
   width = data.width(2, cfg.data.answer_at)
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < width:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < {width}, the length of a 2-hop query")
@@ -130,9 +123,8 @@ def stage_steps(curves: dict, level: float = STAGE_ACCURACY) -> dict:
 def evaluate_model(cfg: Config, task, name: str, params, mesh, max_loops: int | None = None) -> dict:
   """Accuracy of every probe split for R = 1..max_loops (default eval.max_loops), `final` at the training R, and
   the logit lens over the training loops."""
-  run = cfg.models[name]
-  model = models.build(dataclasses.replace(cfg.model, n_layers=run.n_layers), task.vocab.size)
-  loops = C.Recurrence.parse(run.recurrence).max_loops
+  model = cfg.build_model(name, task.vocab.size)
+  loops = cfg.models[name].rec.max_loops
   max_loops = max(max_loops or cfg.eval.max_loops, loops)
   accuracy = evaluation.sweep(model, params, task.probes, max_loops, mesh, cfg.eval.batch_size)
   return {"accuracy": accuracy, "final": {s: by_r[str(loops)] for s, by_r in accuracy.items()},
@@ -145,10 +137,8 @@ def run(cfg: Config, run_dir: str) -> dict:
   mesh = sharding.make_mesh()
   task = data.make_task(cfg.data)
   models, curves, lenses = {}, {}, {}
-  for i, (name, mrun) in enumerate(cfg.models.items()):
-    model_cfg = dataclasses.replace(cfg.model, n_layers=mrun.n_layers)
-    result = train.train_model(name, model_cfg, mrun.recurrence, mrun.steps or cfg.train.steps, cfg.train, task,
-                               mesh, run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
+  for name, _, result in experiment.train_models(cfg, task, mesh, run_dir):
+    mrun = cfg.models[name]
     evaluated = evaluate_model(cfg, task, name, result.params, mesh)
     curves[name], lenses[name] = result.curves, evaluated.pop("logit_lens")
     models[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence, "steps": result.steps,
@@ -157,8 +147,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   stages = {name: stage_steps(c) for name, c in curves.items()}
   if jax.process_index() == 0:
     write_figures(run_dir, curves, lenses)
-    with open(os.path.join(run_dir, "report.md"), "w") as f:
-      f.write(report(cfg, models, stages, lenses))
+    md.write(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses))
   return {"models": models, "curves": curves, "stages": stages, "logit_lens": lenses}
 
 

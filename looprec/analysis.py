@@ -3,17 +3,13 @@ really stops, overthinking margins; `analysis.json` and figures in the run folde
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from looprec import checkpoint, cli, data, eval as evaluation, halting, plots, runs, sharding
+from looprec import eval as evaluation, experiment, halting, plots, report, runs, sharding
 from looprec import config as C
-from looprec import models
 
 MARGIN_LOOPS = 50
 
@@ -74,30 +70,6 @@ def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halt
   return table
 
 
-def logit_margins(logits_RxBxV, target_B):
-  """(margin_RxB: target logit - best other logit, hit_RxB: whether the argmax is the target)."""
-  logits_RxBxV = logits_RxBxV.astype(jnp.float32)
-  is_target_1xBxV = jax.nn.one_hot(target_B, logits_RxBxV.shape[-1], dtype=bool)[None]
-  target_RxB = jnp.sum(jnp.where(is_target_1xBxV, logits_RxBxV, 0.0), -1)
-  other_RxB = jnp.max(jnp.where(is_target_1xBxV, -jnp.inf, logits_RxBxV), -1)
-  return target_RxB - other_RxB, jnp.argmax(logits_RxBxV, -1) == target_B[None]
-
-
-@functools.lru_cache(maxsize=None)
-def _per_loop_fn(model, mesh, n_loops: int):
-  def fn(params, tokens_BxT, read_pos_B, target_B):
-    return logit_margins(model.loop_logits(params, tokens_BxT, read_pos_B, n_loops), target_B)
-
-  return sharding.jit_over_batch(fn, mesh, 3)
-
-
-def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256):
-  """(margin_RxN, hit_RxN) after every loop R = 1..n_loops, from one scan per batch."""
-  fn = functools.partial(_per_loop_fn(model, mesh, n_loops), params)
-  parts = list(evaluation.batches(fn, examples, mesh, batch_size))
-  return tuple(np.concatenate([out[i][:, :size] for out, size in parts], 1) for i in range(2))
-
-
 def summarize_margins(margin_RxN, hit_RxN) -> dict:
   """The mean margin per loop, t_star (mean first hit over examples that ever hit; None if none), the fraction
   that ever hit, and peak_loop (1-based loop of the largest mean margin)."""
@@ -118,7 +90,7 @@ def margins(model, params, splits: dict, n_loops: int = MARGIN_LOOPS, mesh=None,
   """
   _check_loops(n_loops, "margin_loops")
   mesh = mesh or sharding.make_mesh()
-  return {name: summarize_margins(*per_loop(model, params, examples, n_loops, mesh, batch_size))
+  return {name: summarize_margins(*evaluation.per_loop(model, params, examples, n_loops, mesh, batch_size))
           for name, examples in splits.items()}
 
 
@@ -133,50 +105,13 @@ def analyze_model(model, params, splits: dict, max_loops: int, policies=tuple(ha
   sweep_loops = max(max_loops, halt_loops)
   acc, curves = {}, {}
   for name, examples in splits.items():
-    margin_RxN, hit_RxN = per_loop(model, params, examples, max(sweep_loops, margin_loops), mesh, batch_size)
+    margin_RxN, hit_RxN = evaluation.per_loop(model, params, examples, max(sweep_loops, margin_loops), mesh,
+                                              batch_size)
     acc[name] = {str(r + 1): float(a) for r, a in enumerate(hit_RxN[:sweep_loops].mean(1))}
     curves[name] = summarize_margins(margin_RxN[:margin_loops], hit_RxN[:margin_loops])
   return {"sweep": acc,
           "halting": {str(p): halt(model, params, splits, p, halt_loops, mesh, batch_size, fixed=acc) for p in pols},
           "margins": curves}
-
-
-def halting_markdown(analyses: dict) -> str:
-  """Per model, a split x policy table of accuracy and mean / median loops, with the fixed-R baselines."""
-  lines = ["# Adaptive halting", ""]
-  for name, a in analyses.items():
-    pols = list(a["halting"])
-    first = a["halting"][pols[0]]
-    lines += [f"## {name}", "", "accuracy, mean / median loops", "",
-              "| split | " + " | ".join(pols) + " | best fixed R | fixed R = cap |", "|---" * (len(pols) + 3) + "|"]
-    for split in sorted(first, key=data.hop_of):
-      cells = [f"{a['halting'][p][split]['accuracy']:.2f}, {a['halting'][p][split]['mean_loops']:.1f} / "
-               f"{a['halting'][p][split]['median_loops']:.0f}" for p in pols]
-      fixed = [first[split][k] for k in ("best_fixed", "fixed_max")]
-      cells += [f"{f['accuracy']:.2f}, R = {f['loops']}" for f in fixed]
-      lines.append(f"| {split} | " + " | ".join(cells) + " |")
-    lines.append("")
-  return "\n".join(lines)
-
-
-def plot_margins(margins_by_model: dict, path: str):
-  """Margin vs loop, one line per hop, a dashed vertical line at each hop's mean t*, the zero line."""
-  plt = plots.plt
-  names = list(margins_by_model)
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
-  for ax, name in zip(axes[0], names):
-    splits = sorted(margins_by_model[name], key=data.hop_of)
-    colors = plt.cm.viridis(np.linspace(0, 0.95, len(splits)))
-    for split, color in zip(splits, colors):
-      m = margins_by_model[name][split]
-      ax.plot(range(1, len(m["margin"]) + 1), m["margin"], color=color, label=f"{data.hop_of(split)} hops")
-      if m["t_star"] is not None:
-        ax.axvline(m["t_star"], color=color, ls="--", lw=0.8)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(title=name, xlabel="loop t", ylabel="logit margin" if ax is axes[0][0] else None)
-  axes[0][-1].legend(fontsize="small", loc="best")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plots.plt.close(fig)
 
 
 def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
@@ -185,9 +120,8 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
   runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
   plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
                  os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
-  plot_margins({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
-  with open(os.path.join(run_dir, "halting.md"), "w") as f:
-    f.write(halting_markdown(analyses))
+  plots.margins({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
+  report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses))
 
 
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
@@ -199,27 +133,19 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
       _check_loops(value, what)
-  config_path = os.path.join(run_dir, "config.json")
-  if not os.path.isfile(config_path):
-    raise C.ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
-  saved = runs.read_json(config_path)
-  module = cli.load_experiment(saved["experiment"])
-  cfg = C.from_dict(module.Config, saved["config"])
-  restored = {}
-  for name in cfg.models:
-    restored[name] = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", name))
-    if restored[name] is None:
-      raise C.ConfigError(f"{run_dir!r}: no checkpoint of model {name!r}")
+  run = experiment.load_run(run_dir)
+  cfg, module = run.cfg, run.module
+  restored = {name: (run.params[name], run.meta[name]) for name in cfg.models}
   if hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
     return module.analyze_run(cfg, run_dir, restored, max_loops)
-  task = data.make_task(cfg.data)
-  splits = module.eval_splits(task, min(cfg.eval.max_hop, task.eval_max_hop))
+  task = run.task
+  splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.make_mesh()
   analyses, trained = {}, {}
   for name, (params, meta) in restored.items():
     params = jax.device_put(params, sharding.replicated(mesh))
-    model = models.build(dataclasses.replace(cfg.model, n_layers=cfg.models[name].n_layers), task.vocab.size)
+    model = cfg.build_model(name, task.vocab.size)
     analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
                                    cfg.eval.batch_size)
     trained[name] = meta["stage"]

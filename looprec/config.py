@@ -115,6 +115,20 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CurriculumConfig:
+  """The hop curriculum of chain tasks: stage k trains on chains of <= k hops; the run moves to stage k + 1 when
+  the held-out k-hop accuracy exceeds threshold."""
+
+  first_hop: int = 2  # the first stage
+  last_hop: int = 4  # the last stage: the trained depth k
+  threshold: float = 0.95
+
+  def validate(self):
+    _check(1 <= self.first_hop <= self.last_hop, f"data.curriculum.first_hop={self.first_hop} and "
+           f"data.curriculum.last_hop={self.last_hop} need 1 <= first <= last")
+
+
+@dataclasses.dataclass(frozen=True)
 class ChainDataConfig:
   """k-hop chains over a permutation graph (RECIPE task B), generated on the fly or read from JSON."""
 
@@ -128,8 +142,12 @@ class ChainDataConfig:
   n_eval: int = 256  # examples per evaluation split
   seq_len: int = 16  # padded sequence length
   answer_at: str = "last_input"  # last_input (pred_pos=inp_len) | next (a pad position after the input)
+  curriculum: CurriculumConfig = CurriculumConfig()
 
   def validate(self):
+    self.curriculum.validate()
+    _check(self.curriculum.last_hop <= self.fitting_hops(), f"data.curriculum.last_hop={self.curriculum.last_hop} "
+           f"needs more than data.seq_len={self.seq_len} allows ({self.fitting_hops()} hops)")
     _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction={self.test_fraction} must be in (0, 1)")
     _check(self.answer_at in ("last_input", "next"),
            f"data.answer_at={self.answer_at!r} is not last_input or next")
@@ -139,7 +157,7 @@ class ChainDataConfig:
     _check(self.n_eval >= 1, f"data.n_eval={self.n_eval} must be >= 1")
     _check(self.train_chains_per_hop >= 0, f"data.train_chains_per_hop={self.train_chains_per_hop} must be >= 0")
 
-  def max_hops(self) -> int:
+  def fitting_hops(self) -> int:
     """The deepest chain that fits in seq_len."""
     return self.seq_len - 1 - (self.answer_at == "next")
 
@@ -192,12 +210,9 @@ class TrainConfig:
   label_smoothing: float = 0.0
   grokfast_alpha: float = 0.0  # Grokfast-EMA gradient filter g + lambda * EMA_alpha(g); 0 = off
   grokfast_lambda: float = 2.0
-  start_hop: int = 2  # curriculum: first stage trains on hops <= start_hop
-  max_hop: int = 4  # last stage; the trained depth k
-  threshold: float = 0.95  # advance when the current hop's held-out accuracy exceeds this
-  restart_optimizer: bool = True  # fresh optimizer state and schedule at each stage (the recipe)
+  restart_optimizer: bool = True  # fresh optimizer state and schedule at each curriculum stage (the recipe)
   eval_every: int = 250
-  eval_loops: int = 0  # loops for the curriculum check; 0 = the largest training R
+  eval_loops: int = 0  # loops of the evaluations during training; 0 = the largest training R
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   log_every: int = 25
@@ -212,8 +227,6 @@ class TrainConfig:
       _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
     _check(not self.decay_steps or self.decay_steps > self.warmup_steps,
            f"train.decay_steps={self.decay_steps} must exceed train.warmup_steps={self.warmup_steps} (or be 0)")
-    _check(1 <= self.start_hop <= self.max_hop,
-           f"train.start_hop={self.start_hop} and train.max_hop={self.max_hop} need 1 <= start <= max")
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
     _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
@@ -239,6 +252,11 @@ class ModelRun:
   recurrence: str = "dynamic:4,2,8"
   steps: int = 0
 
+  @property
+  def rec(self) -> Recurrence:
+    """The parsed recurrence."""
+    return Recurrence.parse(self.recurrence)
+
   def validate(self, name: str):
     _check(self.n_layers >= 1, f"models.{name}.n_layers={self.n_layers} must be >= 1")
     try:
@@ -255,7 +273,7 @@ def validate_experiment(cfg):
   _check(bool(cfg.models), "the experiment trains no models")
   for name, run in cfg.models.items():
     run.validate(name)
-    _check(Recurrence.parse(run.recurrence).max_loops <= cfg.eval.max_loops,
+    _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 
 

@@ -1,6 +1,7 @@
 """Data pipeline: k-hop chain and 2-hop composition tasks as grain datasets of batches, fixed evaluation splits.
 
-A task turns example ids into arrays, deterministically: chains are generated from the id (or picked from a
+A task turns example ids into arrays, deterministically, and owns its curriculum (`Curriculum`: stages of
+training data, and when to move on): chains are generated from the id (or picked from a
 fixed pool), composition facts are the rows of a finite training set in a per-epoch grain shuffle. Step s of a
 curriculum stage that began at step s0 reads example ids [(s0 + j) * B, (s0 + j + 1) * B) with j = s - s0, so a
 grain `MapDataset` of batches has random access and its iterator state (`next_index`) plus (stage, s0) resumes
@@ -64,6 +65,25 @@ def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: st
           "target": vocab.entity_ids(tails_B).astype(np.int32), "hop": hops_B.astype(np.int32)}
 
 
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+  """Stages of a task's training data: stage s trains on facts of <= s hops, from stage `first` to `last`. The run
+  moves to stage s + 1 when the accuracy on `gate_split(s)` (the held-out s-hop chains) exceeds `threshold`; a
+  single-stage curriculum (first == last) never moves."""
+
+  first: int
+  last: int
+  threshold: float = 1.0
+
+  def gate_split(self, stage: int) -> str:
+    """The split whose accuracy decides whether stage `stage` is done (the held-out stage-hop chains)."""
+    return split_name(stage)
+
+  def advances(self, stage: int, accuracy: dict) -> bool:
+    """Whether to move on from `stage`, given the latest accuracy per monitored split."""
+    return stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
+
+
 def take(examples: dict, idx) -> dict:
   return {k: v[idx] for k, v in examples.items()}
 
@@ -78,36 +98,34 @@ class ChainTask:
     c = self.cfg
     self.vocab = Vocab.standard(c.n_entities, c.n_relations)
     self.perms_MxN = chains.permutation_graph(c.seed, c.n_entities, c.n_relations)
+    self.curriculum = Curriculum(c.curriculum.first_hop, c.curriculum.last_hop, c.curriculum.threshold)
     self._pools = {}
 
   @property
-  def max_hop(self) -> int:
-    """The deepest chain that fits in data.seq_len (training or evaluation)."""
-    return self.cfg.max_hops()
+  def deepest_eval_hop(self) -> int:
+    """The deepest chain that fits in data.seq_len."""
+    return self.cfg.fitting_hops()
 
-  @property
-  def eval_max_hop(self) -> int:
-    return self.cfg.max_hops()
-
-  def hop_weights(self, max_hop: int) -> np.ndarray:
+  def hop_weights(self, stage: int) -> np.ndarray:
+    """How often each hop 1..stage is drawn at a curriculum stage."""
     c = self.cfg
     if c.hop_weights == "uniform":
-      w = np.ones(max_hop)
+      w = np.ones(stage)
     else:
       pool = c.train_chains_per_hop or chains.chain_space(c.n_entities, c.n_relations, 2)
       w = np.array([c.n_entities * c.n_relations] + [min(pool, chains.chain_space(c.n_entities, c.n_relations, k))
-                                                       for k in range(2, max_hop + 1)], float)
+                                                       for k in range(2, stage + 1)], float)
     return w / w.sum()
 
-  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
-    """Training examples with the given ids, hops drawn from 1..max_hop (held-out chains never appear),
-    padded to fit pad_hop hops."""
+  def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
+    """Training examples with the given ids at a curriculum stage: hops drawn from 1..stage (held-out chains
+    never appear), padded to fit pad_hop hops."""
     c = self.cfg
     ids_B = np.asarray(ids_B, np.int64)
-    u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), max_hop), ids_B))
-    hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(max_hop))[:-1], u, side="right")
+    u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), stage), ids_B))
+    hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(stage))[:-1], u, side="right")
     heads_B = np.zeros(len(ids_B), np.int32)
-    rels_BxK = np.full((len(ids_B), max_hop), -1, np.int32)
+    rels_BxK = np.full((len(ids_B), stage), -1, np.int32)
     for hop in np.unique(hops_B):
       rows = np.flatnonzero(hops_B == hop)
       heads_B[rows], rels_BxK[rows, :hop] = self._chains(int(hop), ids_B[rows])
@@ -136,8 +154,8 @@ class ChainTask:
   def eval_split(self, hop: int) -> dict:
     """Held-out chains of one hop (hop 1: a sample of the atomic facts, which are all trained)."""
     c = self.cfg
-    if hop > self.max_hop:
-      raise ConfigError(f"{hop}-hop evaluation needs a longer data.seq_len (at most {self.max_hop} hops fit)")
+    if hop > self.deepest_eval_hop:
+      raise ConfigError(f"{hop}-hop evaluation needs a longer data.seq_len (at most {self.deepest_eval_hop} hops fit)")
     heads, rels = chains.held_out_chains(c.seed, c.n_entities, c.n_relations, hop, c.n_eval, c.test_fraction)
     return encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at)
 
@@ -163,30 +181,34 @@ class JsonChainTask:
       self.test = self._encode(io.rows_to_facts(self.vocab, test_rows, "test.json"))
     except ValueError as e:
       raise ConfigError(str(e)) from None
+    c = self.cfg.curriculum
+    if c.last_hop > self.deepest_train_hop:
+      raise ConfigError(f"data.curriculum.last_hop={c.last_hop} exceeds the data's deepest chain "
+                        f"({self.deepest_train_hop} hops)")
+    self.curriculum = Curriculum(c.first_hop, c.last_hop, c.threshold)
 
   def _encode(self, groups: dict) -> dict:
     """{(hop, type): Facts} -> {type: examples}, plus "all"."""
     c, by_type = self.cfg, {}
     for (_, row_type), f in groups.items():
-      ex = encode(self.vocab, f.heads_B, f.rels_BxK, f.tails_B, c.seq_len, c.answer_at, pad_hop=c.max_hops())
+      ex = encode(self.vocab, f.heads_B, f.rels_BxK, f.tails_B, c.seq_len, c.answer_at, pad_hop=c.fitting_hops())
       by_type.setdefault(row_type, []).append(ex)
       by_type.setdefault("all", []).append(ex)
     return {t: concat(parts) for t, parts in by_type.items()}
 
   @property
-  def max_hop(self) -> int:
-    """The deepest training chain."""
+  def deepest_train_hop(self) -> int:
     return int(self.train["hop"].max())
 
   @property
-  def eval_max_hop(self) -> int:
+  def deepest_eval_hop(self) -> int:
     """The deepest hop with an evaluation split."""
-    return max([self.max_hop] + [hop_of(t) for t in self.test if t.endswith("hop_test")])
+    return max([self.deepest_train_hop] + [hop_of(t) for t in self.test if t.endswith("hop_test")])
 
-  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
+  def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
     del pad_hop  # rows are already padded to the deepest training query
-    rows = np.flatnonzero(self.train["hop"] <= max_hop)
-    pick = chains.hash_columns(self.cfg.seed ^ max_hop, np.asarray(ids_B)) % np.uint64(len(rows))
+    rows = np.flatnonzero(self.train["hop"] <= stage)
+    pick = chains.hash_columns(self.cfg.seed ^ stage, np.asarray(ids_B)) % np.uint64(len(rows))
     return take(self.train, rows[pick.astype(np.int64)])
 
   def eval_split(self, hop: int) -> dict:
@@ -218,7 +240,8 @@ class CompositionTask:
   2-hop facts carry `bridge`, the entity after the first hop (token id), for the logit lens."""
 
   cfg: CompositionDataConfig
-  max_hop = eval_max_hop = 2
+  deepest_eval_hop = 2
+  curriculum = Curriculum(2, 2)  # one stage: every fact (1 and 2 hops) from the first step
 
   def __post_init__(self):
     c = self.cfg
@@ -243,10 +266,10 @@ class CompositionTask:
       ex["bridge"] = self.vocab.entity_ids(facts.bridges_B).astype(np.int32)
     return _batch_last(ex) if with_bridge and self.cfg.answer_at == "batch_last" else ex
 
-  def train_examples(self, max_hop: int, ids_B, pad_hop: int = 0) -> dict:
+  def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
     """Rows at the given positions of the endless stream: epoch e = ids in [e n, (e + 1) n) visits every
     training row once, in the order of the epoch's shuffle."""
-    del max_hop, pad_hop  # every row is trained from the start, padded to two hops
+    del stage, pad_hop  # every row is trained from the start, padded to two hops
     ex = take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
     return _batch_last(ex) if self.cfg.answer_at == "batch_last" else ex
 
@@ -300,21 +323,20 @@ def make_task(cfg: ChainDataConfig | CompositionDataConfig):
   return ChainTask(cfg) if cfg.source == "generate" else JsonChainTask(cfg)
 
 
-def stage_dataset(task, max_hop: int, batch_size: int, start_step: int, pad_hop: int = 0) -> grain.MapDataset:
-  """A MapDataset whose element j is this process's rows of the global batch at step start_step + j.
-
-  pad_hop (the curriculum's last hop) keeps one batch shape across stages, so steps compile once."""
+def stage_dataset(task, stage: int, batch_size: int, start_step: int) -> grain.MapDataset:
+  """A MapDataset whose element j is this process's rows of the global batch at step start_step + j of a
+  curriculum stage. Batches are padded to the curriculum's last stage: one shape across stages, one compile."""
   n_proc, proc = jax.process_count(), jax.process_index()
   local = batch_size // n_proc
 
   def make_batch(step):
     ids = step * batch_size + proc * local + np.arange(local)
-    return task.train_examples(max_hop, ids, pad_hop)
+    return task.train_examples(stage, ids, task.curriculum.last)
 
   return grain.MapDataset.range(start_step, _MAX_STEPS).map(make_batch)
 
 
-def stage_iterator(task, max_hop: int, batch_size: int, start_step: int, pad_hop: int = 0, prefetch: int = 2):
+def stage_iterator(task, stage: int, batch_size: int, start_step: int, prefetch: int = 2):
   """The grain iterator over stage_dataset, with background prefetch; get_state()/set_state() resume it."""
   options = grain.ReadOptions(num_threads=1 if prefetch else 0, prefetch_buffer_size=prefetch)
-  return iter(stage_dataset(task, max_hop, batch_size, start_step, pad_hop).to_iter_dataset(options))
+  return iter(stage_dataset(task, stage, batch_size, start_step).to_iter_dataset(options))

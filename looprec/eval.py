@@ -1,4 +1,4 @@
-"""Accuracy per split and the accuracy[split, R] sweep.
+"""Accuracy per split, the accuracy[split, R] sweep, and the per-loop pass both read (answer margins and hits).
 
 One forward pass to R_max reads the answer after every loop, so a sweep over R = 1..R_max costs one compile
 and R_max loops per batch instead of R_max compiles and R_max^2 / 2 loops.
@@ -14,15 +14,6 @@ import numpy as np
 from looprec import sharding
 
 
-@functools.lru_cache(maxsize=None)
-def _per_loop_correct_fn(model, mesh, max_loops: int):
-  def fn(params, tokens_BxT, read_pos_B, target_B):
-    logits_RxBxV = model.loop_logits(params, tokens_BxT, read_pos_B, max_loops)
-    return jnp.argmax(logits_RxBxV, -1) == target_B[None]
-
-  return sharding.jit_over_batch(fn, mesh, 3)
-
-
 def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos", "target")):
   """Yields (host outputs of fn(*examples[keys]), real rows) over chunks of examples padded to a multiple of the
   device count and sharded on `data`; keys must include "target"."""
@@ -35,21 +26,39 @@ def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos
     yield jax.device_get(fn(*(arrays[k] for k in keys))), size
 
 
-def per_loop_correct(model, params, examples: dict, max_loops: int, mesh, batch_size: int) -> np.ndarray:
-  """R_max x N booleans: whether each example's answer after loop R is right."""
-  fn = functools.partial(_per_loop_correct_fn(model, mesh, max_loops), params)
-  return np.concatenate([out[:, :size] for out, size in batches(fn, examples, mesh, batch_size)], axis=1)
+def logit_margins(logits_RxBxV, target_B):
+  """(margin_RxB: target logit - best other logit, hit_RxB: whether the argmax is the target)."""
+  logits_RxBxV = logits_RxBxV.astype(jnp.float32)
+  is_target_1xBxV = jax.nn.one_hot(target_B, logits_RxBxV.shape[-1], dtype=bool)[None]
+  target_RxB = jnp.sum(jnp.where(is_target_1xBxV, logits_RxBxV, 0.0), -1)
+  other_RxB = jnp.max(jnp.where(is_target_1xBxV, -jnp.inf, logits_RxBxV), -1)
+  return target_RxB - other_RxB, jnp.argmax(logits_RxBxV, -1) == target_B[None]
+
+
+@functools.lru_cache(maxsize=None)
+def _per_loop_fn(model, mesh, n_loops: int):
+  def fn(params, tokens_BxT, read_pos_B, target_B):
+    return logit_margins(model.loop_logits(params, tokens_BxT, read_pos_B, n_loops), target_B)
+
+  return sharding.jit_over_batch(fn, mesh, 3)
+
+
+def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256):
+  """(margin_RxN, hit_RxN) after every loop R = 1..n_loops, from one scan per batch."""
+  fn = functools.partial(_per_loop_fn(model, mesh, n_loops), params)
+  parts = list(batches(fn, examples, mesh, batch_size))
+  return tuple(np.concatenate([out[i][:, :size] for out, size in parts], 1) for i in range(2))
 
 
 def sweep(model, params, splits: dict, max_loops: int, mesh, batch_size: int = 256) -> dict:
   """accuracy[split][R] for R = 1..max_loops, keys of the inner dict are str(R)."""
   result = {}
   for name, examples in splits.items():
-    acc_R = per_loop_correct(model, params, examples, max_loops, mesh, batch_size).mean(axis=1)
+    acc_R = per_loop(model, params, examples, max_loops, mesh, batch_size)[1].mean(axis=1)
     result[name] = {str(r + 1): float(a) for r, a in enumerate(acc_R)}
   return result
 
 
 def accuracy(model, params, examples: dict, n_loops: int, mesh, batch_size: int = 256) -> float:
   """Accuracy after exactly n_loops loops."""
-  return float(per_loop_correct(model, params, examples, n_loops, mesh, batch_size)[-1].mean())
+  return float(per_loop(model, params, examples, n_loops, mesh, batch_size)[1][-1].mean())

@@ -27,7 +27,7 @@ import shutil
 import jax
 import numpy as np
 
-from looprec import checkpoint, config as C, models, runs
+from looprec import checkpoint, config as C, data, experiment, models, runs
 from looprec.config import ConfigError, ModelConfig
 
 EXTRA = "pip install 'looprec[torch]' (or: pip install -e '.[torch]')"
@@ -127,29 +127,28 @@ def _unflatten(flat: dict) -> dict:
   return tree
 
 
-def import_run(path: str, experiment: str, preset: str | None, overrides: list[str], out: str,
+def import_run(path: str, experiment_name: str, preset: str | None, overrides: list[str], out: str,
                model_name: str = "looped", trained_hop: int = 0) -> str:
   """Writes run folder `out` (config.json and checkpoints/<model_name>) holding the checkpoint at `path` as model
   `model_name` of the experiment's preset (the config keeps only that model; model.ln_eps becomes the official
   1e-5). Everything is read and checked before `out` is created; returns out."""
-  from looprec import cli, data  # pylint: disable=import-outside-toplevel  (cli imports this module lazily)
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise ConfigError(f"--out {out!r} exists and is not an empty folder")
-  module = cli.load_experiment(experiment)
-  preset, cfg = cli.resolve(module, preset, overrides)
+  module = experiment.load(experiment_name)
+  preset, cfg = experiment.resolve(module, preset, overrides)
   if model_name not in cfg.models:
     raise ConfigError(f"--model {model_name!r} is not a model of the preset (have {', '.join(cfg.models)})")
   cfg = dataclasses.replace(cfg, models={model_name: cfg.models[model_name]},
                             model=dataclasses.replace(cfg.model, ln_eps=OFFICIAL_LN_EPS))
   module.validate(cfg)
   vocab_size = data.make_task(cfg.data).vocab.size
-  model_cfg = dataclasses.replace(cfg.model, n_layers=cfg.models[model_name].n_layers)
-  params = to_params(read_state_dict(path), model_cfg, vocab_size)
-  meta = {"stage": trained_hop or cfg.train.max_hop, "stages": [], "done": True, "wall_seconds": 0.0,
+  params = to_params(read_state_dict(path), cfg.model_cfg(model_name), vocab_size)
+  last_hop = cfg.data.curriculum.last_hop if hasattr(cfg.data, "curriculum") else 2
+  meta = {"stage": trained_hop or last_hop, "stages": [], "done": True, "wall_seconds": 0.0,
           "model": model_name, "imported_from": os.path.abspath(path), "config": C.to_dict(cfg)}
   os.makedirs(out, exist_ok=True)
   try:
-    runs.write_json(os.path.join(out, "config.json"), {"experiment": experiment, "preset": preset,
+    runs.write_json(os.path.join(out, "config.json"), {"experiment": experiment_name, "preset": preset,
                                                        "imported_from": os.path.abspath(path),
                                                        "config": C.to_dict(cfg)})
     checkpoint.save_params(os.path.join(out, "checkpoints", model_name), params, meta)

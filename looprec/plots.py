@@ -74,3 +74,22 @@ def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred
   axes[0][-1].legend(fontsize="x-small", loc="best")
   fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
+
+
+def margins(margins_by_model: dict, path: str):
+  """Margin vs loop, one line per hop, a dashed vertical line at each hop's mean t*, the zero line."""
+  names = list(margins_by_model)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+  for ax, name in zip(axes[0], names):
+    splits = sorted(margins_by_model[name], key=hop_of)
+    colors = plt.cm.viridis(np.linspace(0, 0.95, len(splits)))
+    for split, color in zip(splits, colors):
+      m = margins_by_model[name][split]
+      ax.plot(range(1, len(m["margin"]) + 1), m["margin"], color=color, label=f"{hop_of(split)} hops")
+      if m["t_star"] is not None:
+        ax.axvline(m["t_star"], color=color, ls="--", lw=0.8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(title=name, xlabel="loop t", ylabel="logit margin" if ax is axes[0][0] else None)
+  axes[0][-1].legend(fontsize="small", loc="best")
+  fig.savefig(path, dpi=120, bbox_inches="tight")
+  plt.close(fig)

@@ -5,6 +5,8 @@ import json
 import os
 import time
 
+from data_gen.io import write_json_atomic
+
 
 def make_run_dir(root: str, name: str, preset: str, when: float | None = None, create: bool = True) -> str:
   """Creates (when `create`) and returns runs/<name>/<preset>-<time>; `when` (seconds since the epoch) lets
@@ -26,12 +28,8 @@ def make_run_dir(root: str, name: str, preset: str, when: float | None = None, c
 
 
 def write_json(path: str, obj) -> None:
-  """Writes to a temporary file then renames, so a reader never sees half a file."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes atomically (a temporary file renamed over path), indented."""
+  write_json_atomic(path, obj, indent=2)
 
 
 def read_json(path: str):

@@ -17,8 +17,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, sharding
-from looprec.config import ModelConfig, Recurrence, TrainConfig
-from looprec import models
+from looprec.config import Recurrence, TrainConfig
 
 
 def schedule(cfg: TrainConfig):
@@ -137,35 +136,39 @@ def stop_on_signals():
 
 
 class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint."""
+  """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
+
+  def __init__(self, message: str, run_dir: str):
+    super().__init__(message)
+    self.run_dir = run_dir
 
 
-def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, cfg: TrainConfig, task, mesh,
-                run_dir: str, seed: int, config_json: dict) -> TrainResult:
-  """Trains one model of an experiment, resuming from run_dir/checkpoints/<name> when it holds a checkpoint."""
+def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
+                seed: int, config_json: dict) -> TrainResult:
+  """Trains one model of an experiment on a task (through the task's curriculum), resuming from
+  run_dir/checkpoints/<name> when it holds a checkpoint."""
   if STOP.requested:
-    raise Interrupted(f"stopped before training {name}")
-  rec = Recurrence.parse(recurrence)
+    raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
-  model = models.build(model_cfg, task.vocab.size)
+  curriculum = task.curriculum
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
   key = jax.random.PRNGKey(seed)
-  state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(cfg.max_hop, task.cfg.answer_at), mesh)
+  state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
-  step, stage, stages, elapsed, curves = 0, cfg.start_hop, [[0, cfg.start_hop]], 0.0, {}
+  step, stage, stages, elapsed, curves = 0, curriculum.first, [[0, curriculum.first]], 0.0, {}
   latest = ckpt.latest_step()
   iterator = None
   if latest is not None:
     meta = ckpt.restore_meta(latest)
     step, stage, stages, elapsed = latest, meta["stage"], meta["stages"], meta["wall_seconds"]
     curves = meta.get("curves", {})
-    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0], cfg.max_hop)
+    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0])
     state = ckpt.restore(latest, checkpoint.abstract_like(state), iterator)
     if meta.get("done"):
       ckpt.close()
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
-  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0, cfg.max_hop)
+  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
   eval_loops = cfg.eval_loops or rec.max_loops
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
@@ -200,17 +203,17 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
     step += 1
     bar.update(1)
     if step % cfg.eval_every == 0 or step == steps:
-      for split, ex in eval_sets.items():
-        acc = evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+      accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+                  for split, ex in eval_sets.items()}
+      for split, acc in accuracy.items():
         curves.setdefault(split, []).append([step, acc])
         if writer:
           writer.add_scalar(f"eval/{split}", acc, step)
-      stage_split = data.split_name(stage)  # the curriculum's current hop (chain tasks)
-      stage_acc = curves[stage_split][-1][1] if stage_split in eval_sets else float("nan")
-      if stage_acc > cfg.threshold and stage < cfg.max_hop and step < steps:
+      stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+      if curriculum.advances(stage, accuracy) and step < steps:
         stage += 1
         stages.append([step, stage])
-        iterator = data.stage_iterator(task, stage, cfg.batch_size, step, cfg.max_hop)
+        iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
         eval_sets = task.monitor_splits(stage)
         stage_acc = float("nan")
         if cfg.restart_optimizer:
@@ -227,7 +230,7 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   if writer:
     writer.close()
   if STOP.requested and step < steps:
-    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved")
+    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved", run_dir)
   return TrainResult(state["params"], step, stage, stages, time.time() - started, curves)
 
 

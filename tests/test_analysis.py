@@ -10,7 +10,7 @@ import pytest
 from jax import monitoring
 
 from conftest import run_cli
-from looprec import analysis, cli, halting
+from looprec import analysis, cli, eval as evaluation, halting
 from looprec.config import ConfigError, ModelConfig
 from looprec.models.looped import LoopedTransformer
 
@@ -45,7 +45,7 @@ def test_margins_on_a_synthetic_case():
   logits_RxBxV = jnp.array([[[0.0, 2.0, 1.0], [0.0, 1.0, 0.0]],
                             [[3.0, 1.0, 0.0], [0.0, 2.0, 0.0]],
                             [[1.5, 1.0, 0.0], [-1.0, 3.0, 0.0]]])
-  margin_RxB, hit_RxB = analysis.logit_margins(logits_RxBxV, jnp.array([0, 0]))
+  margin_RxB, hit_RxB = evaluation.logit_margins(logits_RxBxV, jnp.array([0, 0]))
   np.testing.assert_allclose(margin_RxB, [[-2.0, -1.0], [2.0, -2.0], [0.5, -4.0]])
   m = analysis.summarize_margins(np.asarray(margin_RxB), np.asarray(hit_RxB))
   np.testing.assert_allclose(m["margin"], [-1.5, 0.0, -1.75])

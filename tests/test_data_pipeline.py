@@ -103,7 +103,7 @@ def test_json_folder_source(tmp_path):
     test_rows += io.facts_to_rows(vocab, io.Facts(h, r, chains.follow(perms, h, r)), f"{hop}hop_test")
   io.write_dataset(str(tmp_path / "ds"), vocab, train_rows, test_rows)
   t = task(source=str(tmp_path / "ds"))
-  assert t.max_hop == 3
+  assert t.deepest_train_hop == 3
   ex = t.train_examples(2, np.arange(100))
   assert ex["hop"].max() == 2
   for head, rels, tail in decode(t, ex):

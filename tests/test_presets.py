@@ -6,7 +6,6 @@ import pytest
 
 from experiments import depth_extrap
 from looprec import config as C, data
-from looprec.config import Recurrence
 
 
 def test_paper_preset_is_the_recipe():
@@ -22,9 +21,9 @@ def test_paper_preset_is_the_recipe():
   assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps) == (1e-4, 0.01, 128, 2000)
   assert t.decay_steps == 0 or t.decay_steps >= t.steps  # linear schedule over a nominal run far longer than any
   assert t.label_smoothing == 0.0 and t.grad_clip == 0.0
-  assert t.start_hop == 2 and t.threshold == 0.95 and t.restart_optimizer
+  assert (d.curriculum.first_hop, d.curriculum.threshold) == (2, 0.95) and t.restart_optimizer
   assert cfg.eval.max_loops == 40 and cfg.eval.max_hop == 40
-  looped = Recurrence.parse(cfg.models["looped"].recurrence)
+  looped = cfg.models["looped"].rec
   assert (looped.kind, looped.lam, looped.low, looped.high) == ("dynamic", 4.0, 2, 8)
   assert cfg.models["looped"].n_layers == 4
 
@@ -33,14 +32,14 @@ def test_cpu_preset_trains_no_hop_beyond_its_depth():
   cfg = depth_extrap.cpu()
   depth_extrap.validate(cfg)
   task = data.make_task(cfg.data)
-  k = cfg.train.max_hop
-  ds = data.stage_dataset(task, k, cfg.train.batch_size, start_step=0, pad_hop=k)
+  k = cfg.data.curriculum.last_hop
+  ds = data.stage_dataset(task, k, cfg.train.batch_size, start_step=0)
   hops = np.concatenate([ds[i]["hop"] for i in range(0, 20000, 97)])
   assert hops.max() == k and set(np.unique(hops)) == set(range(1, k + 1))
   assert cfg.eval.max_hop >= k + 6 and cfg.eval.max_loops >= 2 * 8
   vanilla = cfg.models["vanilla"]
-  assert Recurrence.parse(vanilla.recurrence).loops == 1
-  assert vanilla.n_layers == round(Recurrence.parse(cfg.models["looped"].recurrence).mean_loops)
+  assert vanilla.rec.loops == 1
+  assert vanilla.n_layers == round(cfg.models["looped"].rec.mean_loops)
 
 
 @pytest.mark.slow

@@ -115,12 +115,12 @@ def test_stream_visits_every_row_once_per_epoch_in_a_new_order():
 
 def test_stream_resumes_from_the_iterator_state():
   task = data.make_task(SMALL)
-  it = data.stage_iterator(task, 2, 16, 0, 2, prefetch=0)
+  it = data.stage_iterator(task, 2, 16, 0, prefetch=0)
   for _ in range(7):
     next(it)
   state = it.get_state()
   expected = [next(it)["tokens"] for _ in range(5)]
-  again = data.stage_iterator(task, 2, 16, 0, 2, prefetch=0)
+  again = data.stage_iterator(task, 2, 16, 0, prefetch=0)
   again.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(next(again)["tokens"], want)
@@ -214,8 +214,8 @@ def test_presets_validate_and_compare_equal_depth(preset):
   cfg = systematicity.PRESETS[preset]()
   systematicity.validate(cfg)
   looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
-  depth = lambda run: run.n_layers * C.Recurrence.parse(run.recurrence).max_loops
-  assert depth(looped) == depth(vanilla) and C.Recurrence.parse(vanilla.recurrence).loops == 1
+  depth = lambda run: run.n_layers * run.rec.max_loops
+  assert depth(looped) == depth(vanilla) and vanilla.rec.loops == 1
 
 
 def test_smoke_end_to_end_then_analyze(tmp_path):
@@ -273,7 +273,7 @@ BAD = [
     (["data.phi=100"], "phi=100.0 needs"),
     (["data.out_degree=9"], "data.out_degree=9 must be in 1..data.n_relations=4"),
     (["data.ood_ratio=1.5"], "data.ood_ratio=1.5"),
-    (["train.max_hop=3"], "train.start_hop and train.max_hop must be 2"),
+    (["data.curriculum.last_hop=3"], "unknown config key 'data.curriculum.last_hop'"),
     (["model.max_positions=2"], "model.max_positions=2 < 3"),
     (["eval.max_loops=1"], "eval.max_loops=1 is below models.looped"),
 ]

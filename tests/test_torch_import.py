@@ -113,7 +113,7 @@ def test_import_cli_then_analyze(tmp_path):
   `analyze` runs on it."""
   overrides = ["model.d_model=32", "model.n_heads=4", "models.looped.n_layers=2", "model.dtype=float32",
                "data.n_entities=12", "data.n_relations=3", "data.seq_len=10", "data.n_eval=16",
-               "data.train_chains_per_hop=50", "eval.max_hop=4", "eval.max_loops=8", "train.max_hop=3",
+               "data.train_chains_per_hop=50", "eval.max_hop=4", "eval.max_loops=8", "data.curriculum.last_hop=3",
                "train.batch_size=8"]
   vocab = 12 + 3 + 7
   torch.manual_seed(0)

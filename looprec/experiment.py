@@ -1,0 +1,163 @@
+"""The experiment contract: what an experiment module provides, and what every experiment shares.
+
+An experiment is a module `experiments/<name>.py` with
+  `Config`          a subclass of `ExperimentConfig` that narrows `data` to its task's data config;
+  `PRESETS`         name -> function returning a Config, and `DEFAULT_PRESET`;
+  `validate(cfg)`   cross-field checks, raising ConfigError before anything is written;
+  `run(cfg, run_dir) -> dict`  trains and evaluates (`train_models` below) and returns the body of results.json;
+  optionally `analyze_run(cfg, run_dir, restored, max_loops) -> path`, its own `python -m looprec analyze`.
+
+    from looprec import experiment
+    run_dir = experiment.run("depth_extrap", "smoke", ["train.steps=100"], runs_root="/tmp/runs")
+    run = experiment.load_run(run_dir)          # config, task, and every model's params
+    model, params = run.model("looped"), run.params["looped"]
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+import re
+import time
+import typing
+
+from looprec import config as C
+from looprec import runs
+from looprec.config import ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
+
+# Overrides a resumed run may apply: step budgets and evaluation settings.
+RESUMABLE = re.compile(r"train\.(steps|max_minutes)|models\.\w+\.steps|eval\.\w+")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """What every experiment's config holds; experiments subclass it with their own `data` type."""
+
+  seed: int = 0
+  data: typing.Any = None  # the task's data config (ChainDataConfig, CompositionDataConfig)
+  model: ModelConfig = ModelConfig()
+  train: TrainConfig = TrainConfig()
+  eval: EvalConfig = EvalConfig()
+  models: dict[str, ModelRun] = dataclasses.field(default_factory=dict)
+  deviations: str = ""  # how the preset departs from the paper's recipe, for the report
+
+  def model_cfg(self, name: str) -> ModelConfig:
+    """The model config of models[name]: the shared one with that model's depth."""
+    return dataclasses.replace(self.model, n_layers=self.models[name].n_layers)
+
+  def build_model(self, name: str, vocab_size: int):
+    from looprec import models  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+    return models.build(self.model_cfg(name), vocab_size)
+
+
+def load(name: str):
+  """The experiment module `experiments.<name>`; ConfigError if there is none."""
+  if not name.isidentifier():
+    raise ConfigError(f"unknown experiment {name!r}")
+  try:
+    return importlib.import_module(f"experiments.{name}")
+  except ModuleNotFoundError as e:
+    if e.name in (f"experiments.{name}", "experiments"):
+      raise ConfigError(f"unknown experiment {name!r}") from None
+    raise
+
+
+def resolve(module, preset: str | None, overrides: typing.Sequence[str] = ()):
+  """(preset, the preset's config with overrides applied, validated)."""
+  preset = preset or module.DEFAULT_PRESET
+  if preset not in module.PRESETS:
+    raise ConfigError(f"unknown preset {preset!r} for {module.__name__} (have {', '.join(module.PRESETS)})")
+  cfg = C.override(module.PRESETS[preset](), overrides)
+  module.validate(cfg)
+  return preset, cfg
+
+
+def read_run_config(run_dir: str):
+  """(experiment name, module, preset, config) of a run folder; ConfigError if it is not one."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
+  saved = runs.read_json(path)
+  module = load(saved["experiment"])
+  return saved["experiment"], module, saved["preset"], C.from_dict(module.Config, saved["config"])
+
+
+def train_models(cfg: ExperimentConfig, task, mesh, run_dir: str):
+  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult)."""
+  from looprec import train  # pylint: disable=import-outside-toplevel
+  for i, (name, mrun) in enumerate(cfg.models.items()):
+    model = cfg.build_model(name, task.vocab.size)
+    result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh, run_dir,
+                               cfg.seed + 1000 * i, C.to_dict(cfg))
+    yield name, model, result
+
+
+@dataclasses.dataclass
+class Run:
+  """A run folder's config, task and final parameters (`load_run`)."""
+
+  run_dir: str
+  name: str  # the experiment
+  module: typing.Any
+  cfg: ExperimentConfig
+  params: dict  # model -> params of its latest checkpoint
+  meta: dict  # model -> that checkpoint's metadata (curriculum stage, curves, ...)
+
+  @functools.cached_property
+  def task(self):
+    from looprec import data  # pylint: disable=import-outside-toplevel
+    return data.make_task(self.cfg.data)
+
+  def model(self, name: str):
+    return self.cfg.build_model(name, self.task.vocab.size)
+
+
+def load_run(run_dir: str) -> Run:
+  """Every model's latest checkpoint in a run folder; ConfigError if a model has none."""
+  from looprec import checkpoint  # pylint: disable=import-outside-toplevel
+  name, module, _, cfg = read_run_config(run_dir)
+  params, meta = {}, {}
+  for model in cfg.models:
+    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model))
+    if restored is None:
+      raise ConfigError(f"{run_dir!r}: no checkpoint of model {model!r}")
+    params[model], meta[model] = restored
+  return Run(run_dir, name, module, cfg, params, meta)
+
+
+def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = (), runs_root: str = "runs",
+        resume: str | None = None) -> str:
+  """Trains and evaluates experiment `name` in a new run folder under runs_root (or continues `resume`, where
+  overrides may change only step budgets and evaluation settings); writes config.json and results.json and
+  returns the run folder. ConfigError on bad input, before the folder is created; train.Interrupted (with the
+  run folder to resume) on SIGTERM/SIGINT, after a checkpoint."""
+  from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+  sharding.maybe_initialize_distributed()
+  import jax  # pylint: disable=import-outside-toplevel
+  main_process = jax.process_index() == 0
+  module = load(name)
+  if resume:
+    saved_name, module, preset, cfg = read_run_config(resume)
+    if saved_name != name:
+      raise ConfigError(f"--resume {resume!r} is a run of {saved_name!r}, not {name!r}")
+    changing = [o for o in overrides if not RESUMABLE.fullmatch(o.partition("=")[0])]
+    if changing:
+      raise ConfigError(f"--resume can change only step budgets and evaluation settings, not {changing[0]!r}")
+    cfg = C.override(cfg, overrides)
+    module.validate(cfg)
+    run_dir = os.path.realpath(resume)
+  else:
+    preset, cfg = resolve(module, preset, overrides)
+    when = sharding.same_on_all_processes(int(time.time()))
+    run_dir = runs.make_run_dir(runs_root, name, preset, when, create=main_process)
+  if main_process:
+    runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
+                                                           "config": C.to_dict(cfg)})
+  start = time.time()
+  with train.stop_on_signals():
+    body = module.run(cfg, run_dir)
+  if main_process:
+    runs.write_json(os.path.join(run_dir, "results.json"),
+                    {"experiment": name, "preset": preset, "wall_seconds": time.time() - start, **body})
+  return run_dir
