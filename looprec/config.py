@@ -122,10 +122,16 @@ class CurriculumConfig:
   first_hop: int = 2  # the first stage
   last_hop: int = 4  # the last stage: the trained depth k
   threshold: float = 0.95
+  check: str = "steps"  # steps: the gate is checked every train.eval_every steps | epoch: once per pass over the
+  #                       stage's training rows, ceil(rows / batch) steps (the official loop checks after each epoch)
+  min_epochs: int = 0  # forced grokking: no stage ends before this many epochs since training began (check=epoch)
 
   def validate(self):
     _check(1 <= self.first_hop <= self.last_hop, f"data.curriculum.first_hop={self.first_hop} and "
            f"data.curriculum.last_hop={self.last_hop} need 1 <= first <= last")
+    _check(self.check in ("steps", "epoch"), f"data.curriculum.check={self.check!r} is not steps or epoch")
+    _check(self.min_epochs >= 0 and (self.check == "epoch" or not self.min_epochs),
+           f"data.curriculum.min_epochs={self.min_epochs} must be >= 0 and needs data.curriculum.check=epoch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +152,8 @@ class ChainDataConfig:
 
   def validate(self):
     self.curriculum.validate()
+    _check(self.curriculum.check != "epoch" or self.train_chains_per_hop or self.source != "generate",
+           "data.curriculum.check=epoch needs a finite training set: data.train_chains_per_hop > 0 or a data folder")
     _check(self.curriculum.last_hop <= self.fitting_hops(), f"data.curriculum.last_hop={self.curriculum.last_hop} "
            f"needs more than data.seq_len={self.seq_len} allows ({self.fitting_hops()} hops)")
     _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction={self.test_fraction} must be in (0, 1)")

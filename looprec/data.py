@@ -74,14 +74,29 @@ class Curriculum:
   first: int
   last: int
   threshold: float = 1.0
+  check: str = "steps"  # steps: gate checked every eval_every steps | epoch: once per epoch of the stage's rows
+  min_epochs: int = 0  # no stage ends before this many epochs since training began (forced grokking)
+  rows: tuple = ()  # training rows at stages first..last (check=epoch)
+
+  def check_every(self, stage: int, batch_size: int, eval_every: int) -> int:
+    """Steps between two gate checks of a stage: eval_every, or one epoch of its rows (the last batch partial)."""
+    if self.check == "steps":
+      return eval_every
+    return -(-self.rows[stage - self.first] // batch_size)
+
+  def epochs(self, stages: list, step: int, batch_size: int) -> int:
+    """Whole epochs trained by `step`, summed over the stages so far ([[start step, stage], ...])."""
+    ends = [start for start, _ in stages[1:]] + [step]
+    return sum((end - start) // self.check_every(stage, batch_size, 1) for (start, stage), end in zip(stages, ends))
 
   def gate_split(self, stage: int) -> str:
     """The split whose accuracy decides whether stage `stage` is done (the held-out stage-hop chains)."""
     return split_name(stage)
 
-  def advances(self, stage: int, accuracy: dict) -> bool:
-    """Whether to move on from `stage`, given the latest accuracy per monitored split."""
-    return stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
+  def advances(self, stage: int, accuracy: dict, epochs: int = 0) -> bool:
+    """Whether to move on from `stage`, given the latest accuracy per monitored split and the epochs trained."""
+    return (stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
+            and epochs >= self.min_epochs)
 
 
 def take(examples: dict, idx) -> dict:
@@ -98,7 +113,10 @@ class ChainTask:
     c = self.cfg
     self.vocab = Vocab.standard(c.n_entities, c.n_relations)
     self.perms_MxN = chains.permutation_graph(c.seed, c.n_entities, c.n_relations)
-    self.curriculum = Curriculum(c.curriculum.first_hop, c.curriculum.last_hop, c.curriculum.threshold)
+    cur = c.curriculum
+    rows = tuple(c.n_entities * c.n_relations + (stage - 1) * c.train_chains_per_hop
+                 for stage in range(cur.first_hop, cur.last_hop + 1))  # atomic facts + each hop's chain pool
+    self.curriculum = Curriculum(cur.first_hop, cur.last_hop, cur.threshold, cur.check, cur.min_epochs, rows)
     self._pools = {}
 
   @property
@@ -185,7 +203,8 @@ class JsonChainTask:
     if c.last_hop > self.deepest_train_hop:
       raise ConfigError(f"data.curriculum.last_hop={c.last_hop} exceeds the data's deepest chain "
                         f"({self.deepest_train_hop} hops)")
-    self.curriculum = Curriculum(c.first_hop, c.last_hop, c.threshold)
+    rows = tuple(int((self.train["hop"] <= stage).sum()) for stage in range(c.first_hop, c.last_hop + 1))
+    self.curriculum = Curriculum(c.first_hop, c.last_hop, c.threshold, c.check, c.min_epochs, rows)
 
   def _encode(self, groups: dict) -> dict:
     """{(hop, type): Facts} -> {type: examples}, plus "all"."""

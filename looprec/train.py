@@ -170,6 +170,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
   eval_loops = cfg.eval_loops or rec.max_loops
+  check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
   writer = SummaryWriter(os.path.join(run_dir, "tb", name)) if jax.process_index() == 0 else None
@@ -202,7 +203,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
       pending = (step, metrics, float(lr_at(lr_step)), n_loops)
     step += 1
     bar.update(1)
-    if step % cfg.eval_every == 0 or step == steps:
+    gate = (step - stages[-1][0]) % check_every == 0
+    if step % cfg.eval_every == 0 or step == steps or gate:
       accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
                   for split, ex in eval_sets.items()}
       for split, acc in accuracy.items():
@@ -210,9 +212,11 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         if writer:
           writer.add_scalar(f"eval/{split}", acc, step)
       stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
-      if curriculum.advances(stage, accuracy) and step < steps:
+      if gate and step < steps and curriculum.advances(stage, accuracy,
+                                                       curriculum.epochs(stages, step, cfg.batch_size)):
         stage += 1
         stages.append([step, stage])
+        check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
         iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
         eval_sets = task.monitor_splits(stage)
         stage_acc = float("nan")

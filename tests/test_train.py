@@ -97,3 +97,34 @@ def test_old_run_configs_with_one_dropout_still_load():
     C.override(ModelConfig(), ["dropout=0.1"])
   with np.testing.assert_raises(C.ConfigError):
     C.override(TrainConfig(), ["weight_decay_on=bias"]).validate()
+
+
+def test_curriculum_checked_once_per_epoch_and_forced_to_min_epochs(tmp_path):
+  """check=epoch: the gate is read every ceil(rows / batch) steps of the stage (28 rows, batch 8: 4 steps);
+  min_epochs holds the first stage until that many epochs have passed; a threshold below 0 always passes."""
+  import jax
+  from looprec import data, sharding
+  from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
+  from looprec.models.looped import LoopedTransformer
+  stages_of = {}
+  for min_epochs in (0, 3):
+    cur = CurriculumConfig(first_hop=2, last_hop=3, threshold=-1.0, check="epoch", min_epochs=min_epochs)
+    cfg = ChainDataConfig(n_entities=8, n_relations=2, seq_len=6, train_chains_per_hop=12, curriculum=cur)
+    task = data.make_task(cfg)
+    assert task.curriculum.rows == (8 * 2 + 12, 8 * 2 + 24)
+    assert task.curriculum.check_every(2, 8, 100) == 4 and task.curriculum.check_every(3, 8, 100) == 5
+    model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2), task.vocab.size)
+    result = train.train_model("m", model, Recurrence.parse("fixed:2"), 16,
+                               TrainConfig(batch_size=8, eval_every=100, checkpoint_every=100, log_every=100),
+                               task, sharding.make_mesh(), str(tmp_path / str(min_epochs)), 0, {})
+    stages_of[min_epochs] = result.stages
+  assert stages_of == {0: [[0, 2], [4, 3]], 3: [[0, 2], [12, 3]]}
+  assert data.Curriculum(2, 4, check="epoch", rows=(10, 20, 30)).epochs([[0, 2], [4, 3], [10, 4]], 17, 5) == 2 + 1 + 1
+
+
+def test_epoch_check_needs_a_finite_training_set():
+  from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig
+  with np.testing.assert_raises(ConfigError):
+    ChainDataConfig(curriculum=CurriculumConfig(check="epoch")).validate()
+  with np.testing.assert_raises(ConfigError):
+    ChainDataConfig(train_chains_per_hop=5, curriculum=CurriculumConfig(min_epochs=3)).validate()
