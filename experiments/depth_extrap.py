@@ -124,7 +124,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     mrun = cfg.models[name]
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
-                                            batch_size=cfg.eval.batch_size)
+                                            batch_size=cfg.eval.batch_size, answers=task.vocab.n_entities)
     accuracy = {s: {str(r): by_r[str(r)] for r in range(1, cfg.eval.max_loops + 1)}  # the same pass's sweep
                 for s, by_r in analyses[name]["sweep"].items()}
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
