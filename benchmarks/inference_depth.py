@@ -76,7 +76,7 @@ def main():
   t_fixed = best_time(lambda: [fixed_fn(params, ex["tokens"], ex["read_pos"], n_loops=args.cap)
                                for ex in splits.values()], args.repeats)
   print(f"fixed R = {args.cap}: {t_fixed * 1e3:.1f} ms for all splits")
-  for name in halting.RULES:
+  for name in halting.applicable(model):
     pol = halting.policy(name)
     got = {}
 

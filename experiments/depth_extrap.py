@@ -145,22 +145,31 @@ def run(cfg: Config, run_dir: str) -> dict:
     mrun = cfg.models[name]
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
                                             batch_size=cfg.eval.batch_size, answers=task.vocab.n_entities)
-    accuracy = {s: {str(r): by_r[str(r)] for r in range(1, cfg.eval.max_loops + 1)}  # the same pass's sweep
-                for s, by_r in analyses[name]["sweep"].items()}
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
-                     "train_seconds": result.wall_seconds, "stages": result.stages, "accuracy": accuracy}
+                     "train_seconds": result.wall_seconds, "stages": result.stages,
+                     "accuracy": sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   if jax.process_index() == 0:
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
                    {n: r["trained_max_hop"] for n, r in results.items()})
     md.write(os.path.join(run_dir, "report.md"), report(cfg, results))
     analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
+  return {"models": results, **halting_and_margins(analyses)}
+
+
+def sweep_accuracy(model_analysis: dict, max_loops: int) -> dict:
+  """accuracy[split][str(R)] for R = 1..max_loops from analyze_model's sweep (the same pass)."""
+  return {s: {str(r): by_r[str(r)] for r in range(1, max_loops + 1)} for s, by_r in model_analysis["sweep"].items()}
+
+
+def halting_and_margins(analyses: dict) -> dict:
+  """The `halting` and `margins` parts of results.json: the summary numbers of each model's analysis."""
   halting = {n: {p: {s: {k: row[k] for k in ("accuracy", "mean_loops", "median_loops")} for s, row in table.items()}
                  for p, table in a["halting"].items()} for n, a in analyses.items()}
   margins = {n: {s: {k: m[k] for k in ("margin", "t_star", "peak_loop")} for s, m in a["margins"].items()}
              for n, a in analyses.items()}
-  return {"models": results, "halting": halting, "margins": margins}
+  return {"halting": halting, "margins": margins}
 
 
 def best_over_loops(accuracy_by_r: dict) -> tuple[float, int]:

@@ -10,6 +10,8 @@ import numpy as np
 
 from looprec import eval as evaluation, experiment, halting, plots, report, runs, sharding
 from looprec import config as C
+from looprec import models
+from looprec.models import training_free
 
 MARGIN_LOOPS = 50
 
@@ -95,14 +97,17 @@ def margins(model, params, splits: dict, n_loops: int = MARGIN_LOOPS, mesh=None,
           for name, examples in splits.items()}
 
 
-def analyze_model(model, params, splits: dict, max_loops: int, policies=tuple(halting.RULES),
+def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
                   halt_loops: int = halting.DEFAULT_CAP, margin_loops: int = MARGIN_LOOPS, mesh=None,
                   batch_size: int = 256, answers: int | None = None) -> dict:
   """{"sweep": accuracy[split][R] for R = 1..max(max_loops, halt_loops), "halting": policy -> split -> row,
   "margins": split -> curve} for one model. The sweep and the margins come from one scan per batch (one
-  compile), the halting of every policy from one compiled while_loop."""
+  compile), the halting of every policy from one compiled while_loop. policies: default every policy that
+  applies to the model (`halting.applicable`); `gate` is skipped for a model without an exit gate."""
   mesh = mesh or sharding.make_mesh()
-  pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p) for p in policies]
+  pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p)
+          for p in (policies or halting.applicable(model))]
+  pols = [p for p in pols if p.name != "gate" or model.has_exit_gate]
   sweep_loops = max(max_loops, halt_loops)
   acc, curves = {}, {}
   for name, examples in splits.items():
@@ -126,31 +131,68 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
   report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses))
 
 
+def training_free_configs(model_cfgs: dict, spec: str) -> dict:
+  """name -> the training-free config (`models.training_free.wrap`) of each model whose layers hold the window of
+  spec ("window=a:b,substeps=K,damping=b[,model=NAME]"); ConfigError if none does or NAME is not a model."""
+  items = [i for i in spec.split(",") if i]
+  chosen = [i.partition("=")[2] for i in items if i.startswith("model=")]
+  spec = ",".join(i for i in items if not i.startswith("model="))
+  for name in chosen:
+    if name not in model_cfgs:
+      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {', '.join(model_cfgs)})")
+  out, errors = {}, []
+  for name, cfg in model_cfgs.items():
+    if chosen and name not in chosen:
+      continue
+    try:
+      out[name] = training_free.wrap(cfg, spec)
+    except C.ConfigError as e:
+      if chosen:
+        raise C.ConfigError(f"--training-free model={name}: {e}") from None
+      errors.append(f"{name}: {e}")
+  if not out:
+    raise C.ConfigError(f"--training-free {spec!r} fits no model of the run ({'; '.join(errors)})")
+  return out
+
+
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
-            margin_loops: int = MARGIN_LOOPS) -> str:
+            margin_loops: int = MARGIN_LOOPS, training_free_spec: str | None = None) -> str:
   """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
   of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
-  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops."""
-  pols = [halting.parse_policy(p) for p in (policies or halting.RULES)]
+  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops.
+
+  training_free_spec ("window=a:b,substeps=K,damping=b[,model=NAME]"): analyze instead the trained models with
+  that window looped at inference (`models.training_free`), into run_dir/training_free/<spec>/."""
+  pols = [halting.parse_policy(p) for p in policies] if policies else None
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
       _check_loops(value, what)
   run = experiment.load_run(run_dir)
   cfg, module = run.cfg, run.module
   restored = {name: (run.params[name], run.meta[name]) for name in cfg.models}
-  if hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
+  model_cfgs = {name: cfg.model_cfg(name) for name in cfg.models}
+  out_dir = run_dir
+  if training_free_spec is not None:
+    model_cfgs = training_free_configs(model_cfgs, training_free_spec)
+    out_dir = os.path.join(run_dir, "training_free", training_free_spec.replace("=", "").replace(",", "_")
+                           .replace(":", "-"))
+  elif hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
     return module.analyze_run(cfg, run_dir, restored, max_loops)
   task = run.task
   splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.make_mesh()
   analyses, trained = {}, {}
-  for name, (params, meta) in restored.items():
+  built = {name: models.build(model_cfg, task.vocab.size) for name, model_cfg in model_cfgs.items()}
+  if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
+    raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
+  for name, model in built.items():
+    params, meta = restored[name]
     params = jax.device_put(params, sharding.replicated(mesh))
-    model = cfg.build_model(name, task.vocab.size)
     analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
                                    cfg.eval.batch_size, answers=task.vocab.n_entities)
     trained[name] = meta["stage"]
   if jax.process_index() == 0:
-    write(run_dir, analyses, trained)
-  return os.path.join(run_dir, "analysis.json")
+    os.makedirs(out_dir, exist_ok=True)
+    write(out_dir, analyses, trained)
+  return os.path.join(out_dir, "analysis.json")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import typing
 
 
@@ -85,6 +86,15 @@ class ModelConfig:
   attn_dropout: float = 0.0  # on the attention probabilities (attn_pdrop)
   resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # begin / end blocks around the looped one (prelude_core_coda, hyperloop, exit_gate): layers run once
+  n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
+  n_coda: int = 0  # layers after the loop, before the final norm
+  n_streams: int = 1  # hyperloop: parallel residual streams
+  gate_sets: int = 4  # hyperloop: per-loop gate sets; loop t >= gate_sets uses the last
+  exit_beta: float = 0.1  # exit_gate: weight of the exit distribution's entropy in the loss
+  window: str = ""  # training_free: "a:b", layers a..b-1 (0-based) of the trained stack are looped
+  substeps: int = 6  # training_free: damped sub-steps K per loop
+  damping: float = 0.5  # training_free: beta, the loop's output is beta g(h_in) + (1 - beta) h_K
 
   # a key of older run folders -> the fields that replaced it (from_dict reads old config.json files)
   RENAMED = {"dropout": ("embed_dropout", "attn_dropout", "resid_dropout")}
@@ -112,6 +122,34 @@ class ModelConfig:
            f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
     _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    blocks = ("prelude_core_coda", "hyperloop", "exit_gate")
+    for name in ("n_prelude", "n_coda"):
+      size = getattr(self, name)
+      _check(size >= 0, f"model.{name}={size} must be >= 0")
+      _check(size == 0 or self.kind in blocks,
+             f"model.{name}={size}: model.kind={self.kind!r} has no begin/end blocks (only {', '.join(blocks)})")
+    _check(not self.any_dropout or self.n_prelude == self.n_coda == 0,
+           "model.embed/attn/resid_dropout: the begin/end blocks run without dropout (set model.n_prelude/n_coda=0)")
+    _check(self.n_streams >= 1, f"model.n_streams={self.n_streams} must be >= 1")
+    _check(self.n_streams == 1 or self.kind == "hyperloop",
+           f"model.n_streams={self.n_streams}: only model.kind=hyperloop has several residual streams")
+    _check(self.gate_sets >= 1, f"model.gate_sets={self.gate_sets} must be >= 1")
+    _check(self.exit_beta >= 0, f"model.exit_beta={self.exit_beta} must be >= 0")
+    if self.kind == "training_free":
+      a, b = self.window_layers()
+      _check(0 <= a < b <= self.n_layers,
+             f"model.window={self.window!r} is outside the model's {self.n_layers} layers (need 0 <= a < b <= "
+             f"{self.n_layers})")
+      _check(self.substeps >= 1, f"model.substeps={self.substeps} must be >= 1")
+      _check(0.0 <= self.damping <= 1.0, f"model.damping={self.damping} must be in [0, 1]")
+      _check(not self.any_dropout, "model.embed/attn/resid_dropout: model.kind=training_free is inference only")
+
+  def window_layers(self) -> tuple[int, int]:
+    """model.window "a:b" as (a, b): layers a..b-1 are looped (training_free)."""
+    m = re.fullmatch(r"(\d+):(\d+)", self.window)
+    if m is None:
+      raise ConfigError(f"model.window={self.window!r} is not 'a:b' (loop layers a..b-1, 0-based)")
+    return int(m.group(1)), int(m.group(2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +262,7 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   log_every: int = 25
+  debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off)
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -259,6 +298,10 @@ class ModelRun:
   n_layers: int = 1
   recurrence: str = "dynamic:4,2,8"
   steps: int = 0
+  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=hyperloop,n_streams=2")
+
+  def model_overrides(self) -> list[str]:
+    return [item for item in self.model.split(",") if item]
 
   @property
   def rec(self) -> Recurrence:
@@ -281,6 +324,10 @@ def validate_experiment(cfg):
   _check(bool(cfg.models), "the experiment trains no models")
   for name, run in cfg.models.items():
     run.validate(name)
+    try:
+      cfg.model_cfg(name).validate()
+    except ConfigError as e:
+      raise ConfigError(f"models.{name}: {e}") from None
     _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 
@@ -348,25 +395,47 @@ def to_dict(cfg) -> dict:
   return cfg
 
 
-def from_dict(cls, data: dict):
-  """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars."""
+def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
+  """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars. A key
+  the type does not have is a ConfigError; a field missing from data takes its default and its dotted path
+  is appended to `filled` (an older run folder, saved before the field existed)."""
+  if not isinstance(data, dict):
+    raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {data!r}")
   hints = typing.get_type_hints(cls)
-  kwargs = {}
   for old, new in getattr(cls, "RENAMED", {}).items():
     if old in data:
       data = {**{k: data[old] for k in new}, **{k: v for k, v in data.items() if k != old}}
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = [k for k in data if k not in fields]
+  if unknown:
+    raise ConfigError(f"unknown config key {prefix + unknown[0]!r}")
+  kwargs = {}
   for f in dataclasses.fields(cls):
     if f.name not in data:
+      if filled is not None:
+        filled.append(prefix + f.name)
       continue
     hint, value = hints[f.name], data[f.name]
     if dataclasses.is_dataclass(hint):
-      value = from_dict(hint, value)
+      value = from_dict(hint, value, filled, f"{prefix}{f.name}.")
     elif typing.get_origin(hint) is dict:
       item_type = typing.get_args(hint)[1]
       if dataclasses.is_dataclass(item_type):
-        value = {k: from_dict(item_type, v) for k, v in value.items()}
+        value = {k: from_dict(item_type, v, filled, f"{prefix}{f.name}.{k}.") for k, v in value.items()}
     kwargs[f.name] = value
   return cls(**kwargs)
+
+
+def from_saved(cls, data: dict, where: str):
+  """from_dict of a saved config, saying on stderr (one line) which missing keys took their defaults."""
+  filled = []
+  try:
+    cfg = from_dict(cls, data, filled)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  if filled:
+    print(f"note: {where} has no {', '.join(filled)}; using the defaults", file=sys.stderr)
+  return cfg
 
 
 def dumps(cfg) -> str:

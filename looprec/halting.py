@@ -3,11 +3,13 @@ every example of the batch has halted (or the cap is hit). Evaluation only.
 
 After loop t (1-based) each example gets signals: `kl` = KL(p_t || p_{t-1}), `entropy` = H(p_t) (nats), `latent`
 = ||h_t - h_{t-1}|| / ||h_t|| at the answer position, `streak` = loops in a row the answer (argmax) has not
-changed, `answer`. At loop 1 there is no previous loop: kl and latent are +inf, streak is 0. A policy stops an
-example at the first loop where all of its tests pass, else at the cap; the example keeps that loop's answer.
-Thresholds are strict (`kl < eps`, `entropy < max_entropy`, `latent < delta`) and non-negative, so 0 is never
-met and the policy runs every example to the cap, exactly fixed R = cap (for `argmax`, `streak >= n` with
-n >= cap is never met); +inf is met as soon as the signal exists.
+changed, `answer`, and `exit_cdf` = 1 - prod_{j<=t} (1 - lambda_j), the CDF of a learned exit gate's
+distribution (`model.exit_prob`; 0 for a model without a gate). At loop 1 there is no previous loop: kl and
+latent are +inf, streak is 0. A policy stops an example at the first loop where all of its tests pass, else at
+the cap; the example keeps that loop's answer. Thresholds are strict (`kl < eps`, `entropy < max_entropy`,
+`latent < delta`, `exit_cdf > q`) and non-negative, so eps, max_entropy or delta = 0 and q = 1 are never met and
+the policy runs every example to the cap, exactly fixed R = cap (for `argmax`, `streak >= n` with n >= cap is
+never met); +inf (q = 0 for a gate that ever fires) is met as soon as the signal exists.
 
     pol = policy("kl_entropy", eps=1e-3, max_entropy=3.0)      # or parse_policy("kl_entropy:eps=1e-3")
     pol = policy("kl_entropy_rel", max_entropy_frac=0.5)        # entropy < 0.5 ln |answers|; thresholds(answers)
@@ -31,6 +33,7 @@ TESTS = {
     "max_entropy": lambda s, v: s["entropy"] < v,
     "delta": lambda s, v: s["latent"] < v,
     "n": lambda s, v: s["streak"] >= v,
+    "q": lambda s, v: s["exit_cdf"] > v,
 }
 # A bound relative to the answer set: max_entropy_frac x ln |answers| is applied as max_entropy (so the bound
 # scales with the entropy of an undecided guess); PAPER_FRAC gives the paper's 3.0 nats at its 200 entities.
@@ -44,6 +47,7 @@ RULES = {
     "entropy": {"max_entropy": 3.0},
     "latent": {"delta": 1e-2},
     "argmax": {"n": 2},
+    "gate": {"q": 0.5},  # Ouro: exit where the gate's CDF passes q (models with an exit gate)
 }
 DEFAULT_CAP = 16
 
@@ -88,10 +92,17 @@ def policy(name: str, **params) -> Policy:
     if key == "n":
       if not float(value).is_integer() or value < 1:
         raise ConfigError(f"{name}: n={value} must be an integer >= 1")
+    elif key == "q" and not 0 <= value <= 1:
+      raise ConfigError(f"{name}: q={value} must be in [0, 1]")
     elif math.isnan(value) or value < 0:
       raise ConfigError(f"{name}: {key}={value} must be >= 0")
   merged = {**defaults, **params}
   return Policy(name, tuple((k, int(v) if k == "n" else float(v)) for k, v in merged.items()))
+
+
+def applicable(model) -> list[str]:
+  """The policies of RULES that apply to a model: all but `gate` unless it has an exit gate."""
+  return [name for name in RULES if name != "gate" or model.has_exit_gate]
 
 
 def parse_policy(spec: str) -> Policy:
@@ -110,11 +121,13 @@ def parse_policy(spec: str) -> Policy:
 def init_signals(batch: int, vocab: int, d_model: int) -> dict:
   """What `observe` carries from one loop to the next, before loop 1."""
   return {"logp": jnp.zeros((batch, vocab)), "hidden": jnp.zeros((batch, d_model)),
-          "answer": jnp.zeros((batch,), jnp.int32), "streak": jnp.zeros((batch,), jnp.int32)}
+          "answer": jnp.zeros((batch,), jnp.int32), "streak": jnp.zeros((batch,), jnp.int32),
+          "survive": jnp.ones((batch,))}
 
 
-def observe(prev: dict, t, logits_BxV, hidden_BxD) -> dict:
-  """The signals after loop t (0-based) from its answer logits and hidden state; also the next `prev`."""
+def observe(prev: dict, t, logits_BxV, hidden_BxD, exit_B) -> dict:
+  """The signals after loop t (0-based) from its answer logits, hidden state and exit probability; also the next
+  `prev`."""
   logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1)
   p_BxV = jnp.exp(logp_BxV)
   first = t == 0
@@ -125,17 +138,18 @@ def observe(prev: dict, t, logits_BxV, hidden_BxD) -> dict:
       jnp.linalg.norm(hidden_BxD, axis=-1), 1e-30)
   answer_B = jnp.argmax(logp_BxV, -1).astype(jnp.int32)
   streak_B = jnp.where(first | (answer_B != prev["answer"]), 0, prev["streak"] + 1)
+  survive_B = prev["survive"] * (1.0 - exit_B.astype(jnp.float32))
   return {"kl": jnp.where(first, jnp.inf, kl_B), "entropy": entropy_B,
           "latent": jnp.where(first, jnp.inf, change_B), "streak": streak_B, "answer": answer_B,
-          "logp": logp_BxV, "hidden": hidden_BxD}
+          "exit_cdf": 1.0 - survive_B, "logp": logp_BxV, "hidden": hidden_BxD, "survive": survive_B}
 
 
-def _record(thresholds, carry: dict, t, logits_BxV, hidden_BxD, cap):
+def _record(thresholds, carry: dict, t, logits_BxV, hidden_BxD, exit_B, cap):
   """One loop's bookkeeping: signals, which examples stop, their loop count and answer."""
-  s = observe(carry["prev"], t, logits_BxV, hidden_BxD)
+  s = observe(carry["prev"], t, logits_BxV, hidden_BxD, exit_B)
   stop_B = stop(s, *thresholds) | (t + 1 >= cap)
   new_B = stop_B & ~carry["halted"]
-  prev = {k: s[k] for k in ("logp", "hidden", "answer", "streak")}
+  prev = {k: s[k] for k in ("logp", "hidden", "answer", "streak", "survive")}
   return {"prev": prev, "halted": carry["halted"] | stop_B, "loops": jnp.where(new_B, t + 1, carry["loops"]),
           "answer": jnp.where(new_B, s["answer"], carry["answer"])}
 
@@ -154,7 +168,8 @@ def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
 
   def update(state, t, carry):
     hidden_BxD = model.answer_hidden(params, state, read_pos_B)
-    carry = _record(thresholds, carry, t, model.head(params, hidden_BxD), hidden_BxD, max_loops)
+    carry = _record(thresholds, carry, t, model.head(params, hidden_BxD), hidden_BxD,
+                    model.exit_prob(params, hidden_BxD), max_loops)
     return carry, jnp.all(carry["halted"])
 
   start = _start(tokens_BxT.shape[0], model.vocab_size, model.cfg.d_model)
@@ -162,17 +177,20 @@ def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
   return carry["loops"], carry["answer"], executed
 
 
-def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, answers: int | None = None):
+def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None, answers: int | None = None):
   """The same rule applied to recorded per-loop logits (cap = R): (loops_B, answer_B). For checks and traces."""
   r, b, v = logits_RxBxV.shape
   if hidden_RxBxD is None:
     hidden_RxBxD = jnp.ones((r, b, 1))
+  if exit_RxB is None:
+    exit_RxB = jnp.zeros((r, b))
 
   def body(carry, xs):
-    t, logits_BxV, hidden_BxD = xs
-    return _record(pol.thresholds(answers), carry, t, logits_BxV, hidden_BxD, r), None
+    t, logits_BxV, hidden_BxD, exit_B = xs
+    return _record(pol.thresholds(answers), carry, t, logits_BxV, hidden_BxD, exit_B, r), None
 
-  carry, _ = jax.lax.scan(body, _start(b, v, hidden_RxBxD.shape[-1]), (jnp.arange(r), logits_RxBxV, hidden_RxBxD))
+  xs = (jnp.arange(r), logits_RxBxV, hidden_RxBxD, exit_RxB)
+  carry, _ = jax.lax.scan(body, _start(b, v, hidden_RxBxD.shape[-1]), xs)
   return carry["loops"], carry["answer"]
 
 
@@ -181,4 +199,4 @@ def compiled(model, mesh):
   """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them."""
   data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
   return jax.jit(functools.partial(run, model), in_shardings=(rep, data, data, rep, rep),
-                 out_shardings=(data, data, rep))
+                 out_shardings=(rep, rep, rep))  # replicated: every process reads all (multi-host)

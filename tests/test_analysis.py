@@ -66,7 +66,7 @@ def test_experiment_reports_halting_and_margins(smoke_run):
   with open(os.path.join(smoke_run, "results.json")) as f:
     results = json.load(f)
   for name in ("looped", "vanilla"):
-    assert set(results["halting"][name]) == {str(halting.parse_policy(p)) for p in halting.RULES}
+    assert set(results["halting"][name]) == {str(halting.parse_policy(p)) for p in halting.RULES if p != "gate"}
     for table in results["halting"][name].values():
       assert set(table) == {"atomic", "2hop_test", "3hop_test"}
       assert all(set(row) == {"accuracy", "mean_loops", "median_loops"} for row in table.values())
@@ -84,7 +84,7 @@ def test_analyze_command_writes_analysis(smoke_run, capsys):
     models = json.load(f)["models"]
   assert set(models) == {"looped", "vanilla"}
   looped = models["looped"]
-  assert [p.partition(":")[0] for p in looped["halting"]] == list(halting.RULES)
+  assert [p.partition(":")[0] for p in looped["halting"]] == [p for p in halting.RULES if p != "gate"]  # no gate
   for table in looped["halting"].values():
     for row in table.values():
       assert 1 <= row["mean_loops"] <= row["max_loops"] <= 5 and row["fixed_max"]["loops"] == 5
@@ -97,6 +97,12 @@ BAD = [
     (["--policy", "kl_entropy:eps=-1"], "eps=-1.0 must be >= 0"),
     (["--max-loops", "0"], "max_loops=0 must be >= 1"),
     (["--margin-loops", "x"], "invalid int value"),
+    (["--policy", "gate:q=2"], "q=2.0 must be in [0, 1]"),
+    (["--policy", "gate"], "halting policy 'gate' needs a model with an exit gate"),
+    (["--training-free", "window=1:5,model=vanilla"], "model.window='1:5' is outside the model's 2 layers"),
+    (["--training-free", "window=0:3"], "--training-free 'window=0:3' fits no model of the run"),
+    (["--training-free", "window=0:1,model=nope"], "model='nope' is not a model of the run"),
+    (["--training-free", "window=0:1,damping=-1"], "model.damping=-1.0 must be in [0, 1]"),
 ]
 
 
@@ -114,3 +120,19 @@ def test_analyze_needs_a_run_with_checkpoints(smoke_run, tmp_path, capsys):
   assert cli.main(["analyze", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "no checkpoint of model 'looped'" in err[0]
+
+
+def test_analyze_training_free_loops_the_vanilla_models_window(smoke_run, capsys):
+  """The smoke run's vanilla model has 2 layers: window 1:2 fits it alone; with K = 1 its R = 1 column is the
+  trained model's accuracy."""
+  assert cli.main(["analyze", smoke_run, "--training-free", "window=1:2,substeps=1,damping=0.5", "--max-loops", "3",
+                   "--margin-loops", "3", "--halt-loops", "3"]) == 0
+  path = capsys.readouterr().out.strip().splitlines()[-1].partition("analysis: ")[2]
+  assert path == os.path.join(smoke_run, "training_free", "window1-2_substeps1_damping0.5", "analysis.json")
+  with open(path) as f:
+    models = json.load(f)["models"]
+  with open(os.path.join(smoke_run, "results.json")) as f:
+    trained = json.load(f)["models"]["vanilla"]["accuracy"]
+  assert set(models) == {"vanilla"}
+  for split, by_r in models["vanilla"]["sweep"].items():
+    assert len(by_r) == 3 and by_r["1"] == pytest.approx(trained[split]["1"], abs=1e-6)

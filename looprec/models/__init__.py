@@ -13,6 +13,10 @@ from looprec.models.base import LoopedBase, LoopedModel, count_params, gather_po
 # model.kind -> the module holding its `Model`
 KINDS = {
     "looped": "looprec.models.looped",  # the paper's: embed -> (L layers) x R -> final norm -> tied head
+    "prelude_core_coda": "looprec.models.prelude_core_coda",  # non-looped begin / end layers around the loop
+    "hyperloop": "looprec.models.hyperloop",  # n residual streams mixed by per-loop gates, merged before the end
+    "exit_gate": "looprec.models.exit_gate",  # Ouro: a learned per-loop exit probability, entropy-regularised loss
+    "training_free": "looprec.models.training_free",  # inference only: a trained stack's window looped, damped
 }
 
 

@@ -14,6 +14,7 @@ import typing
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from looprec import loop
 from looprec.config import ModelConfig
@@ -46,7 +47,25 @@ class LoopedModel(typing.Protocol):
 
 class LoopedBase:
   """The derived methods: one forward pass (a scan over `loop_step`) and its readouts. Subclasses are frozen
-  dataclasses with fields `cfg` and `vocab_size` (hashable: compiled functions are cached per model)."""
+  dataclasses with fields `cfg` and `vocab_size` (hashable: compiled functions are cached per model).
+
+  Two optional hooks have defaults here, so a kind overrides them only if it needs to: `loss` (the training
+  objective; default the answer token's cross-entropy) and `exit_prob` (a learned per-loop exit probability,
+  read by the `gate` halting policy; default none: `has_exit_gate` is False and the probability 0).
+  """
+
+  has_exit_gate = False
+
+  def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0):
+    """(scalar training loss, accuracy) on a batch ({"tokens", "read_pos", "target"}) after n_loops loops."""
+    logits_BxV = self.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng)
+    loss_B = answer_cross_entropy(logits_BxV, batch["target"], label_smoothing)
+    return loss_B.mean(), jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+
+  def exit_prob(self, params, hidden_BxD):
+    """The probability of exiting after this loop given the answer position's hidden state: B (0 without a gate)."""
+    del params
+    return jnp.zeros(hidden_BxD.shape[:1], jnp.float32)
 
   def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False):
     """Runs R = n_loops loops. Returns (final state, per-loop readouts or None).
@@ -93,6 +112,12 @@ class LoopedBase:
       return out
 
     return self.forward(params, tokens_BxT, n_loops, readout=readout, per_layer=per_layer)[1]
+
+
+def answer_cross_entropy(logits_xBxV, target_B, label_smoothing: float = 0.0):
+  """Cross-entropy of the answer token over the whole vocabulary, per example (any leading axes): x B."""
+  labels_xBxV = optax.smooth_labels(jax.nn.one_hot(target_B, logits_xBxV.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits_xBxV, jnp.broadcast_to(labels_xBxV, logits_xBxV.shape))
 
 
 def gather_positions(h_BxTxD, pos_B):

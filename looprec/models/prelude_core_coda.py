@@ -1,0 +1,67 @@
+"""Begin / looped middle / end blocks (`model.kind=prelude_core_coda`, as Huginn, Ouro and Hyperloop build them):
+embed -> prelude (n_prelude layers, once) -> core (n_layers layers) x R -> coda (n_coda layers, once) -> final norm
+-> tied head. The prelude's output is the state entering loop 1 and what input injection adds before every later
+loop; the coda reads the state after any loop (so a readout after loop t is the model exited at t).
+
+n_prelude = n_coda = 0 is the paper's model (`looped`), with the same params; R = 1 is a plain stack of
+n_prelude + n_layers + n_coda layers. The begin and end blocks run without dropout (config validation refuses
+dropout with them).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from looprec.config import ModelConfig
+from looprec.models.looped import Block, LoopedTransformer, attention_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class PreludeCoreCoda(LoopedTransformer):
+  """The paper's model with non-looped begin and end blocks. The state carried between loops is
+  {"h": B x T x D, "tokens": B x T} (the coda needs the tokens' attention mask)."""
+
+  cfg: ModelConfig
+  vocab_size: int
+
+  def _stack(self, name: str) -> Block:
+    return Block(dataclasses.replace(self.cfg, n_layers=getattr(self.cfg, name)))
+
+  def init(self, rng, seq_len: int = 8) -> dict:
+    params = super().init(rng, seq_len)
+    x = jnp.zeros((1, seq_len, self.cfg.d_model))
+    mask = attention_mask(jnp.ones((1, seq_len), jnp.int32), self.cfg.attn_window)
+    for i, name in enumerate(("n_prelude", "n_coda")):
+      if getattr(self.cfg, name):
+        key = jax.random.fold_in(rng, i + 1)
+        params[name[2:]] = self._stack(name).init(key, x, mask, self._rope(seq_len))["params"]
+    return params
+
+  def _run(self, name: str, params, h_BxTxD, tokens_BxT):
+    """The begin or end block (no-op when it has no layers)."""
+    if not getattr(self.cfg, name):
+      return h_BxTxD
+    mask, rope = attention_mask(tokens_BxT, self.cfg.attn_window), self._rope(tokens_BxT.shape[1])
+    return self._stack(name).apply({"params": params[name[2:]]}, h_BxTxD, mask, rope)[0]
+
+  def embed(self, params, tokens_BxT):
+    """Token embeddings through the prelude: the state entering loop 1 and the injected input."""
+    return self._run("n_prelude", params, super().embed(params, tokens_BxT), tokens_BxT)
+
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+    """The looped model's step on the "h" part of the state (injection and the core block)."""
+    h_BxTxD, core = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer)
+
+    def step(state, t, key):
+      h_BxTxD, layers = core(state["h"], t, key)
+      return {"h": h_BxTxD, "tokens": state["tokens"]}, layers
+
+    return {"h": h_BxTxD, "tokens": tokens_BxT}, step
+
+  def final_hidden(self, params, state):
+    return self._run("n_coda", params, state["h"], state["tokens"])
+
+
+Model = PreludeCoreCoda

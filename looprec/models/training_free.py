@@ -1,0 +1,86 @@
+"""Training-free looping (`model.kind=training_free`; Training-Free Looped Transformers, Chen et al. 2026): an
+inference-time wrapper that loops a contiguous window of a trained, un-looped stack's layers, with no training.
+
+The trained model's params are used as they are (a `looped` checkpoint of n_layers layers, usually R = 1
+vanilla). With g = layers a..b-1 (model.window = "a:b"), one loop is the paper's damped update: K = model.substeps
+Euler sub-steps h <- h + (g(h) - h) / K from the window input h_in, output beta g(h_in) + (1 - beta) h_K
+(beta = model.damping; defaults K = 6, beta = 0.5 as RECIPE.md gives them). Layers 0..a-1 run once before the
+loop and layers b..n_layers-1 once after it. R loops apply that damped window R times (R = 1 is the paper's
+method; larger R is what the sweeps and halting of this codebase add). K = 1, R = 1 is the trained model exactly.
+No input injection, no dropout. The per-layer outputs a loop reports are those of g(h_in).
+
+    cfg = training_free.wrap(vanilla_cfg, "window=1:2,substeps=6,damping=0.5")
+    model = looprec.build_model(cfg, vocab_size)       # run with the vanilla model's params
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from looprec.config import ConfigError, ModelConfig
+from looprec.models.looped import Block, LoopedTransformer, attention_mask
+
+KEYS = {"window": str, "substeps": int, "damping": float}
+
+
+def wrap(cfg: ModelConfig, spec: str) -> ModelConfig:
+  """The training-free config of a trained `looped` model's config from "window=a:b[,substeps=K][,damping=b]"
+  (an empty spec or missing keys: the middle third of the layers, K = 6, beta = 0.5); ConfigError if invalid."""
+  if cfg.kind != "looped":
+    raise ConfigError(f"training-free looping wraps a model.kind=looped checkpoint, not {cfg.kind!r}")
+  third = cfg.n_layers // 3
+  values = {"window": f"{third}:{cfg.n_layers - third}" if cfg.n_layers > 2 else f"0:{cfg.n_layers}"}
+  for item in filter(None, spec.split(",")):
+    key, sep, text = item.partition("=")
+    if not sep or key not in KEYS:
+      raise ConfigError(f"training-free {item!r} is not one of {', '.join(f'{k}=...' for k in KEYS)}")
+    try:
+      values[key] = KEYS[key](text)
+    except ValueError:
+      raise ConfigError(f"training-free {key}={text!r}: expected {KEYS[key].__name__}") from None
+  out = dataclasses.replace(cfg, kind="training_free", injection="none", **values)
+  out.validate()
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingFree(LoopedTransformer):
+  """State {"h": B x T x D, "tokens": B x T}; params are those of the trained `looped` model."""
+
+  cfg: ModelConfig
+  vocab_size: int
+
+  def _layers(self, params, lo: int, hi: int, h_BxTxD, tokens_BxT, per_layer: bool = False):
+    """Layers lo..hi-1 of the trained stack: (output, per-layer outputs or None)."""
+    if lo == hi:
+      return h_BxTxD, None
+    sub = {f"layer_{i}": params["block"][f"layer_{lo + i}"] for i in range(hi - lo)}
+    mask, rope = attention_mask(tokens_BxT, self.cfg.attn_window), self._rope(tokens_BxT.shape[1])
+    block = Block(dataclasses.replace(self.cfg, n_layers=hi - lo))
+    return block.apply({"params": sub}, h_BxTxD, mask, rope, True, per_layer)
+
+  def embed(self, params, tokens_BxT):
+    """Token embeddings through the layers below the window: the window's input."""
+    return self._layers(params, 0, self.cfg.window_layers()[0], super().embed(params, tokens_BxT), tokens_BxT)[0]
+
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+    del rng  # inference only
+    a, b = self.cfg.window_layers()
+    k, beta = self.cfg.substeps, self.cfg.damping
+
+    def step(state, t, key):
+      del t, key
+      h_in, tokens = state["h"], state["tokens"]
+      g_in, layers = self._layers(params, a, b, h_in, tokens, per_layer)
+      sub = lambda _, h: h + (self._layers(params, a, b, h, tokens)[0] - h) / k
+      h_k = jax.lax.fori_loop(1, k, sub, h_in + (g_in - h_in) / k)
+      return {"h": beta * g_in + (1 - beta) * h_k, "tokens": tokens}, layers
+
+    return {"h": self.embed(params, tokens_BxT), "tokens": tokens_BxT}, step
+
+  def final_hidden(self, params, state):
+    return self._layers(params, self.cfg.window_layers()[1], self.cfg.n_layers, state["h"], state["tokens"])[0]
+
+
+Model = TrainingFree
