@@ -7,7 +7,7 @@ PRESET ?=
 ARGS ?=
 RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment analyze test test-slow notebooks notebooks-sync clean-venv
+.PHONY: experiment analyze test test-slow test-torch notebooks notebooks-sync clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ notebooks: $(VENV)/.stamp-dev
 # Writes notebooks/*.ipynb (outputs stripped) from their sources notebooks/*.py (jupytext percent format).
 notebooks-sync: $(VENV)/.stamp-dev
 	$(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/*.py
+
+test-torch: $(VENV)/.stamp-dev  # the official-checkpoint import against PyTorch (installs the torch extra)
+	$(PY) -m pip install -q -e ".[torch]"
+	$(PY) -m pytest -q -p no:xdist tests/test_torch_import.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -222,7 +222,7 @@ def test_training_free_defaults_and_sweeps():
     ({"kind": "mamba"}, "model.kind='mamba' is not one of looped, prelude_core_coda"),
     ({"kind": "looped", "n_prelude": 1}, "model.n_prelude=1: model.kind='looped' has no begin/end blocks"),
     ({"kind": "prelude_core_coda", "n_coda": -1}, "model.n_coda=-1 must be >= 0"),
-    ({"kind": "prelude_core_coda", "n_prelude": 1, "dropout": 0.1}, "model.dropout=0.1: the begin/end blocks"),
+    ({"kind": "prelude_core_coda", "n_prelude": 1, "resid_dropout": 0.1}, "the begin/end blocks run without dropout"),
     ({"kind": "looped", "n_streams": 2}, "model.n_streams=2: only model.kind=hyperloop"),
     ({"kind": "hyperloop", "n_streams": 0}, "model.n_streams=0 must be >= 1"),
     ({"kind": "exit_gate", "exit_beta": -0.1}, "model.exit_beta=-0.1 must be >= 0"),
