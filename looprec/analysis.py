@@ -36,13 +36,13 @@ def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops:
   """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops.
   answers: the answer-set size, for a bound relative to it."""
   fn, thresholds = halting.compiled(model, mesh), pol.thresholds(answers)
-  loops, answers, executed = [], [], []
+  loops, predicted, executed = [], [], []
   run = lambda t, r, _: fn(params, t, r, thresholds, max_loops)
   for (loops_B, answer_B, ran), size in evaluation.batches(run, examples, mesh, batch_size):
     loops.append(loops_B[:size])
-    answers.append(answer_B[:size])
+    predicted.append(answer_B[:size])
     executed.append(int(ran))
-  return {"loops": np.concatenate(loops), "answer": np.concatenate(answers), "executed": np.array(executed)}
+  return {"loops": np.concatenate(loops), "answer": np.concatenate(predicted), "executed": np.array(executed)}
 
 
 def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halting.DEFAULT_CAP, mesh=None,

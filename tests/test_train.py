@@ -102,7 +102,6 @@ def test_old_run_configs_with_one_dropout_still_load():
 def test_curriculum_checked_once_per_epoch_and_forced_to_min_epochs(tmp_path):
   """check=epoch: the gate is read every ceil(rows / batch) steps of the stage (28 rows, batch 8: 4 steps);
   min_epochs holds the first stage until that many epochs have passed; a threshold below 0 always passes."""
-  import jax
   from looprec import data, sharding
   from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
   from looprec.models.looped import LoopedTransformer
