@@ -20,11 +20,11 @@ from looprec import models
 
 def steps_per_second(step_fn, state, batch, n: int):
   key = jax.random.PRNGKey(0)
-  state, m = step_fn(state, batch, key)  # compile
+  state, m, _ = step_fn(state, batch, key, 0, train.HEALTHY)  # compile
   jax.block_until_ready(m)
   start = time.perf_counter()
   for _ in range(n):
-    state, m = step_fn(state, batch, key)
+    state, m, _ = step_fn(state, batch, key, 0, train.HEALTHY)
   jax.block_until_ready(m)
   return n / (time.perf_counter() - start), state
 

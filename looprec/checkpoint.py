@@ -1,31 +1,96 @@
 """Orbax checkpoints of a training run: train state, data-iterator state, and run metadata (JSON).
 
-The metadata holds the curriculum stage, where the stage's data stream began, and the resolved config, so a
-run resumes exactly. Restores go into `jax.eval_shape` targets with the live shardings.
+The metadata holds the curriculum stage, where the stage's data stream began, the resolved config and a
+fingerprint of the data (vocabulary size, sequence length, a hash of the data config), so a run resumes
+exactly and a checkpoint that does not fit the data is refused by name. Restores go into `jax.eval_shape`
+targets with the live shardings; an unreadable newest step falls back to the next older one, saying so.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
+import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from looprec.config import ConfigError
+
+ITEMS = ("state", "data", "meta")
+
+
+def fingerprint(vocab_size: int, seq_len: int, data_config: dict) -> dict:
+  """What a checkpoint must agree with to be resumed on this data: the vocabulary size, the padded sequence
+  length, and the data config (a hash, and the config itself so that a difference can be named)."""
+  digest = hashlib.sha256(json.dumps(data_config, sort_keys=True).encode()).hexdigest()[:16]
+  return {"vocab_size": int(vocab_size), "seq_len": int(seq_len), "data_config_sha": digest,
+          "data_config": data_config}
+
+
+def task_fingerprint(task) -> dict:
+  """fingerprint of a task (looprec.data): its vocabulary, the width of its deepest curriculum stage, its config."""
+  from looprec import config, data  # pylint: disable=import-outside-toplevel
+  return fingerprint(task.vocab.size, data.width(task.curriculum.last, task.cfg.answer_at),
+                     config.to_dict(task.cfg))
+
+
+def _first_difference(saved: dict, current: dict, prefix: str = "data."):
+  """(key, saved value, current value) of the first key both configs hold with different values, or None (keys
+  only one side has are a newer version's defaults, not a difference in the data)."""
+  for key in saved.keys() & current.keys():
+    a, b = saved[key], current[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+      found = _first_difference(a, b, f"{prefix}{key}.")
+      if found:
+        return found
+    elif a != b:
+      return f"{prefix}{key}", a, b
+  return None
+
+
+def check_fingerprint(saved: dict | None, current: dict | None, where: str):
+  """ConfigError naming what differs between a checkpoint's data fingerprint and the current one (nothing to
+  check when either is missing: a checkpoint written before fingerprints, or a caller without data)."""
+  if not saved or not current:
+    return
+  for key in ("vocab_size", "seq_len"):
+    if key in saved and saved[key] != current[key]:
+      raise ConfigError(f"{where} was trained on data with {key}={saved[key]}, the data now has {key}={current[key]}")
+  if saved.get("data_config_sha") not in (None, current["data_config_sha"]):
+    found = _first_difference(saved.get("data_config", {}), current["data_config"])
+    if found:
+      raise ConfigError(f"{where} was trained on data with {found[0]}={found[1]!r}, the data now has {found[2]!r}")
+
+
+def _warn(message: str):
+  if jax.process_index() == 0:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200] if text else ''}"
+
 
 class Checkpointer:
   def __init__(self, directory: str, keep: int):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                         item_names=("state", "data", "meta"))
+    # cleanup_tmp_directories: a save killed mid-write leaves an orbax temporary folder; it is removed here.
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
-  def latest_step(self):
-    return self.manager.latest_step()
+  def steps(self) -> list[int]:
+    """Every finished step on disk, newest first."""
+    return sorted(self.manager.all_steps(), reverse=True)
 
   def save(self, step: int, state, data_iterator, meta: dict):
+    """Saves asynchronously into a temporary folder that orbax renames when complete (a kill leaves no step)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iterator),
-                              meta=ocp.args.JsonSave(copy.deepcopy(meta)))  # written asynchronously
+                              meta=ocp.args.JsonSave(copy.deepcopy(meta)))
     self.manager.save(step, args=args, force=True)
 
   def restore_meta(self, step: int) -> dict:
@@ -37,6 +102,46 @@ class Checkpointer:
                               data=grain.checkpoint.CheckpointRestore(data_iterator))
     return self.manager.restore(step, args=args)["state"]
 
+  def restore_latest(self, abstract_state, make_iterator, data_fingerprint: dict | None = None):
+    """(step, meta, state, iterator) of the newest readable step, or None when there is no step.
+
+    make_iterator(meta) builds the data iterator the step's state is restored into. A step that fails to read
+    is named with the reason on stderr and the next older one is tried; the failed step is moved aside (to
+    <directory>.corrupt-<step>) so that training can write that step again. A step whose data fingerprint
+    differs from data_fingerprint is a ConfigError (not a fault to fall back from)."""
+    failed = []
+    for step in self.steps():
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except  (any unreadable step is skipped, and said so)
+        failed.append((step, _reason(e)))
+        continue
+      check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {self.directory} step {step}")
+      try:
+        iterator = make_iterator(meta)
+        state = self.restore(step, abstract_state, iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((step, _reason(e)))
+        continue
+      self._set_aside(failed, step)
+      return step, meta, state, iterator
+    if failed:
+      raise ConfigError(f"no readable checkpoint in {self.directory}: " +
+                        "; ".join(f"step {s}: {why}" for s, why in failed))
+    return None
+
+  def _set_aside(self, failed, used: int):
+    for step, why in failed:
+      _warn(f"checkpoint {self.directory} step {step} is unreadable ({why}); using step {used}")
+    if not failed:
+      return
+    self.wait()
+    if jax.process_index() == 0:
+      for step, _ in failed:
+        os.replace(os.path.join(self.directory, str(step)), f"{self.directory}.corrupt-{step}")
+    _sync("checkpoint-set-aside")
+    self.manager.reload()
+
   def wait(self):
     self.manager.wait_until_finished()
 
@@ -44,21 +149,44 @@ class Checkpointer:
     self.manager.close()
 
 
+def _sync(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
 def abstract_like(state):
   """ShapeDtypeStructs (with shardings) of a live state, the restore target."""
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def restore_params(directory: str):
-  """(params, meta) of the latest checkpoint under directory, for analysis; None when there is none."""
+def restore_params(directory: str, data_fingerprint: dict | None = None):
+  """(params, meta) of the newest readable checkpoint under directory, for analysis; None when there is none.
+  An unreadable step is named on stderr and the next older one used (none left: ConfigError)."""
   if not os.path.isdir(directory):
     return None
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data", "meta"))
-  step = manager.latest_step()
-  if step is None:
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+  failed = []
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((step, _reason(e)))
+        continue
+      check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {directory} step {step}")
+      try:
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append((step, _reason(e)))
+        continue
+      for bad, why in failed:
+        _warn(f"checkpoint {directory} step {bad} is unreadable ({why}); using step {step}")
+      return state["params"], meta
+  finally:
     manager.close()
-    return None
-  args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-  out = manager.restore(step, args=args)
-  manager.close()
-  return out["state"]["params"], out["meta"]
+  if failed:
+    raise ConfigError(f"no readable checkpoint in {directory}: " +
+                      "; ".join(f"step {s}: {why}" for s, why in failed))
+  return None

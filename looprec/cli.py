@@ -2,12 +2,16 @@
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
 [--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`.
 
-Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data) stops with one
-line `error: ...` and exit code 2, before the run folder is created when it can be checked that early.
+Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data, a runs folder that
+cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
+before the run folder is created when it can be checked that early. Exit codes: 0 done, 2 bad input or a disk
+error, 3 a NaN / Inf in training (the newest checkpoint is finite), 130 stopped by SIGINT, 143 by SIGTERM (both
+after a checkpoint; a second Ctrl-C stops at once, without one), 1 anything else (a bug: a traceback).
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from data_gen.io import OneLineParser, UsageError
@@ -21,7 +25,14 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {e.run_dir}",
           file=sys.stderr)
+    return 128 + (train.STOP.signum or signal.SIGINT)
+  except KeyboardInterrupt:
+    print("interrupted: a second Ctrl-C, stopped at once without a checkpoint; --resume the run folder to "
+          "continue from its last checkpoint", file=sys.stderr)
     return 130
+  except train.NonFinite as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
   import jax  # pylint: disable=import-outside-toplevel
   if jax.process_index() == 0:
     print(f"results: {os.path.join(run_dir, 'results.json')}")
@@ -60,5 +71,8 @@ def main(argv=None) -> int:
       print(f"analysis: {path}")
   except (C.ConfigError, UsageError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # a disk error (full, read-only, removed) while writing the run folder
+    print(f"error: disk error: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
     return 2
   return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sys
 import typing
 
 
@@ -232,6 +233,7 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   log_every: int = 25
+  debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off)
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -362,22 +364,44 @@ def to_dict(cfg) -> dict:
   return cfg
 
 
-def from_dict(cls, data: dict):
-  """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars."""
+def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
+  """Inverse of to_dict for a dataclass type whose fields are dataclasses, dicts of them, or scalars. A key
+  the type does not have is a ConfigError; a field missing from data takes its default and its dotted path
+  is appended to `filled` (an older run folder, saved before the field existed)."""
+  if not isinstance(data, dict):
+    raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {data!r}")
   hints = typing.get_type_hints(cls)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = [k for k in data if k not in fields]
+  if unknown:
+    raise ConfigError(f"unknown config key {prefix + unknown[0]!r}")
   kwargs = {}
   for f in dataclasses.fields(cls):
     if f.name not in data:
+      if filled is not None:
+        filled.append(prefix + f.name)
       continue
     hint, value = hints[f.name], data[f.name]
     if dataclasses.is_dataclass(hint):
-      value = from_dict(hint, value)
+      value = from_dict(hint, value, filled, f"{prefix}{f.name}.")
     elif typing.get_origin(hint) is dict:
       item_type = typing.get_args(hint)[1]
       if dataclasses.is_dataclass(item_type):
-        value = {k: from_dict(item_type, v) for k, v in value.items()}
+        value = {k: from_dict(item_type, v, filled, f"{prefix}{f.name}.{k}.") for k, v in value.items()}
     kwargs[f.name] = value
   return cls(**kwargs)
+
+
+def from_saved(cls, data: dict, where: str):
+  """from_dict of a saved config, saying on stderr (one line) which missing keys took their defaults."""
+  filled = []
+  try:
+    cfg = from_dict(cls, data, filled)
+  except ConfigError as e:
+    raise ConfigError(f"{where}: {e}") from None
+  if filled:
+    print(f"note: {where} has no {', '.join(filled)}; using the defaults", file=sys.stderr)
+  return cfg
 
 
 def dumps(cfg) -> str:

@@ -27,7 +27,7 @@ from looprec import runs
 from looprec.config import ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 
 # Overrides a resumed run may apply: step budgets and evaluation settings.
-RESUMABLE = re.compile(r"train\.(steps|max_minutes)|models\.\w+\.steps|eval\.\w+")
+RESUMABLE = re.compile(r"train\.(steps|max_minutes|debug_nan_step)|models\.\w+\.steps|eval\.\w+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def read_run_config(run_dir: str):
     raise ConfigError(f"{run_dir!r} is not a run folder (no config.json)")
   saved = runs.read_json(path)
   module = load(saved["experiment"])
-  return saved["experiment"], module, saved["preset"], C.from_dict(module.Config, saved["config"])
+  return saved["experiment"], module, saved["preset"], C.from_saved(module.Config, saved["config"], path)
 
 
 def train_models(cfg: ExperimentConfig, task, mesh, run_dir: str):
@@ -118,16 +118,34 @@ class Run:
 
 
 def load_run(run_dir: str) -> Run:
-  """Every model's latest checkpoint in a run folder; ConfigError if a model has none."""
+  """Every model's newest readable checkpoint in a run folder (an unreadable step falls back to the next older
+  one, said on stderr); ConfigError if a model has none, or if its checkpoint does not fit the data."""
   from looprec import checkpoint  # pylint: disable=import-outside-toplevel
   name, module, _, cfg = read_run_config(run_dir)
-  params, meta = {}, {}
+  run = Run(run_dir, name, module, cfg, {}, {})
+  fingerprint = checkpoint.task_fingerprint(run.task)
   for model in cfg.models:
-    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model))
+    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model), fingerprint)
     if restored is None:
       raise ConfigError(f"{run_dir!r}: no checkpoint of model {model!r}")
-    params[model], meta[model] = restored
-  return Run(run_dir, name, module, cfg, params, meta)
+    run.params[model], run.meta[model] = restored
+  return run
+
+
+def _new_run_dir(runs_root: str, name: str, preset: str, main_process: bool) -> str:
+  """Process 0 creates the run folder; every process gets its name (the time and -i suffix of process 0)."""
+  from looprec import sharding  # pylint: disable=import-outside-toplevel
+  when = sharding.same_on_all_processes(int(time.time()))
+  index, error = -1, None
+  if main_process:
+    try:
+      index = runs.index_of(runs.make_run_dir(runs_root, name, preset, when))
+    except ConfigError as e:
+      error = e
+  index = sharding.same_on_all_processes(index)
+  if error or index < 0:
+    raise error or ConfigError("process 0 could not create the run folder")
+  return runs.run_dir_name(runs_root, name, preset, when, index)
 
 
 def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = (), runs_root: str = "runs",
@@ -153,8 +171,7 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
     run_dir = os.path.realpath(resume)
   else:
     preset, cfg = resolve(module, preset, overrides)
-    when = sharding.same_on_all_processes(int(time.time()))
-    run_dir = runs.make_run_dir(runs_root, name, preset, when, create=main_process)
+    run_dir = _new_run_dir(runs_root, name, preset, main_process)
   if main_process:
     runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
                                                            "config": C.to_dict(cfg)})

@@ -187,4 +187,4 @@ def compiled(model, mesh):
   """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them."""
   data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
   return jax.jit(functools.partial(run, model), in_shardings=(rep, data, data, rep, rep),
-                 out_shardings=(data, data, rep))
+                 out_shardings=(rep, rep, rep))  # replicated: every process reads all (multi-host)

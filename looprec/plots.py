@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from looprec import runs  # pylint: disable=wrong-import-position
 from looprec.data import hop_of  # pylint: disable=wrong-import-position
 
 
@@ -30,7 +31,8 @@ def heatmaps(models: dict, path: str, trained_hops: dict | None = None):
       ax.axhline(trained_hops[name] + 0.5, color="white", ls="--", lw=1)
     ax.set(title=name, xlabel="loops R", ylabel="hops" if ax is axes[0][0] else None)
   fig.colorbar(im, ax=axes[0].tolist(), label="accuracy")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with runs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -48,7 +50,8 @@ def grokking(curves: dict, path: str):
            ylabel="accuracy" if ax is axes[0][0] else None)
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize="small", loc="best")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with runs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -72,7 +75,8 @@ def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred
     ax.set(title=f"{name} (grey lines: loop boundaries)", xlabel="layer, counted over all loops", xticks=depth,
            ylim=(-0.02, 1.02), ylabel="top-1 rate" if ax is axes[0][0] else None)
   axes[0][-1].legend(fontsize="x-small", loc="best")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with runs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
   plt.close(fig)
 
 
@@ -91,5 +95,6 @@ def margins(margins_by_model: dict, path: str):
     ax.axhline(0, color="black", lw=0.8)
     ax.set(title=name, xlabel="loop t", ylabel="logit margin" if ax is axes[0][0] else None)
   axes[0][-1].legend(fontsize="small", loc="best")
-  fig.savefig(path, dpi=120, bbox_inches="tight")
+  with runs.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
   plt.close(fig)

@@ -1,30 +1,73 @@
-"""Run folders: runs/<name>/<preset>-<YYYYmmdd-HHMMSS>/, a `latest` link, and atomic JSON writes."""
+"""Run folders: runs/<name>/<preset>-<YYYYmmdd-HHMMSS>[-i]/, a `latest` link, and atomic file writes."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
 
 from data_gen.io import write_json_atomic
+from looprec.config import ConfigError
 
 
-def make_run_dir(root: str, name: str, preset: str, when: float | None = None, create: bool = True) -> str:
-  """Creates (when `create`) and returns runs/<name>/<preset>-<time>; `when` (seconds since the epoch) lets
-  several processes agree on the name, and only the one that creates it moves the `latest` link."""
+def run_dir_name(root: str, name: str, preset: str, when: float, index: int = 0) -> str:
+  """runs/<name>/<preset>-<time>, with -<index> when an earlier run took that second."""
+  stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+  return os.path.join(root, name, f"{preset}-{stamp}" + (f"-{index}" if index else ""))
+
+
+def make_run_dir(root: str, name: str, preset: str, when: float | None = None) -> str:
+  """Creates runs/<name>/<preset>-<time>[-i] and moves the `latest` link to it; returns the folder. `when`
+  (seconds since the epoch) lets several processes agree on the time; they learn i (`index_of`) from the one
+  that creates the folder. A runs folder that cannot be written (read-only, a file in its place) is a ConfigError, and
+  nothing is left half-made."""
+  when = time.time() if when is None else when
   base = os.path.join(root, name)
-  stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if when is None else when))
-  run_dir = os.path.join(base, f"{preset}-{stamp}")
-  if not create:
-    return run_dir
-  os.makedirs(base, exist_ok=True)
-  i = 1
-  while os.path.exists(run_dir):  # two runs in the same second
-    run_dir, i = os.path.join(base, f"{preset}-{stamp}-{i}"), i + 1
-  os.makedirs(run_dir)
-  link, tmp = os.path.join(base, "latest"), os.path.join(base, f".latest-{os.getpid()}")
-  os.symlink(os.path.basename(run_dir), tmp)
-  os.replace(tmp, link)
+  try:
+    os.makedirs(base, exist_ok=True)
+    index = 0
+    while True:  # two runs in the same second
+      run_dir = run_dir_name(root, name, preset, when, index)
+      try:
+        os.mkdir(run_dir)
+        break
+      except FileExistsError:
+        index += 1
+    link, tmp = os.path.join(base, "latest"), os.path.join(base, f".latest-{os.getpid()}")
+    try:
+      os.symlink(os.path.basename(run_dir), tmp)
+      os.replace(tmp, link)
+    except OSError as e:
+      if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        raise
+      # a filesystem without symlinks (Google Drive mounted in Colab): no `latest` link
+  except OSError as e:
+    raise ConfigError(f"cannot create a run folder under runs folder {root!r}: "
+                      f"{e.strerror or e} ({e.filename})") from None
   return run_dir
+
+
+def index_of(run_dir: str) -> int:
+  """The -<i> suffix of a run folder's name (0 when it has none)."""
+  last = os.path.basename(run_dir).rsplit("-", 1)[-1]
+  return int(last) if len(last) < 6 and last.isdigit() else 0
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path beside `path` (same suffix, so writers that go by the extension work, such as
+  matplotlib's savefig) and renames it to `path` when the block succeeds: a reader or a kill never leaves half
+  a file (text and JSON: data_gen.io.write_text_atomic)."""
+  head, tail = os.path.split(path)
+  stem, ext = os.path.splitext(tail)
+  tmp = os.path.join(head, f".{stem}.tmp-{os.getpid()}{ext}")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def write_json(path: str, obj) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -58,31 +59,44 @@ def loss_fn(params, batch, rng, *, model, n_loops: int, label_smoothing: float):
   return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing)
 
 
-def train_step(state, batch, rng, *, model, tx, n_loops: int, label_smoothing: float):
-  """state = {"params", "opt_state"} -> (new state, metrics). Pure; R = n_loops is static."""
+HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
+
+
+def train_step(state, batch, rng, step, health, *, model, tx, n_loops: int, label_smoothing: float,
+               nan_step: int = -1):
+  """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
+  n_loops is static. health = [first step with a non-finite HEALTH quantity (-1: none), its index in HEALTH],
+  kept on the device and read only where the host syncs anyway. nan_step >= 0 (a debug option) makes the
+  gradients NaN at that step."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
                                                  label_smoothing=label_smoothing), has_aux=True)
   (loss, acc), grads = grad_fn(state["params"], batch, rng)
+  if nan_step >= 0:
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(step == nan_step, jnp.nan, g), grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(params), "update_norm": optax.tree.norm(updates)}
-  return {"params": params, "opt_state": opt_state}, metrics
+  finite = jnp.stack([jnp.isfinite(metrics[k]) for k in HEALTH])
+  first_bad = jnp.stack([step, jnp.argmin(finite)]).astype(jnp.int32)
+  health = jnp.where((health[0] < 0) & ~finite.all(), first_bad, health)
+  return {"params": params, "opt_state": opt_state}, metrics, health
 
 
 class StepFunctions:
   """One jitted, sharded, state-donating step per loop count R, compiled on first use and cached."""
 
-  def __init__(self, model, tx, mesh, label_smoothing: float):
-    self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
+  def __init__(self, model, tx, mesh, label_smoothing: float, nan_step: int = -1):
+    self.model, self.tx, self.mesh, self.label_smoothing, self.nan_step = model, tx, mesh, label_smoothing, nan_step
     self._cache = {}
 
   def __call__(self, n_loops: int):
     if n_loops not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing)
+                             label_smoothing=self.label_smoothing, nan_step=self.nan_step)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      self._cache[n_loops] = jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
+      self._cache[n_loops] = jax.jit(fn, in_shardings=(rep, dat, rep, rep, rep), out_shardings=(rep, rep, rep),
+                                     donate_argnums=0)
     return self._cache[n_loops]
 
 
@@ -111,6 +125,7 @@ class TrainResult:
 
 class _StopFlag:
   requested = False
+  signum = 0  # the signal that asked for the stop (on any process)
 
 
 STOP = _StopFlag()
@@ -119,9 +134,12 @@ STOP = _StopFlag()
 @contextlib.contextmanager
 def stop_on_signals():
   """While active, SIGTERM / SIGINT set STOP.requested instead of killing the process: the training loop then
-  checkpoints and raises Interrupted, and a model not yet started is not started."""
-  def handle(*_):
-    STOP.requested = True
+  checkpoints and raises Interrupted, and a model not yet started is not started. A second SIGINT (Ctrl-C
+  twice) raises KeyboardInterrupt at once, without a checkpoint."""
+  def handle(signum, _):
+    if STOP.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    STOP.requested, STOP.signum = True, signum
 
   old = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
@@ -129,6 +147,32 @@ def stop_on_signals():
   finally:
     for s, handler in old.items():
       signal.signal(s, handler)
+
+
+def agreed_stop(timed_out: bool) -> tuple[bool, bool]:
+  """(process 0's time-budget verdict, whether any process was signalled), the same on every process; a
+  signal seen elsewhere sets STOP here too."""
+  STOP.signum, timed_out = sharding.agree_to_stop(STOP.signum, timed_out)
+  STOP.requested = STOP.requested or STOP.signum > 0
+  return timed_out, STOP.requested
+
+
+EVAL_LISTENERS = []  # functions called by on_eval
+
+
+@contextlib.contextmanager
+def on_eval(fn):
+  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
+  to draw curves as they come in:
+
+      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
+        experiment.run("systematicity", "smoke")
+  """
+  EVAL_LISTENERS.append(fn)
+  try:
+    yield
+  finally:
+    EVAL_LISTENERS.remove(fn)
 
 
 class Interrupted(Exception):
@@ -139,95 +183,139 @@ class Interrupted(Exception):
     self.run_dir = run_dir
 
 
+class NonFinite(Exception):
+  """A NaN or Inf in training; nothing after the last finite checkpoint was saved."""
+
+
+HEALTHY = np.array([-1, 0], np.int32)
+
+
 def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
                 seed: int, config_json: dict) -> TrainResult:
-  """Trains one model of an experiment on a task (through the task's curriculum), resuming from
-  run_dir/checkpoints/<name> when it holds a checkpoint."""
-  if STOP.requested:
+  """Trains one model of an experiment on a task (through the task's curriculum), resuming from the newest
+  readable step of run_dir/checkpoints/<name>."""
+  if agreed_stop(timed_out=False)[1]:
     raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, cfg.debug_nan_step)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
+  fingerprint = checkpoint.task_fingerprint(task)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
   step, stage, stages, elapsed, curves = 0, curriculum.first, [[0, curriculum.first]], 0.0, {}
-  latest = ckpt.latest_step()
   iterator = None
-  if latest is not None:
-    meta = ckpt.restore_meta(latest)
-    step, stage, stages, elapsed = latest, meta["stage"], meta["stages"], meta["wall_seconds"]
-    curves = meta.get("curves", {})
-    iterator = data.stage_iterator(task, stage, cfg.batch_size, stages[-1][0])
-    state = ckpt.restore(latest, checkpoint.abstract_like(state), iterator)
-    if meta.get("done"):
+  restored = ckpt.restore_latest(
+      checkpoint.abstract_like(state),
+      lambda meta: data.stage_iterator(task, meta["stage"], cfg.batch_size, meta["stages"][-1][0]),
+      fingerprint)
+  if restored is not None:
+    step, meta, state, iterator = restored
+    stage, stages, elapsed, curves = meta["stage"], meta["stages"], meta["wall_seconds"], meta.get("curves", {})
+    _say(f"{name}: resuming at step {step} of {steps}" if step < steps else
+         f"{name}: already trained {step} steps (train.steps={steps}); nothing to train")
+    if step >= steps:
       ckpt.close()
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
   eval_loops = cfg.eval_loops or rec.max_loops
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
-  writer = SummaryWriter(os.path.join(run_dir, "tb", name)) if jax.process_index() == 0 else None
+  writer = None
+  if jax.process_index() == 0:  # purge_step hides the points a killed run logged from its last checkpoint on
+    writer = SummaryWriter(os.path.join(run_dir, "tb", name), purge_step=step or None)
+    for split, points in curves.items():  # ... which include the evaluation at that checkpoint's step: again
+      if points and points[-1][0] == step:
+        writer.add_scalar(f"eval/{split}", points[-1][1], step)
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
                   mininterval=1.0)
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
-  started, stage_acc, pending = time.time() - elapsed, float("nan"), None
+  started, stage_acc, pending, pending_health = time.time() - elapsed, float("nan"), None, None
+  health = jax.device_put(HEALTHY, sharding.replicated(mesh))
+  last_saved = step if restored is not None else None
 
-  last_saved = latest
-
-  def save(done: bool):
-    nonlocal last_saved
-    if step == last_saved:  # the step is already on disk (a save at a checkpoint_every boundary, or a resume)
+  def check_finite(health_now):
+    """Raises NonFinite when a step so far produced a NaN / Inf (a host read: call it where the host waits
+    anyway, at a log step, an evaluation or a save)."""
+    first, which = (int(x) for x in jax.device_get(health_now))
+    if first >= 0:
       ckpt.wait()
-      ckpt.manager.delete(step)
-    meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "done": done,
-            "curves": curves, "model": name, "config": config_json}
+      kept = ckpt.steps()
+      raise NonFinite(f"{name}: non-finite {HEALTH[which]} at step {first}; nothing after it was saved; "
+                      + (f"the newest checkpoint is step {kept[0]}" if kept else "no checkpoint was written"))
+
+  def save():
+    nonlocal last_saved
+    if step == last_saved:  # already on disk (a resume that trains no step, a stop right after a save)
+      return
+    check_finite(health)
+    meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "curves": curves,
+            "model": name, "config": config_json, "data_fingerprint": fingerprint}
     ckpt.save(step, state, iterator, meta)
     last_saved = step
 
-  while step < steps and time.time() < deadline and not STOP.requested:
-    n_loops = draw_loops(rec, seed, step)
-    batch = sharding.put_batch(next(iterator), mesh)
-    state, metrics = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1))
-    if pending is not None:  # fetched one step late so the device never waits for the host
+  def should_stop() -> bool:
+    """Agreed by all processes every log_every steps (every step when there is one)."""
+    if jax.process_count() > 1 and step % cfg.log_every:
+      return False
+    timed_out, signalled = agreed_stop(time.time() >= deadline)
+    return timed_out or signalled
+
+  try:
+    while step < steps and not should_stop():
+      n_loops = draw_loops(rec, seed, step)
+      batch = sharding.put_batch(next(iterator), mesh)
+      state, metrics, health = step_fn(n_loops)(state, batch, jax.random.fold_in(key, step + 1), step, health)
+      if pending is not None:  # fetched one step late so the device never waits for the host
+        check_finite(pending_health)  # before logging: no NaN reaches tensorboard
+        _log_train(writer, bar, *pending, stage, stage_acc)
+        pending = None
+      if step % cfg.log_every == 0:
+        lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
+        pending, pending_health = (step, metrics, float(lr_at(lr_step)), n_loops), health
+      step += 1
+      bar.update(1)
+      if step % cfg.eval_every == 0 or step == steps:
+        check_finite(health)
+        accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
+                    for split, ex in eval_sets.items()}
+        for split, acc in accuracy.items():
+          curves.setdefault(split, []).append([step, acc])
+          if writer:
+            writer.add_scalar(f"eval/{split}", acc, step)
+        for listener in EVAL_LISTENERS:
+          listener(name, step, dict(accuracy))
+        stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+        if curriculum.advances(stage, accuracy) and step < steps:
+          stage += 1
+          stages.append([step, stage])
+          iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
+          eval_sets = task.monitor_splits(stage)
+          stage_acc = float("nan")
+          if cfg.restart_optimizer:
+            state = {"params": state["params"],
+                     "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
+      if step % cfg.checkpoint_every == 0 and step < steps:
+        save()
+    if pending is not None:
+      check_finite(pending_health)
       _log_train(writer, bar, *pending, stage, stage_acc)
-      pending = None
-    if step % cfg.log_every == 0:
-      lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
-      pending = (step, metrics, float(lr_at(lr_step)), n_loops)
-    step += 1
-    bar.update(1)
-    if step % cfg.eval_every == 0 or step == steps:
-      accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
-                  for split, ex in eval_sets.items()}
-      for split, acc in accuracy.items():
-        curves.setdefault(split, []).append([step, acc])
-        if writer:
-          writer.add_scalar(f"eval/{split}", acc, step)
-      stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
-      if curriculum.advances(stage, accuracy) and step < steps:
-        stage += 1
-        stages.append([step, stage])
-        iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
-        eval_sets = task.monitor_splits(stage)
-        stage_acc = float("nan")
-        if cfg.restart_optimizer:
-          state = {"params": state["params"],
-                   "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
-    if step % cfg.checkpoint_every == 0 and step < steps:
-      save(done=False)
-  if pending is not None:
-    _log_train(writer, bar, *pending, stage, stage_acc)
-  save(done=step >= steps)
-  ckpt.wait()
-  ckpt.close()
-  bar.close()
-  if writer:
-    writer.close()
+    save()
+  finally:
+    ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
+    ckpt.close()
+    bar.close()
+    if writer:
+      writer.close()
   if STOP.requested and step < steps:
     raise Interrupted(f"{name} stopped at step {step}; checkpoint saved", run_dir)
   return TrainResult(state["params"], step, stage, stages, time.time() - started, curves)
+
+
+def _say(message: str):
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):

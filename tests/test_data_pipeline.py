@@ -4,7 +4,7 @@ import pytest
 
 from data_gen import chains
 from looprec import data
-from looprec.config import ChainDataConfig, ConfigError
+from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig
 
 
 def task(**kw):
@@ -102,7 +102,9 @@ def test_json_folder_source(tmp_path):
     h, r = chains.held_out_chains(0, 12, 3, hop, 20, 0.2)
     test_rows += io.facts_to_rows(vocab, io.Facts(h, r, chains.follow(perms, h, r)), f"{hop}hop_test")
   io.write_dataset(str(tmp_path / "ds"), vocab, train_rows, test_rows)
-  t = task(source=str(tmp_path / "ds"))
+  with pytest.raises(ConfigError, match="data.curriculum.last_hop=4 exceeds the data's deepest chain"):
+    task(source=str(tmp_path / "ds"))
+  t = task(source=str(tmp_path / "ds"), curriculum=CurriculumConfig(last_hop=3))
   assert t.deepest_train_hop == 3
   ex = t.train_examples(2, np.arange(100))
   assert ex["hop"].max() == 2

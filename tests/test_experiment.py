@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
   if sig == signal.SIGTERM:
-    assert proc.returncode == 130 and "--resume" in err
+    assert proc.returncode == 143 and "--resume" in err
   assert not os.path.exists(os.path.join(run_dir, "results.json"))
 
   resumed = run_cli("experiment", "depth_extrap", "--resume", run_dir)
@@ -90,7 +90,7 @@ def same_models(got, expected):
 
 def test_time_budget_then_resume_finishes_the_same_run(tmp_path):
   """A run cut by train.max_minutes is complete (results written); resuming with the same budget adds no step
-  (and re-saves the same step), resuming without a budget finishes exactly as an uncut run."""
+  (and writes no checkpoint), resuming without a budget finishes exactly as an uncut run."""
   base = ["experiment", "depth_extrap", "--preset", "smoke", *SMALL]
   straight = run_cli(*base, "--runs-dir", str(tmp_path / "a"))
   assert straight.returncode == 0, straight.stderr[-2000:]

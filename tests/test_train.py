@@ -24,7 +24,7 @@ steps = train.StepFunctions(model, tx, mesh, 0.1)
 losses = []
 for i in range(3):
   batch = sharding.put_batch(task.train_examples(3, np.arange(16) + 16 * i), mesh)
-  state, m = steps(2 + i)(state, batch, jax.random.PRNGKey(i))
+  state, m, _ = steps(2 + i)(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
   losses.append(float(m["loss"]))
 leaves = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state["params"])]
 print(json.dumps({"devices": jax.device_count(), "losses": losses,

@@ -132,8 +132,9 @@ def test_train_step_uses_the_models_loss():
   model, params = make(kind="exit_gate")
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
   state = {"params": params, "opt_state": tx.init(params)}
-  _, metrics = train.train_step(state, batch(), jax.random.PRNGKey(0), model=model, tx=tx, n_loops=2,
-                                label_smoothing=0.0)
+  _, metrics, health = train.train_step(state, batch(), jax.random.PRNGKey(0), 0, train.HEALTHY, model=model, tx=tx,
+                                        n_loops=2, label_smoothing=0.0)
+  np.testing.assert_array_equal(health, train.HEALTHY)
   np.testing.assert_allclose(metrics["loss"], model.loss(params, batch(), 2)[0], rtol=1e-5)
   assert np.isfinite(metrics["grad_norm"])
 
@@ -146,8 +147,10 @@ def test_jitted_donating_train_step_of_every_kind(kw):
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
   state = train.init_state(model, tx, jax.random.PRNGKey(0), 6, mesh)
-  state, metrics = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
-                                                                 jax.random.PRNGKey(1))
+  health = jax.device_put(train.HEALTHY, sharding.replicated(mesh))
+  state, metrics, health = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
+                                                                         jax.random.PRNGKey(1), 0, health)
+  np.testing.assert_array_equal(health, train.HEALTHY)
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
