@@ -275,6 +275,11 @@ class CompositionTask:
       self.vocab, train_facts, probes = _read_composition(c.source, c.n_probe)
     self.train = concat([self._encode(f, with_bridge=False) for f in train_facts
                          for _ in range(c.atomic_repeats if f.hop == 1 else 1)])
+    empty = [name for name, f in probes.items() if not len(f.tails_B)]
+    if empty:
+      where = (f"the graph is too small for it (data.n_entities={c.n_entities}, data.out_degree={c.out_degree}, "
+               f"data.ood_ratio={c.ood_ratio})" if c.source == "generate" else f"in {c.source}/test.json")
+      raise ConfigError(f"probe split {empty[0]!r} is empty: {where}")
     self.probes = {name: self._encode(f, with_bridge=True) for name, f in probes.items()}
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 

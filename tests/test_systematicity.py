@@ -17,7 +17,7 @@ from data_gen.__main__ import composition_dataset
 from data_gen.io import write_dataset
 from experiments import systematicity
 from looprec import config as C, data, eval as evaluation, lens, sharding
-from looprec.config import CompositionDataConfig, ModelConfig
+from looprec.config import CompositionDataConfig, ConfigError, ModelConfig
 from looprec.models.looped import LoopedTransformer
 
 SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
@@ -280,3 +280,8 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, args, message):
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
   assert message in lines[0], lines[0]
   assert not os.listdir(tmp_path)
+
+
+def test_empty_probe_split_is_a_one_line_error():
+  with pytest.raises(ConfigError, match="probe split 'test_inferred_ood' is empty: the graph is too small"):
+    data.make_task(CompositionDataConfig(n_entities=12, n_relations=3, out_degree=2, phi=1.0, n_probe=32))
