@@ -1,4 +1,4 @@
-# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`; each sets up .venv when missing or stale.
+# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`, `make notebooks`; each sets up .venv when missing or stale.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PRESET ?=
 ARGS ?=
 RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment analyze test test-slow clean-venv
+.PHONY: experiment analyze test test-slow test-torch notebooks notebooks-sync clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ test: $(VENV)/.stamp-dev
 
 test-slow: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -m slow
+
+# Executes every notebook headless with SMOKE on (nbclient, this venv's python as the kernel); fails on any error
+# or a missing figure. Executed copies go to runs/notebooks/.
+notebooks: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -p no:xdist -m notebooks tests/test_notebooks.py -s
+
+# Writes notebooks/*.ipynb (outputs stripped) from their sources notebooks/*.py (jupytext percent format).
+notebooks-sync: $(VENV)/.stamp-dev
+	$(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/*.py
+
+test-torch: $(VENV)/.stamp-dev  # the official-checkpoint import against PyTorch (installs the torch extra)
+	$(PY) -m pip install -q -e ".[torch]"
+	$(PY) -m pytest -q -p no:xdist tests/test_torch_import.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,7 +19,8 @@ def chains_dataset(seed: int, n_entities: int, n_relations: int, min_hop: int, m
   """Task B as (vocab, train_rows, test_rows), with the type names of the official create_dataset.py.
 
   train: every atomic fact ("atomic") and train_per_hop distinct chains per hop ("{k}hop_train");
-  test: the held-out "{k}hop_test" chains, and probe_size samples of "atomic_facts" and of each "{k}hop_train".
+  test: the held-out "{k}hop_test" chains, and probe_size samples of "atomic_facts" and of each "{k}hop_train"
+  (valid.json is a copy of it, as create_dataset.py makes it).
   """
   if not 2 <= min_hop <= max_hop:
     raise ValueError(f"need 2 <= min_hop <= max_hop, got {min_hop}, {max_hop}")
@@ -52,13 +53,14 @@ def chains_dataset(seed: int, n_entities: int, n_relations: int, min_hop: int, m
 
 def composition_dataset(seed: int, n_entities: int, n_relations: int, out_degree: int, ood_ratio: float,
                         phi: float, probe_size: int, iid_test_prob: float = 0.005):
-  """Task A as (vocab, train_rows, test_rows): untyped training rows, probes typed by split name."""
+  """Task A as (vocab, train_rows, test_rows, valid_rows): untyped training rows, probes typed by split name, and
+  the untyped OOD 2-hop test facts (the composition notebook's valid.json)."""
   data = composition.make_composition(seed, n_entities, n_relations, out_degree, ood_ratio, phi, probe_size,
                                       iid_test_prob)
   vocab = Vocab.standard(n_entities, n_relations)
   train_rows = [row for f in data.train() for row in facts_to_rows(vocab, f)]
   test_rows = [row for name, f in data.probes.items() for row in facts_to_rows(vocab, f, name)]
-  return vocab, train_rows, test_rows
+  return vocab, train_rows, test_rows, facts_to_rows(vocab, data.probes["test_inferred_ood"])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,11 +97,12 @@ def main(argv=None) -> int:
       vocab, train_rows, test_rows = chains_dataset(
           args.seed, args.entities, args.relations, args.min_hop, args.max_hop, args.train_per_hop,
           args.test_per_hop, args.test_fraction, args.probe_size)
+      valid_rows = test_rows
     else:
-      vocab, train_rows, test_rows = composition_dataset(
+      vocab, train_rows, test_rows, valid_rows = composition_dataset(
           args.seed, args.entities, args.relations, args.out_degree, args.ood_ratio, args.phi, args.probe_size,
           args.iid_test_prob)
-    write_dataset(args.out, vocab, train_rows, test_rows, overwrite=args.overwrite)
+    write_dataset(args.out, vocab, train_rows, test_rows, overwrite=args.overwrite, valid_rows=valid_rows)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

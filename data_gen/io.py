@@ -1,4 +1,5 @@
-"""The official dataset format: a folder with train.json, test.json and vocab.json.
+"""The official dataset format: a folder with train.json, test.json and vocab.json (and valid.json, which the
+official training scripts open: a copy of test.json for task B, the untyped OOD 2-hop test facts for task A).
 
 train/test.json hold lists of {"input_text", "target_text", "type"} ("type" optional in train), with
 input_text = `<e_h><r_1>..<r_k>` and target_text = input_text + `<e_t></a>`. vocab.json is the list of token
@@ -79,8 +80,9 @@ def write_json_atomic(path, data, indent=None) -> None:
 
 
 def write_dataset(folder, vocab: Vocab, train_rows: list[dict], test_rows: list[dict],
-                  overwrite: bool = False) -> None:
-  """Writes train.json, test.json and vocab.json into folder, creating it.
+                  overwrite: bool = False, valid_rows: list[dict] | None = None) -> None:
+  """Writes train.json, test.json, valid.json (when valid_rows is given; the official training scripts open it)
+  and vocab.json into folder, creating it.
 
   vocab.json is removed first and written last, so an interrupted write never leaves a readable dataset.
   """
@@ -91,7 +93,11 @@ def write_dataset(folder, vocab: Vocab, train_rows: list[dict], test_rows: list[
     raise ValueError(f"refusing to write into non-empty folder {folder} (pass overwrite=True, or --overwrite)")
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "vocab.json").unlink(missing_ok=True)
-  for name, data in zip(FILES, (train_rows, test_rows, list(vocab.tokens[1:]))):
+  files = {"train.json": train_rows, "test.json": test_rows}
+  if valid_rows is not None:
+    files["valid.json"] = valid_rows
+  files["vocab.json"] = list(vocab.tokens[1:])
+  for name, data in files.items():
     write_json_atomic(folder / name, data)
 
 

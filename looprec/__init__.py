@@ -9,23 +9,38 @@
     table = halt(model, params, splits, "kl_entropy")            # adaptive halting per split
     curves = margins(model, params, splits, n_loops=50)          # overthinking: margin per loop
     lens = logit_lens(model, params, probes, n_loops=4)           # bridge / answer decodable per loop, layer
+
+For notebooks and scripts (see notebooks/):
+
+    from looprec import experiment, make_mesh, make_task, on_eval, HALTING_RULES
+    mesh = make_mesh()                                  # one `data` axis over every device
+    task = make_task(cfg.data)                          # the task of a data config (splits, probes, vocab)
+    with on_eval(lambda model, step, accuracy: print(model, step, accuracy)):  # after every training evaluation
+      run_dir = experiment.run("systematicity", "smoke")
+    HALTING_RULES["kl_entropy"]                         # name -> default parameters of each halting rule
 """
-from looprec.config import (ChainDataConfig, CompositionDataConfig, EvalConfig, ModelConfig, ModelRun, Recurrence,
-                            TrainConfig)
+import importlib
+
+from looprec.config import (ChainDataConfig, CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun,
+                            Recurrence, TrainConfig)
 from looprec.models import LoopedModel, build as build_model
 from looprec.models.looped import LoopedTransformer
 
-__all__ = ["ChainDataConfig", "CompositionDataConfig", "EvalConfig", "LoopedModel", "LoopedTransformer", "ModelConfig",
-           "ModelRun", "Recurrence", "TrainConfig", "build_model", "halt", "logit_lens", "margins", "sweep"]
+__all__ = ["ChainDataConfig", "CompositionDataConfig", "ConfigError", "EvalConfig", "HALTING_RULES", "LoopedModel",
+           "LoopedTransformer", "ModelConfig", "ModelRun", "Recurrence", "TrainConfig", "build_model", "halt",
+           "logit_lens", "make_mesh", "make_task", "margins", "on_eval", "sweep"]
+
+
+# name -> (module, attribute): imported on first use, since these modules pull in matplotlib, orbax and grain,
+# which the CLI's error paths should not wait for.
+LAZY = {"sweep": ("looprec.analysis", "sweep"), "halt": ("looprec.analysis", "halt"),
+        "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
+        "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
+        "make_task": ("looprec.data", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
 
 
 def __getattr__(name):
-  """sweep, halt, margins (looprec.analysis) and logit_lens (looprec.lens) are imported on first use: they pull in
-  matplotlib and orbax, which the CLI's error paths should not wait for."""
-  if name in ("sweep", "halt", "margins"):
-    from looprec import analysis  # pylint: disable=import-outside-toplevel
-    return getattr(analysis, name)
-  if name == "logit_lens":
-    from looprec import lens  # pylint: disable=import-outside-toplevel
-    return lens.logit_lens
+  if name in LAZY:
+    module, attr = LAZY[name]
+    return getattr(importlib.import_module(module), attr)
   raise AttributeError(f"module 'looprec' has no attribute {name!r}")

@@ -190,3 +190,13 @@ def restore_params(directory: str, data_fingerprint: dict | None = None):
     raise ConfigError(f"no readable checkpoint in {directory}: " +
                       "; ".join(f"step {s}: {why}" for s, why in failed))
   return None
+
+
+def save_params(directory: str, params, meta: dict, step: int = 0):
+  """A checkpoint holding only params and meta (an imported model): what `restore_params` reads."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=True),
+                                  item_names=("state", "meta"))
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params}),
+                                             meta=ocp.args.JsonSave(copy.deepcopy(meta))), force=True)
+  manager.wait_until_finished()
+  manager.close()

@@ -1,6 +1,7 @@
 """`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
-[--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`.
+[--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`, and
+`python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`.
 
 Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data, a runs folder that
 cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
@@ -57,6 +58,13 @@ def main(argv=None) -> int:
   ana.add_argument("--training-free", default=None, metavar="SPEC",
                    help="loop layers a..b-1 of the trained models at inference, K damped sub-steps, output "
                         "B g(h_in) + (1-B) h_K: window=a:b,substeps=K,damping=B[,model=NAME] (K=6, B=0.5 default)")
+  imp = sub.add_parser("import-checkpoint", help="an official PyTorch checkpoint as a run folder `analyze` reads")
+  imp.add_argument("path", help="a .pt/.pth/.bin state_dict (or training checkpoint) or a .safetensors file")
+  imp.add_argument("--experiment", required=True, help="depth_extrap | systematicity")
+  imp.add_argument("--preset", default="paper")
+  imp.add_argument("--model", default="looped", help="which of the preset's models the checkpoint is")
+  imp.add_argument("--trained-hop", type=int, default=0, help="the curriculum hop it reached (default: the last)")
+  imp.add_argument("--out", required=True, help="the run folder to create")
   try:
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "analyze"]
@@ -64,6 +72,11 @@ def main(argv=None) -> int:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
+    if args.command == "import-checkpoint":
+      from looprec import importer  # pylint: disable=import-outside-toplevel
+      out = importer.import_run(args.path, args.experiment, args.preset, extra, args.out, args.model,
+                                args.trained_hop)
+      print(f"run: {out}")
     if args.command == "analyze":
       from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
       path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops,

@@ -77,9 +77,14 @@ class ModelConfig:
   max_positions: int = 64  # table size for learned positions
   attn_window: int = 0  # 0 = full causal attention; w = each query sees itself and w-1 tokens before
   out_init_scale: float = 1.0  # std multiplier of attention/MLP output projections; 0 = zero init
-  init_std: float = 0.02
+  out_init_scaled: bool = True  # output projections' std also divided by sqrt(2 n_layers) (GPT-2 trainers)
+  init_std: float = 0.02  # std of the layers' weight matrices
+  embed_init_std: float = 0.02  # std of the token (and learned position) embeddings; nn.Embedding's is 1.0
+  ln_eps: float = 1e-6  # LayerNorm epsilon (Flax's default; PyTorch's and GPT-2's is 1e-5)
   injection: str = "add"  # none | add (embedding added before every loop after the first) | adapter
-  dropout: float = 0.0
+  embed_dropout: float = 0.0  # on the embeddings entering the loop (GPT-2 embd_pdrop)
+  attn_dropout: float = 0.0  # on the attention probabilities (attn_pdrop)
+  resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   # begin / end blocks around the looped one (prelude_core_coda, hyperloop, exit_gate): layers run once
   n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
@@ -90,6 +95,13 @@ class ModelConfig:
   window: str = ""  # training_free: "a:b", layers a..b-1 (0-based) of the trained stack are looped
   substeps: int = 6  # training_free: damped sub-steps K per loop
   damping: float = 0.5  # training_free: beta, the loop's output is beta g(h_in) + (1 - beta) h_K
+
+  # a key of older run folders -> the fields that replaced it (from_dict reads old config.json files)
+  RENAMED = {"dropout": ("embed_dropout", "attn_dropout", "resid_dropout")}
+
+  @property
+  def any_dropout(self) -> bool:
+    return bool(self.embed_dropout or self.attn_dropout or self.resid_dropout)
 
   def validate(self):
     from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
@@ -104,7 +116,11 @@ class ModelConfig:
     _check(self.injection in ("none", "add", "adapter"),
            f"model.injection={self.injection!r} is not one of none, add, adapter")
     _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
-    _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
+    for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
+      _check(0.0 <= getattr(self, name) < 1.0, f"model.{name}={getattr(self, name)} must be in [0, 1)")
+    _check(self.init_std >= 0 and self.embed_init_std >= 0,
+           f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
+    _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
     blocks = ("prelude_core_coda", "hyperloop", "exit_gate")
     for name in ("n_prelude", "n_coda"):
@@ -112,8 +128,8 @@ class ModelConfig:
       _check(size >= 0, f"model.{name}={size} must be >= 0")
       _check(size == 0 or self.kind in blocks,
              f"model.{name}={size}: model.kind={self.kind!r} has no begin/end blocks (only {', '.join(blocks)})")
-    _check(self.dropout == 0 or self.n_prelude == self.n_coda == 0,
-           f"model.dropout={self.dropout}: the begin/end blocks run without dropout (set model.n_prelude/n_coda=0)")
+    _check(not self.any_dropout or self.n_prelude == self.n_coda == 0,
+           "model.embed/attn/resid_dropout: the begin/end blocks run without dropout (set model.n_prelude/n_coda=0)")
     _check(self.n_streams >= 1, f"model.n_streams={self.n_streams} must be >= 1")
     _check(self.n_streams == 1 or self.kind == "hyperloop",
            f"model.n_streams={self.n_streams}: only model.kind=hyperloop has several residual streams")
@@ -126,7 +142,7 @@ class ModelConfig:
              f"{self.n_layers})")
       _check(self.substeps >= 1, f"model.substeps={self.substeps} must be >= 1")
       _check(0.0 <= self.damping <= 1.0, f"model.damping={self.damping} must be in [0, 1]")
-      _check(self.dropout == 0, f"model.dropout={self.dropout}: model.kind=training_free is inference only")
+      _check(not self.any_dropout, "model.embed/attn/resid_dropout: model.kind=training_free is inference only")
 
   def window_layers(self) -> tuple[int, int]:
     """model.window "a:b" as (a, b): layers a..b-1 are looped (training_free)."""
@@ -144,10 +160,16 @@ class CurriculumConfig:
   first_hop: int = 2  # the first stage
   last_hop: int = 4  # the last stage: the trained depth k
   threshold: float = 0.95
+  check: str = "steps"  # steps: the gate is checked every train.eval_every steps | epoch: once per pass over the
+  #                       stage's training rows, ceil(rows / batch) steps (the official loop checks after each epoch)
+  min_epochs: int = 0  # forced grokking: no stage ends before this many epochs since training began (check=epoch)
 
   def validate(self):
     _check(1 <= self.first_hop <= self.last_hop, f"data.curriculum.first_hop={self.first_hop} and "
            f"data.curriculum.last_hop={self.last_hop} need 1 <= first <= last")
+    _check(self.check in ("steps", "epoch"), f"data.curriculum.check={self.check!r} is not steps or epoch")
+    _check(self.min_epochs >= 0 and (self.check == "epoch" or not self.min_epochs),
+           f"data.curriculum.min_epochs={self.min_epochs} must be >= 0 and needs data.curriculum.check=epoch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +190,8 @@ class ChainDataConfig:
 
   def validate(self):
     self.curriculum.validate()
+    _check(self.curriculum.check != "epoch" or self.train_chains_per_hop or self.source != "generate",
+           "data.curriculum.check=epoch needs a finite training set: data.train_chains_per_hop > 0 or a data folder")
     _check(self.curriculum.last_hop <= self.fitting_hops(), f"data.curriculum.last_hop={self.curriculum.last_hop} "
            f"needs more than data.seq_len={self.seq_len} allows ({self.fitting_hops()} hops)")
     _check(0.0 < self.test_fraction < 1.0, f"data.test_fraction={self.test_fraction} must be in (0, 1)")
@@ -198,7 +222,10 @@ class CompositionDataConfig:
   iid_test_prob: float = 0.005  # share of ID 2-hop paths held out as test_inferred_iid
   n_probe: int = 3000  # examples per probe split
   atomic_repeats: int = 1  # each atomic fact appears this many times per training epoch (RECIPE: 1)
-  answer_at: str = "last_input"  # the answer is predicted at the last input token (RECIPE)
+  # last_input: at each row's last input token | next: a pad after it | batch_last: the official collate (rows
+  # padded to the batch's longest, the answer read at the last position: an atomic fact in a batch holding any
+  # 2-hop row is read at a pad after its relation; a probe split is one such batch group)
+  answer_at: str = "last_input"
 
   def validate(self):
     _check(self.n_entities >= 2, f"data.n_entities={self.n_entities} must be >= 2")
@@ -209,7 +236,8 @@ class CompositionDataConfig:
     _check(self.phi > 0, f"data.phi={self.phi} must be > 0")
     _check(self.n_probe >= 1, f"data.n_probe={self.n_probe} must be >= 1")
     _check(self.atomic_repeats >= 1, f"data.atomic_repeats={self.atomic_repeats} must be >= 1")
-    _check(self.answer_at in ("last_input", "next"), f"data.answer_at={self.answer_at!r} is not last_input or next")
+    _check(self.answer_at in ("last_input", "next", "batch_last"),
+           f"data.answer_at={self.answer_at!r} is not last_input, next or batch_last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +249,7 @@ class TrainConfig:
   warmup_steps: int = 200
   decay_steps: int = 0  # linear decay to 0 over this many steps of a stage; 0 = no decay after warmup
   weight_decay: float = 0.01
+  weight_decay_on: str = "matrices"  # matrices (GPT-2 trainers) | all (torch.optim.AdamW over every parameter)
   b1: float = 0.9
   b2: float = 0.999
   grad_clip: float = 1.0  # 0 = off
@@ -239,6 +268,8 @@ class TrainConfig:
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
       _check(getattr(self, name) >= 1, f"train.{name}={getattr(self, name)} must be >= 1")
     _check(self.lr > 0, f"train.lr={self.lr} must be > 0")
+    _check(self.weight_decay_on in ("matrices", "all"),
+           f"train.weight_decay_on={self.weight_decay_on!r} is not matrices or all")
     for name in ("warmup_steps", "decay_steps", "max_minutes", "grad_clip", "weight_decay", "eval_loops"):
       _check(getattr(self, name) >= 0, f"train.{name}={getattr(self, name)} must be >= 0")
     _check(not self.decay_steps or self.decay_steps > self.warmup_steps,
@@ -371,6 +402,9 @@ def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
   if not isinstance(data, dict):
     raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {data!r}")
   hints = typing.get_type_hints(cls)
+  for old, new in getattr(cls, "RENAMED", {}).items():
+    if old in data:
+      data = {**{k: data[old] for k in new}, **{k: v for k, v in data.items() if k != old}}
   fields = {f.name for f in dataclasses.fields(cls)}
   unknown = [k for k in data if k not in fields]
   if unknown:

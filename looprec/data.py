@@ -74,14 +74,29 @@ class Curriculum:
   first: int
   last: int
   threshold: float = 1.0
+  check: str = "steps"  # steps: gate checked every eval_every steps | epoch: once per epoch of the stage's rows
+  min_epochs: int = 0  # no stage ends before this many epochs since training began (forced grokking)
+  rows: tuple = ()  # training rows at stages first..last (check=epoch)
+
+  def check_every(self, stage: int, batch_size: int, eval_every: int) -> int:
+    """Steps between two gate checks of a stage: eval_every, or one epoch of its rows (the last batch partial)."""
+    if self.check == "steps":
+      return eval_every
+    return -(-self.rows[stage - self.first] // batch_size)
+
+  def epochs(self, stages: list, step: int, batch_size: int) -> int:
+    """Whole epochs trained by `step`, summed over the stages so far ([[start step, stage], ...])."""
+    ends = [start for start, _ in stages[1:]] + [step]
+    return sum((end - start) // self.check_every(stage, batch_size, 1) for (start, stage), end in zip(stages, ends))
 
   def gate_split(self, stage: int) -> str:
     """The split whose accuracy decides whether stage `stage` is done (the held-out stage-hop chains)."""
     return split_name(stage)
 
-  def advances(self, stage: int, accuracy: dict) -> bool:
-    """Whether to move on from `stage`, given the latest accuracy per monitored split."""
-    return stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
+  def advances(self, stage: int, accuracy: dict, epochs: int = 0) -> bool:
+    """Whether to move on from `stage`, given the latest accuracy per monitored split and the epochs trained."""
+    return (stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
+            and epochs >= self.min_epochs)
 
 
 def take(examples: dict, idx) -> dict:
@@ -98,7 +113,10 @@ class ChainTask:
     c = self.cfg
     self.vocab = Vocab.standard(c.n_entities, c.n_relations)
     self.perms_MxN = chains.permutation_graph(c.seed, c.n_entities, c.n_relations)
-    self.curriculum = Curriculum(c.curriculum.first_hop, c.curriculum.last_hop, c.curriculum.threshold)
+    cur = c.curriculum
+    rows = tuple(c.n_entities * c.n_relations + (stage - 1) * c.train_chains_per_hop
+                 for stage in range(cur.first_hop, cur.last_hop + 1))  # atomic facts + each hop's chain pool
+    self.curriculum = Curriculum(cur.first_hop, cur.last_hop, cur.threshold, cur.check, cur.min_epochs, rows)
     self._pools = {}
 
   @property
@@ -185,7 +203,8 @@ class JsonChainTask:
     if c.last_hop > self.deepest_train_hop:
       raise ConfigError(f"data.curriculum.last_hop={c.last_hop} exceeds the data's deepest chain "
                         f"({self.deepest_train_hop} hops)")
-    self.curriculum = Curriculum(c.first_hop, c.last_hop, c.threshold)
+    rows = tuple(int((self.train["hop"] <= stage).sum()) for stage in range(c.first_hop, c.last_hop + 1))
+    self.curriculum = Curriculum(c.first_hop, c.last_hop, c.threshold, c.check, c.min_epochs, rows)
 
   def _encode(self, groups: dict) -> dict:
     """{(hop, type): Facts} -> {type: examples}, plus "all"."""
@@ -256,25 +275,37 @@ class CompositionTask:
       self.vocab, train_facts, probes = _read_composition(c.source, c.n_probe)
     self.train = concat([self._encode(f, with_bridge=False) for f in train_facts
                          for _ in range(c.atomic_repeats if f.hop == 1 else 1)])
+    empty = [name for name, f in probes.items() if not len(f.tails_B)]
+    if empty:
+      where = (f"the graph is too small for it (data.n_entities={c.n_entities}, data.out_degree={c.out_degree}, "
+               f"data.ood_ratio={c.ood_ratio})" if c.source == "generate" else f"in {c.source}/test.json")
+      raise ConfigError(f"probe split {empty[0]!r} is empty: {where}")
     self.probes = {name: self._encode(f, with_bridge=True) for name, f in probes.items()}
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 
   def _encode(self, facts: Facts, with_bridge: bool) -> dict:
-    ex = encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, width(2, self.cfg.answer_at),
-                self.cfg.answer_at, pad_hop=2)
+    layout = "last_input" if self.cfg.answer_at == "batch_last" else self.cfg.answer_at
+    ex = encode(self.vocab, facts.heads_B, facts.rels_BxK, facts.tails_B, width(2, layout), layout, pad_hop=2)
     if with_bridge and facts.bridges_B is not None:
       ex["bridge"] = self.vocab.entity_ids(facts.bridges_B).astype(np.int32)
-    return ex
+    return _batch_last(ex) if with_bridge and self.cfg.answer_at == "batch_last" else ex
 
   def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
     """Rows at the given positions of the endless stream: epoch e = ids in [e n, (e + 1) n) visits every
     training row once, in the order of the epoch's shuffle."""
     del stage, pad_hop  # every row is trained from the start, padded to two hops
-    return take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
+    ex = take(self.train, np.array([self.order[int(i)] for i in ids_B], np.int64))
+    return _batch_last(ex) if self.cfg.answer_at == "batch_last" else ex
 
   def monitor_splits(self, stage: int) -> dict:
     del stage
     return self.probes
+
+
+def _batch_last(ex: dict) -> dict:
+  """The official systematicity collate: rows right-padded to the longest of the group, the answer read at its
+  last position (so an atomic fact grouped with any 2-hop fact is read at the pad after its relation token)."""
+  return {**ex, "read_pos": np.full_like(ex["read_pos"], ex["hop"].max())}
 
 
 def _read_composition(folder: str, n_probe: int):

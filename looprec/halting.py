@@ -12,6 +12,7 @@ the policy runs every example to the cap, exactly fixed R = cap (for `argmax`, `
 never met); +inf (q = 0 for a gate that ever fires) is met as soon as the signal exists.
 
     pol = policy("kl_entropy", eps=1e-3, max_entropy=3.0)      # or parse_policy("kl_entropy:eps=1e-3")
+    pol = policy("kl_entropy_rel", max_entropy_frac=0.5)        # entropy < 0.5 ln |answers|; thresholds(answers)
     loops_B, answer_B, executed = compiled(model, mesh)(params, tokens_BxT, read_pos_B, pol.thresholds(), 16)
 """
 from __future__ import annotations
@@ -34,9 +35,14 @@ TESTS = {
     "n": lambda s, v: s["streak"] >= v,
     "q": lambda s, v: s["exit_cdf"] > v,
 }
+# A bound relative to the answer set: max_entropy_frac x ln |answers| is applied as max_entropy (so the bound
+# scales with the entropy of an undecided guess); PAPER_FRAC gives the paper's 3.0 nats at its 200 entities.
+RELATIVE = {"max_entropy_frac": "max_entropy"}
+PAPER_FRAC = 3.0 / math.log(200)
 # name -> default parameters (which also say which tests the policy applies)
 RULES = {
     "kl_entropy": {"eps": 1e-3, "max_entropy": 3.0},  # the paper's rule
+    "kl_entropy_rel": {"eps": 1e-3, "max_entropy_frac": PAPER_FRAC},  # the paper's rule, bound relative to ln |answers|
     "kl": {"eps": 1e-3},
     "entropy": {"max_entropy": 3.0},
     "latent": {"delta": 1e-2},
@@ -53,9 +59,15 @@ class Policy:
   name: str
   params: tuple  # ((key, value), ...) in RULES order
 
-  def thresholds(self):
-    """(values, used): one float and one bool per test of TESTS, the traced form every policy compiles to."""
+  def thresholds(self, answers: int | None = None):
+    """(values, used): one float and one bool per test of TESTS, the traced form every policy compiles to.
+    answers: the size of the answer set, which a relative bound (RELATIVE) needs."""
     params = dict(self.params)
+    for rel, test in RELATIVE.items():
+      if rel in params:
+        if not answers or answers < 2:
+          raise ConfigError(f"halting policy {self}: {rel} needs the answer-set size (>= 2), got {answers}")
+        params[test] = params.pop(rel) * math.log(answers)
     return (jnp.array([float(params.get(k, 0.0)) for k in TESTS], jnp.float32),
             jnp.array([k in params for k in TESTS]))
 
@@ -165,7 +177,7 @@ def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
   return carry["loops"], carry["answer"], executed
 
 
-def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None):
+def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None, answers: int | None = None):
   """The same rule applied to recorded per-loop logits (cap = R): (loops_B, answer_B). For checks and traces."""
   r, b, v = logits_RxBxV.shape
   if hidden_RxBxD is None:
@@ -175,7 +187,7 @@ def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None):
 
   def body(carry, xs):
     t, logits_BxV, hidden_BxD, exit_B = xs
-    return _record(pol.thresholds(), carry, t, logits_BxV, hidden_BxD, exit_B, r), None
+    return _record(pol.thresholds(answers), carry, t, logits_BxV, hidden_BxD, exit_B, r), None
 
   xs = (jnp.arange(r), logits_RxBxV, hidden_RxBxD, exit_RxB)
   carry, _ = jax.lax.scan(body, _start(b, v, hidden_RxBxD.shape[-1]), xs)

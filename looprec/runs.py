@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -34,8 +35,13 @@ def make_run_dir(root: str, name: str, preset: str, when: float | None = None) -
       except FileExistsError:
         index += 1
     link, tmp = os.path.join(base, "latest"), os.path.join(base, f".latest-{os.getpid()}")
-    os.symlink(os.path.basename(run_dir), tmp)
-    os.replace(tmp, link)
+    try:
+      os.symlink(os.path.basename(run_dir), tmp)
+      os.replace(tmp, link)
+    except OSError as e:
+      if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        raise
+      # a filesystem without symlinks (Google Drive mounted in Colab): no `latest` link
   except OSError as e:
     raise ConfigError(f"cannot create a run folder under runs folder {root!r}: "
                       f"{e.strerror or e} ({e.filename})") from None

@@ -44,9 +44,11 @@ def grokfast_ema(alpha: float, lamb: float) -> optax.GradientTransformation:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only, as GPT-2 trainers do) behind optional global-norm clipping and then an
-  optional Grokfast filter (after the clipping, which would otherwise undo its amplification)."""
-  decay_mask = lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """AdamW (decay on matrices only, as GPT-2 trainers do, or on every parameter, as torch.optim.AdamW over
+  model.parameters() does) behind optional global-norm clipping and then an optional Grokfast filter (after the
+  clipping, which would otherwise undo its amplification)."""
+  decay_mask = None if cfg.weight_decay_on == "all" else (
+      lambda params: jax.tree_util.tree_map(lambda p: p.ndim >= 2, params))
   adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
   parts += [grokfast_ema(cfg.grokfast_alpha, cfg.grokfast_lambda)] if cfg.grokfast_alpha else []
@@ -157,6 +159,24 @@ def agreed_stop(timed_out: bool) -> tuple[bool, bool]:
   return timed_out, STOP.requested
 
 
+EVAL_LISTENERS = []  # functions called by on_eval
+
+
+@contextlib.contextmanager
+def on_eval(fn):
+  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
+  to draw curves as they come in:
+
+      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
+        experiment.run("systematicity", "smoke")
+  """
+  EVAL_LISTENERS.append(fn)
+  try:
+    yield
+  finally:
+    EVAL_LISTENERS.remove(fn)
+
+
 class Interrupted(Exception):
   """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
 
@@ -202,6 +222,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
   eval_loops = cfg.eval_loops or rec.max_loops
+  check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
   eval_sets = task.monitor_splits(stage)
   lr_at = schedule(cfg)
   writer = None
@@ -259,7 +280,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         pending, pending_health = (step, metrics, float(lr_at(lr_step)), n_loops), health
       step += 1
       bar.update(1)
-      if step % cfg.eval_every == 0 or step == steps:
+      gate = (step - stages[-1][0]) % check_every == 0
+      if step % cfg.eval_every == 0 or step == steps or gate:
         check_finite(health)
         accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
                     for split, ex in eval_sets.items()}
@@ -267,10 +289,14 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
           curves.setdefault(split, []).append([step, acc])
           if writer:
             writer.add_scalar(f"eval/{split}", acc, step)
+        for listener in EVAL_LISTENERS:
+          listener(name, step, dict(accuracy))
         stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
-        if curriculum.advances(stage, accuracy) and step < steps:
+        if gate and step < steps and curriculum.advances(stage, accuracy,
+                                                         curriculum.epochs(stages, step, cfg.batch_size)):
           stage += 1
           stages.append([step, stage])
+          check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
           iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
           eval_sets = task.monitor_splits(stage)
           stage_acc = float("nan")

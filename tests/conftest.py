@@ -27,3 +27,44 @@ def results_of(proc):
 @pytest.fixture
 def cli():
   return run_cli
+
+
+OFFICIAL_SECTION = "## The official recipe, value by value"
+
+
+def official_table(column: str) -> dict:
+  """key -> value (a Python literal; None for `—`) of one preset's column of the official-values table in
+  docs/reproducing.md, parsed from the doc itself."""
+  import ast  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(ROOT, "docs", "reproducing.md")) as f:
+    text = f.read()
+  assert OFFICIAL_SECTION in text, "docs/reproducing.md lost its official-values table"
+  lines = text.split(OFFICIAL_SECTION, 1)[1].splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+  end = next(i for i in range(start, len(lines) + 1) if i == len(lines) or not lines[i].startswith("|"))
+  rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[start:end]]
+  header, body = rows[0], rows[2:]
+  col = header.index(column)
+  return {r[0].strip("`"): None if r[col] == "—" else ast.literal_eval(r[col]) for r in body}
+
+
+def config_value(cfg, key: str):
+  """The value at a dotted key of a config tree (dataclasses and dicts)."""
+  node = cfg
+  for part in key.split("."):
+    node = node[part] if isinstance(node, dict) else getattr(node, part)
+  return node
+
+
+def check_against_official(cfg, module, column: str):
+  """Every cell of the column equals the preset's value; the preset trains exactly the models the table lists;
+  the preset's source claims no exact or deviation-free recipe."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  table = official_table(column)
+  assert len(table) >= 40
+  for key, value in table.items():
+    if value is not None:
+      assert config_value(cfg, key) == value, f"{key}: preset {config_value(cfg, key)!r}, official {value!r}"
+  assert set(cfg.models) >= {k.split(".")[1] for k, v in table.items() if k.startswith("models.") and v is not None}
+  source = inspect.getsource(module.paper)
+  assert "exactly" not in source and "None intended" not in source

@@ -316,6 +316,7 @@ def test_cli_chains(tmp_path):
       else:
         assert keys <= train_keys
   assert {(h, r) for h in range(30) for r in range(4)} <= train_keys
+  assert json.loads((out / "valid.json").read_text()) == test  # create_dataset.py copies test.json
 
 
 def test_cli_composition_in_process(tmp_path, capsys):
@@ -324,6 +325,8 @@ def test_cli_composition_in_process(tmp_path, capsys):
   vocab, train, test = read_dataset(tmp_path / "a")
   assert len(train) == 240 + round(1.0 * 228) and all("type" not in r for r in train)
   assert set(collections.Counter(r["type"] for r in test)) == set(SPLITS)
+  ood = [{k: r[k] for k in ("input_text", "target_text")} for r in test if r["type"] == "test_inferred_ood"]
+  assert json.loads((tmp_path / "a" / "valid.json").read_text()) == ood  # the notebook's valid.json, untyped
   assert "wrote" in capsys.readouterr().out
 
 

@@ -32,6 +32,32 @@ def test_kl_entropy_kl_and_entropy_rules():
   assert decide("entropy:max_entropy=3.5", logits_RxBxV) == ([1, 1], [3, 0])
 
 
+def test_relative_entropy_bound_scales_with_the_answer_set():
+  """kl_entropy_rel's bound is max_entropy_frac x ln |answers|: the paper's 3.0 nats at 200 answers, and the same
+  decisions as the absolute rule with that bound at any other size; no size, no thresholds."""
+  rel = halting.parse_policy("kl_entropy_rel")
+  values, used = rel.thresholds(200)
+  paper_values, paper_used = halting.parse_policy("kl_entropy").thresholds()
+  np.testing.assert_allclose(values, paper_values, rtol=1e-6)
+  np.testing.assert_array_equal(used, paper_used)
+  ex = [peaked(3, 3.0)] * 5  # a hesitant guess over 32: entropy 2.75 nats, unchanged across loops
+  logits_RxBxV = jnp.stack([jnp.stack([e]) for e in ex])
+  for answers, frac in ((20, 0.9), (32, 0.7), (32, 0.8)):
+    pol = halting.parse_policy(f"kl_entropy_rel:max_entropy_frac={frac}")
+    absolute = halting.parse_policy(f"kl_entropy:max_entropy={frac * np.log(answers)}")
+    got = halting.decide(pol, logits_RxBxV, answers=answers)
+    assert [np.asarray(x).tolist() for x in got] == [np.asarray(x).tolist() for x in halting.decide(absolute,
+                                                                                                 logits_RxBxV)]
+  assert decide_rel(logits_RxBxV, 0.7, 32) == [5] and decide_rel(logits_RxBxV, 0.8, 32) == [2]
+  with pytest.raises(ConfigError, match="needs the answer-set size"):
+    rel.thresholds()
+
+
+def decide_rel(logits_RxBxV, frac, answers):
+  pol = halting.parse_policy(f"kl_entropy_rel:max_entropy_frac={frac}")
+  return np.asarray(halting.decide(pol, logits_RxBxV, answers=answers)[0]).tolist()
+
+
 def test_argmax_rule_counts_unchanged_loops():
   answers = [1, 2, 2, 2, 4, 4]
   logits_RxBxV = jnp.stack([peaked(a)[None] for a in answers])
@@ -66,7 +92,8 @@ def test_bad_policies(spec, message):
 
 @pytest.fixture(scope="module")
 def tiny():
-  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, injection="add", init_std=0.5), vocab_size=V)
+  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2, n_layers=1, injection="add", init_std=0.5,
+                                        embed_init_std=0.5), vocab_size=V)
   params = model.init(jax.random.PRNGKey(0))
   tokens_BxT = jax.random.randint(jax.random.PRNGKey(1), (8, 5), 1, V)
   read_pos_B = jnp.full((8,), 4)

@@ -109,14 +109,38 @@ def test_pads_are_masked_as_keys():
   assert mask[3].tolist() == [True, True, False, False]
 
 
-def test_dropout_needs_rng_and_is_deterministic_without():
-  cfg = ModelConfig(d_model=32, n_heads=4, dropout=0.5)
+@pytest.mark.parametrize("which", ["embed_dropout", "attn_dropout", "resid_dropout"])
+def test_each_dropout_needs_rng_and_is_deterministic_without(which):
+  cfg = ModelConfig(d_model=32, n_heads=4, **{which: 0.5})
   model = LoopedTransformer(cfg, VOCAB)
   params = model.init(jax.random.PRNGKey(6))
   a = model.apply(params, tokens(), 3)
   chex.assert_trees_all_close(a, model.apply(params, tokens(), 3))
   b = model.apply(params, tokens(), 3, rng=jax.random.PRNGKey(0))
   assert not np.allclose(a, b)
+
+
+def test_init_scales_follow_the_config():
+  """Embeddings N(0, embed_init_std); output projections init_std x out_init_scale, / sqrt(2L) only when scaled."""
+  base = ModelConfig(d_model=64, n_heads=4, n_layers=2, pos_emb="learned", max_positions=64)
+  for cfg, emb, out in ((base, 0.02, 0.02 / 2), (dataclasses.replace(base, embed_init_std=1.0, out_init_scaled=False),
+                                                 1.0, 0.02)):
+    params = LoopedTransformer(cfg, 512).init(jax.random.PRNGKey(0))
+    assert np.std(params["embed"]) == pytest.approx(emb, rel=0.05)
+    assert np.std(params["pos"]) == pytest.approx(emb, rel=0.05)
+    layer = params["block"]["layer_0"]
+    assert np.std(layer["proj"]["kernel"]) == pytest.approx(out, rel=0.05)
+    assert np.std(layer["attn"]["out"]["kernel"]) == pytest.approx(out, rel=0.05)
+    assert np.std(layer["fc"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+
+
+def test_ln_eps_reaches_every_layernorm():
+  """A tiny-variance input makes the normalised output depend on eps: equal eps, equal logits; else not."""
+  cfg = ModelConfig(d_model=32, n_heads=4, n_layers=1, init_std=1e-4, embed_init_std=1e-4, injection="none")
+  params = LoopedTransformer(cfg, VOCAB).init(jax.random.PRNGKey(0))
+  a = LoopedTransformer(cfg, VOCAB).apply(params, tokens(), 2)
+  b = LoopedTransformer(dataclasses.replace(cfg, ln_eps=1e-5), VOCAB).apply(params, tokens(), 2)
+  assert not np.allclose(a, b, atol=1e-4)
 
 
 def test_bfloat16_compute_stays_close():

@@ -5,27 +5,24 @@ import numpy as np
 import pytest
 
 from experiments import depth_extrap
+from conftest import check_against_official
 from looprec import config as C, data
 
 
-def test_paper_preset_is_the_recipe():
+def test_depth_paper_preset_matches_the_official_table():
   cfg = depth_extrap.paper()
   depth_extrap.validate(cfg)
-  d, m, t = cfg.data, cfg.model, cfg.train
-  assert (d.n_entities, d.n_relations) == (200, 10)
-  assert d.train_chains_per_hop == 15000 and abs(d.test_fraction - 750 / 15750) < 1e-12 and d.n_eval == 750
-  assert d.seq_len == 50 and d.answer_at == "next" and d.hop_weights == "pool"
-  assert (m.d_model, m.n_heads, m.n_layers) == (768, 12, 4)
-  assert m.pos_emb == "none" and m.attn_window == 0 and m.out_init_scale == 0.0
-  assert m.dropout == 0.0 and m.dtype == "bfloat16" and m.injection == "none"
-  assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps) == (1e-4, 0.01, 128, 2000)
-  assert t.decay_steps == 0 or t.decay_steps >= t.steps  # linear schedule over a nominal run far longer than any
-  assert t.label_smoothing == 0.0 and t.grad_clip == 0.0
-  assert (d.curriculum.first_hop, d.curriculum.threshold) == (2, 0.95) and t.restart_optimizer
-  assert cfg.eval.max_loops == 40 and cfg.eval.max_hop == 40
-  looped = cfg.models["looped"].rec
-  assert (looped.kind, looped.lam, looped.low, looped.high) == ("dynamic", 4.0, 2, 8)
-  assert cfg.models["looped"].n_layers == 4
+  check_against_official(cfg, depth_extrap, "depth_extrap paper")
+  assert abs(cfg.data.test_fraction - 750 / 15750) < 1e-12 and cfg.data.hop_weights == "pool"
+  assert set(cfg.models) == {"looped", "fixed_r6", "fixed_r7", "fixed_r8"}
+  assert {run.n_layers for run in cfg.models.values()} == {4}
+  assert cfg.eval.max_loops >= 40 and cfg.train.decay_steps == 0
+
+
+def test_official_table_test_catches_a_changed_value():
+  cfg = C.override(depth_extrap.paper(), ["model.embed_init_std=0.02"])
+  with pytest.raises(AssertionError, match="model.embed_init_std"):
+    check_against_official(cfg, depth_extrap, "depth_extrap paper")
 
 
 def test_cpu_preset_trains_no_hop_beyond_its_depth():

@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, results_of, run_cli
+from conftest import ROOT, check_against_official, results_of, run_cli
 from data_gen import composition
 from data_gen.__main__ import composition_dataset
 from data_gen.io import write_dataset
 from experiments import systematicity
 from looprec import config as C, data, eval as evaluation, lens, sharding
-from looprec.config import CompositionDataConfig, ModelConfig
+from looprec.config import CompositionDataConfig, ConfigError, ModelConfig
 from looprec.models.looped import LoopedTransformer
 
 SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
@@ -65,6 +65,34 @@ def test_atomic_repeats_multiply_only_the_atomic_rows():
     assert rows(thrice) == sorted(rows(once) * factor)
 
 
+def test_batch_last_is_the_official_collate():
+  """answer_at=batch_last: the rows a batch (or probe split) holds, padded to its longest and read at the last
+  position, give the logits a model computes on exactly that padded batch (pad_sequence + logits[:, -1])."""
+  task = data.make_task(C.override(SMALL, ["answer_at=batch_last"]))
+  plain = data.make_task(SMALL)
+  model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, pos_emb="learned", max_positions=4, injection="none",
+                                        embed_init_std=1.0), task.vocab.size)
+  params = model.init(jax.random.PRNGKey(0))
+  ex = task.train_examples(2, np.arange(64))
+  assert set(ex["hop"]) == {1, 2} and (ex["read_pos"] == 2).all()
+  np.testing.assert_array_equal(ex["tokens"], plain.train_examples(2, np.arange(64))["tokens"])
+  official = model.apply(params, ex["tokens"], 2)[:, -1]  # every row padded to 3 tokens, read at the last
+  np.testing.assert_allclose(model.answer_logits(params, ex["tokens"], ex["read_pos"], 2), official, atol=1e-5)
+  atomic_rows = np.flatnonzero(task.train["hop"] == 1)[:16]
+  only_atomic = data._batch_last(data.take(task.train, atomic_rows))  # pylint: disable=protected-access
+  assert (only_atomic["read_pos"] == 1).all()
+  official = model.apply(params, only_atomic["tokens"][:, :2], 2)[:, -1]  # the batch's longest row has 2 tokens
+  np.testing.assert_allclose(model.answer_logits(params, only_atomic["tokens"], only_atomic["read_pos"], 2),
+                             official, atol=1e-5)
+  for name, probe in task.probes.items():
+    assert (probe["read_pos"] == (1 if "atomic" in name else 2)).all(), name
+  # learned positions: the pad after an atomic fact's relation is a different place from the relation itself
+  atomic_mixed = ex["hop"] == 1
+  at_relation = model.answer_logits(params, ex["tokens"], np.where(atomic_mixed, 1, 2), 2)
+  at_pad = model.answer_logits(params, ex["tokens"], ex["read_pos"], 2)
+  assert not np.allclose(at_relation[atomic_mixed], at_pad[atomic_mixed], atol=1e-3)
+
+
 def test_probe_bridges_are_the_first_hops_tail():
   task = data.make_task(SMALL)
   atomic, _ = graph()
@@ -100,7 +128,7 @@ def test_stream_resumes_from_the_iterator_state():
 
 def test_official_folder_reads_back_as_the_generated_task(tmp_path):
   c = SMALL
-  vocab, train_rows, test_rows = composition_dataset(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio,
+  vocab, train_rows, test_rows, _ = composition_dataset(c.seed, c.n_entities, c.n_relations, c.out_degree, c.ood_ratio,
                                                      c.phi, c.n_probe)
   write_dataset(tmp_path, vocab, train_rows, test_rows)
   generated, read = data.make_task(c), data.make_task(C.override(c, [f"source={tmp_path}"]))
@@ -113,7 +141,7 @@ def test_official_folder_reads_back_as_the_generated_task(tmp_path):
 
 
 def test_folder_with_unknown_probe_type_is_one_line_error(tmp_path):
-  vocab, train_rows, test_rows = composition_dataset(0, 10, 3, 2, 0.2, 1.0, 20)
+  vocab, train_rows, test_rows, _ = composition_dataset(0, 10, 3, 2, 0.2, 1.0, 20)
   write_dataset(tmp_path, vocab, train_rows, [{**test_rows[0], "type": "3hop_test"}])
   with pytest.raises(C.ConfigError, match="type '3hop_test'"):
     data.make_task(C.override(SMALL, [f"source={tmp_path}"]))
@@ -132,7 +160,7 @@ def test_ranks_match_brute_force():
 def test_lens_matches_the_traced_layer_logits_and_the_accuracy():
   task = data.make_task(SMALL)
   model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, n_layers=2, pos_emb="learned", max_positions=4,
-                                        init_std=0.5), task.vocab.size)  # large weights: varied ranks untrained
+                                        init_std=0.5, embed_init_std=0.5), task.vocab.size)  # large weights: varied ranks untrained
   params = model.init(jax.random.PRNGKey(3), 3)
   mesh = sharding.make_mesh()
   splits = {s: task.probes[s] for s in ("train_inferred", "test_inferred_ood", "id_atomic")}
@@ -167,18 +195,12 @@ def test_stage_steps():
   assert systematicity.stage_steps(curves) == {"a": 20, "b": None}
 
 
-def test_paper_preset_is_the_recipe():
+def test_paper_preset_matches_the_official_table():
   cfg = systematicity.paper()
-  d, m, t = cfg.data, cfg.model, cfg.train
-  assert (d.n_entities, d.n_relations, d.out_degree, d.ood_ratio, d.phi) == (2000, 200, 20, 0.05, 7.2)
-  assert d.n_probe == 3000 and d.iid_test_prob == 0.005 and d.answer_at == "last_input"
-  assert (m.d_model, m.n_heads, m.pos_emb, m.max_positions, m.dropout, m.dtype) == (768, 12, "learned", 5, 0.1,
-                                                                                    "bfloat16")
-  assert m.injection == "none" and m.out_init_scale == 1.0
-  assert (t.lr, t.weight_decay, t.batch_size, t.warmup_steps, t.label_smoothing) == (1e-4, 0.1, 128, 2000, 0.1)
-  assert t.decay_steps >= t.steps
-  looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
-  assert (looped.n_layers, looped.recurrence) == (4, "fixed:4") and (vanilla.n_layers, vanilla.recurrence) == (16, "fixed:1")
+  check_against_official(cfg, systematicity, "systematicity paper")
+  t = cfg.train
+  assert t.decay_steps >= t.steps and t.eval_every == 2450  # one epoch of the 313,600 rows
+  assert cfg.models["vanilla"].n_layers == 16 and cfg.models["vanilla"].recurrence == "fixed:1"
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu", "cpu_long"])
@@ -258,3 +280,8 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, args, message):
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
   assert message in lines[0], lines[0]
   assert not os.listdir(tmp_path)
+
+
+def test_empty_probe_split_is_a_one_line_error():
+  with pytest.raises(ConfigError, match="probe split 'test_inferred_ood' is empty: the graph is too small"):
+    data.make_task(CompositionDataConfig(n_entities=12, n_relations=3, out_degree=2, phi=1.0, n_probe=32))

@@ -16,7 +16,7 @@ from looprec import data, sharding, train
 from looprec.config import ChainDataConfig, ModelConfig, TrainConfig
 from looprec.models.looped import LoopedTransformer
 task = data.make_task(ChainDataConfig(n_entities=10, n_relations=3, seq_len=8))
-model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, dropout=0.1), task.vocab.size)
+model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1), task.vocab.size)
 tx = train.make_optimizer(TrainConfig(warmup_steps=2))
 mesh = sharding.make_mesh()
 state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
@@ -73,3 +73,57 @@ def test_weight_decay_skips_vectors():
   grads = jax.tree_util.tree_map(jnp.zeros_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   assert float(jnp.abs(updates["b"]).max()) == 0.0 and float(jnp.abs(updates["w"]).max()) > 0
+
+
+def test_weight_decay_on_all_decays_every_parameter_like_torch_adamw():
+  """weight_decay_on=all: one step on zero gradients shrinks vectors and matrices alike by lr x wd."""
+  import jax
+  import jax.numpy as jnp
+  cfg = TrainConfig(lr=0.1, warmup_steps=0, weight_decay=0.5, grad_clip=0.0, weight_decay_on="all")
+  tx = train.make_optimizer(cfg)
+  params = {"w": jnp.ones((2, 2)), "b": jnp.ones((2,))}
+  grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  for leaf in jax.tree_util.tree_leaves(updates):
+    np.testing.assert_allclose(np.asarray(leaf), -0.1 * 0.5, rtol=1e-6)
+
+
+def test_old_run_configs_with_one_dropout_still_load():
+  from looprec import config as C
+  from looprec.config import ModelConfig
+  m = C.from_dict(ModelConfig, {"d_model": 32, "dropout": 0.1})
+  assert (m.embed_dropout, m.attn_dropout, m.resid_dropout) == (0.1, 0.1, 0.1) and m.d_model == 32
+  with np.testing.assert_raises(C.ConfigError):
+    C.override(ModelConfig(), ["dropout=0.1"])
+  with np.testing.assert_raises(C.ConfigError):
+    C.override(TrainConfig(), ["weight_decay_on=bias"]).validate()
+
+
+def test_curriculum_checked_once_per_epoch_and_forced_to_min_epochs(tmp_path):
+  """check=epoch: the gate is read every ceil(rows / batch) steps of the stage (28 rows, batch 8: 4 steps);
+  min_epochs holds the first stage until that many epochs have passed; a threshold below 0 always passes."""
+  from looprec import data, sharding
+  from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
+  from looprec.models.looped import LoopedTransformer
+  stages_of = {}
+  for min_epochs in (0, 3):
+    cur = CurriculumConfig(first_hop=2, last_hop=3, threshold=-1.0, check="epoch", min_epochs=min_epochs)
+    cfg = ChainDataConfig(n_entities=8, n_relations=2, seq_len=6, train_chains_per_hop=12, curriculum=cur)
+    task = data.make_task(cfg)
+    assert task.curriculum.rows == (8 * 2 + 12, 8 * 2 + 24)
+    assert task.curriculum.check_every(2, 8, 100) == 4 and task.curriculum.check_every(3, 8, 100) == 5
+    model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2), task.vocab.size)
+    result = train.train_model("m", model, Recurrence.parse("fixed:2"), 16,
+                               TrainConfig(batch_size=8, eval_every=100, checkpoint_every=100, log_every=100),
+                               task, sharding.make_mesh(), str(tmp_path / str(min_epochs)), 0, {})
+    stages_of[min_epochs] = result.stages
+  assert stages_of == {0: [[0, 2], [4, 3]], 3: [[0, 2], [12, 3]]}
+  assert data.Curriculum(2, 4, check="epoch", rows=(10, 20, 30)).epochs([[0, 2], [4, 3], [10, 4]], 17, 5) == 2 + 1 + 1
+
+
+def test_epoch_check_needs_a_finite_training_set():
+  from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig
+  with np.testing.assert_raises(ConfigError):
+    ChainDataConfig(curriculum=CurriculumConfig(check="epoch")).validate()
+  with np.testing.assert_raises(ConfigError):
+    ChainDataConfig(train_chains_per_hop=5, curriculum=CurriculumConfig(min_epochs=3)).validate()

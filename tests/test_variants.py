@@ -132,8 +132,9 @@ def test_train_step_uses_the_models_loss():
   model, params = make(kind="exit_gate")
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
   state = {"params": params, "opt_state": tx.init(params)}
-  _, metrics, _ = train.train_step(state, batch(), jax.random.PRNGKey(0), 0, train.HEALTHY, model=model, tx=tx,
-                                   n_loops=2, label_smoothing=0.0)
+  _, metrics, health = train.train_step(state, batch(), jax.random.PRNGKey(0), 0, train.HEALTHY, model=model, tx=tx,
+                                        n_loops=2, label_smoothing=0.0)
+  np.testing.assert_array_equal(health, train.HEALTHY)
   np.testing.assert_allclose(metrics["loss"], model.loss(params, batch(), 2)[0], rtol=1e-5)
   assert np.isfinite(metrics["grad_norm"])
 
@@ -146,8 +147,10 @@ def test_jitted_donating_train_step_of_every_kind(kw):
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
   state = train.init_state(model, tx, jax.random.PRNGKey(0), 6, mesh)
-  state, metrics, _ = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
-                                                                    jax.random.PRNGKey(1), 0, train.HEALTHY)
+  health = jax.device_put(train.HEALTHY, sharding.replicated(mesh))
+  state, metrics, health = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
+                                                                         jax.random.PRNGKey(1), 0, health)
+  np.testing.assert_array_equal(health, train.HEALTHY)
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
@@ -219,7 +222,7 @@ def test_training_free_defaults_and_sweeps():
     ({"kind": "mamba"}, "model.kind='mamba' is not one of looped, prelude_core_coda"),
     ({"kind": "looped", "n_prelude": 1}, "model.n_prelude=1: model.kind='looped' has no begin/end blocks"),
     ({"kind": "prelude_core_coda", "n_coda": -1}, "model.n_coda=-1 must be >= 0"),
-    ({"kind": "prelude_core_coda", "n_prelude": 1, "dropout": 0.1}, "model.dropout=0.1: the begin/end blocks"),
+    ({"kind": "prelude_core_coda", "n_prelude": 1, "resid_dropout": 0.1}, "the begin/end blocks run without dropout"),
     ({"kind": "looped", "n_streams": 2}, "model.n_streams=2: only model.kind=hyperloop"),
     ({"kind": "hyperloop", "n_streams": 0}, "model.n_streams=0 must be >= 1"),
     ({"kind": "exit_gate", "exit_beta": -0.1}, "model.exit_beta=-0.1 must be >= 0"),

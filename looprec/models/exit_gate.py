@@ -43,7 +43,7 @@ class ExitGate(PreludeCoreCoda):
     return params
 
   def exit_prob(self, params, hidden_BxD):
-    h_BxD = nn.LayerNorm().apply({"params": params["final_norm"]}, hidden_BxD.astype(jnp.float32))
+    h_BxD = nn.LayerNorm(self.cfg.ln_eps).apply({"params": params["final_norm"]}, hidden_BxD.astype(jnp.float32))
     return jax.nn.sigmoid(h_BxD @ params["exit"]["kernel"] + params["exit"]["bias"])
 
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0):

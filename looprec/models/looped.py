@@ -23,8 +23,9 @@ def _dtype(cfg: ModelConfig):
 
 
 def _out_init(cfg: ModelConfig):
-  """GPT-2 residual-projection init, scaled by out_init_scale (0 = each layer starts as the identity)."""
-  std = cfg.init_std * cfg.out_init_scale / math.sqrt(2 * cfg.n_layers)
+  """Residual-projection init: init_std x out_init_scale (0 = each layer starts as the identity), divided by
+  sqrt(2 n_layers) when out_init_scaled (GPT-2's trainer init; a bare GPT2Block's Conv1D is not scaled)."""
+  std = cfg.init_std * cfg.out_init_scale / (math.sqrt(2 * cfg.n_layers) if cfg.out_init_scaled else 1.0)
   return nn.initializers.zeros if std == 0 else nn.initializers.normal(std)
 
 
@@ -75,7 +76,7 @@ class Attention(nn.Module):
     logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(k_dim)
     logits_BxHxTxT = jnp.where(mask_Bx1xTxT, logits_BxHxTxT.astype(jnp.float32), -1e30)
     probs = jax.nn.softmax(logits_BxHxTxT, axis=-1).astype(v.dtype)
-    probs = nn.Dropout(cfg.dropout)(probs, deterministic=deterministic)
+    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
     out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs, v)
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=_dtype(cfg), kernel_init=_out_init(cfg), name="out")
     return out(out_BxTxHxK)
@@ -89,10 +90,10 @@ class Layer(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, mask_Bx1xTxT, rope, deterministic: bool):
     cfg = self.cfg
-    drop = nn.Dropout(cfg.dropout)
-    a = Attention(cfg, name="attn")(nn.LayerNorm(name="ln1")(x_BxTxD), mask_Bx1xTxT, rope, deterministic)
+    drop = nn.Dropout(cfg.resid_dropout)
+    a = Attention(cfg, name="attn")(nn.LayerNorm(cfg.ln_eps, name="ln1")(x_BxTxD), mask_Bx1xTxT, rope, deterministic)
     x_BxTxD = x_BxTxD + drop(a, deterministic=deterministic)
-    m = nn.LayerNorm(name="ln2")(x_BxTxD)
+    m = nn.LayerNorm(cfg.ln_eps, name="ln2")(x_BxTxD)
     m = nn.Dense(cfg.d_ff or 4 * cfg.d_model, dtype=_dtype(cfg), kernel_init=nn.initializers.normal(cfg.init_std),
                  name="fc")(m)
     m = nn.Dense(cfg.d_model, dtype=_dtype(cfg), kernel_init=_out_init(cfg), name="proj")(nn.gelu(m))
@@ -125,13 +126,13 @@ class LoopedTransformer(LoopedBase):
     cfg.validate()
     k_emb, k_pos, k_block, k_adapt = jax.random.split(rng, 4)
     d = cfg.d_model
-    params = {"embed": jax.random.normal(k_emb, (self.vocab_size, d)) * cfg.init_std}
+    params = {"embed": jax.random.normal(k_emb, (self.vocab_size, d)) * cfg.embed_init_std}
     if cfg.pos_emb == "learned":
-      params["pos"] = jax.random.normal(k_pos, (cfg.max_positions, d)) * cfg.init_std
+      params["pos"] = jax.random.normal(k_pos, (cfg.max_positions, d)) * cfg.embed_init_std
     x = jnp.zeros((1, seq_len, d))
     mask = attention_mask(jnp.ones((1, seq_len), jnp.int32), cfg.attn_window)
     params["block"] = Block(cfg).init(k_block, x, mask, self._rope(seq_len))["params"]
-    params["final_norm"] = nn.LayerNorm().init(k_block, x)["params"]
+    params["final_norm"] = nn.LayerNorm(cfg.ln_eps).init(k_block, x)["params"]
     if cfg.injection == "adapter":
       # Huginn-style adapter on concat(state, embedding); starts as state + embedding.
       eye = jnp.eye(d)
@@ -157,7 +158,7 @@ class LoopedTransformer(LoopedBase):
 
   def head(self, params, h_xD):
     """Final norm and the head tied to the token embedding: logits over the vocabulary."""
-    h = nn.LayerNorm().apply({"params": params["final_norm"]}, h_xD.astype(jnp.float32))
+    h = nn.LayerNorm(self.cfg.ln_eps).apply({"params": params["final_norm"]}, h_xD.astype(jnp.float32))
     return h @ params["embed"].T
 
   def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
@@ -171,9 +172,9 @@ class LoopedTransformer(LoopedBase):
     mask = attention_mask(tokens_BxT, cfg.attn_window)
     rope = self._rope(tokens_BxT.shape[1])
     block = Block(cfg)
-    deterministic = rng is None or cfg.dropout == 0.0
-    if not deterministic:
-      e_BxTxD = nn.Dropout(cfg.dropout).apply({}, e_BxTxD, deterministic=False, rngs={"dropout": rng})
+    deterministic = rng is None or not cfg.any_dropout
+    if not deterministic and cfg.embed_dropout:
+      e_BxTxD = nn.Dropout(cfg.embed_dropout).apply({}, e_BxTxD, deterministic=False, rngs={"dropout": rng})
 
     def step(h_BxTxD, t, key):
       h_BxTxD = jnp.where(t > 0, self._inject(params, h_BxTxD, e_BxTxD), h_BxTxD)
