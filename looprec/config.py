@@ -180,6 +180,9 @@ class TrainConfig:
   checkpoint_every: int = 500
   keep_checkpoints: int = 2
   log_every: int = 25
+  remat: str = "none"  # per-loop rematerialisation: none | loop (recompute each loop) | dots (keep its matmuls)
+  backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
+  loop_programs: str = "per_r"  # per_r: one compiled step per drawn R | one: one step to R_max, later loops skipped
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -194,6 +197,9 @@ class TrainConfig:
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
     _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
+    _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
+    _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
+    _check(self.loop_programs in ("per_r", "one"), f"train.loop_programs={self.loop_programs!r} is not per_r or one")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, sharding
+from looprec import checkpoint, data, eval as evaluation, loop, sharding
 from looprec.config import ModelConfig, Recurrence, TrainConfig
 from looprec import models
 
@@ -53,19 +53,23 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(*parts, adamw) if parts else adamw
 
 
-def loss_fn(params, batch, rng, *, model, n_loops: int, label_smoothing: float):
+def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
+            backprop: loop.Backprop = loop.FULL):
   """Cross-entropy of the answer token over the whole vocabulary, read at each example's answer position."""
-  logits_BxV = model.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng)
+  logits_BxV = model.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng, n_active=n_active,
+                                   backprop=backprop)
   labels_BxV = optax.smooth_labels(jax.nn.one_hot(batch["target"], logits_BxV.shape[-1]), label_smoothing)
   loss = optax.softmax_cross_entropy(logits_BxV, labels_BxV).mean()
   return loss, jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
 
 
-def train_step(state, batch, rng, *, model, tx, n_loops: int, label_smoothing: float):
-  """state = {"params", "opt_state"} -> (new state, metrics). Pure; R = n_loops is static."""
+def train_step(state, batch, rng, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
+               backprop: loop.Backprop = loop.FULL):
+  """state = {"params", "opt_state"} -> (new state, metrics). Pure; R = n_loops is static, or R = n_active
+  (traced) in a program compiled for n_loops = R_max."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing), has_aux=True)
-  (loss, acc), grads = grad_fn(state["params"], batch, rng)
+                                                 label_smoothing=label_smoothing, backprop=backprop), has_aux=True)
+  (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
@@ -74,19 +78,34 @@ def train_step(state, batch, rng, *, model, tx, n_loops: int, label_smoothing: f
 
 
 class StepFunctions:
-  """One jitted, sharded, state-donating step per loop count R, compiled on first use and cached."""
+  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached.
 
-  def __init__(self, model, tx, mesh, label_smoothing: float):
+  max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
+  (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
+  """
+
+  def __init__(self, model, tx, mesh, label_smoothing: float, backprop: loop.Backprop = loop.FULL,
+               max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
+    self.backprop, self.max_loops = backprop, max_loops
     self._cache = {}
 
-  def __call__(self, n_loops: int):
-    if n_loops not in self._cache:
+  def _compiled(self, n_loops: int, masked: bool):
+    if (n_loops, masked) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing)
+                             label_smoothing=self.label_smoothing, backprop=self.backprop)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      self._cache[n_loops] = jax.jit(fn, in_shardings=(rep, dat, rep), out_shardings=(rep, rep), donate_argnums=0)
-    return self._cache[n_loops]
+      shardings = (rep, dat, rep, rep) if masked else (rep, dat, rep)
+      self._cache[n_loops, masked] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep), donate_argnums=0)
+    return self._cache[n_loops, masked]
+
+  def __call__(self, n_loops: int):
+    if not self.max_loops:
+      return self._compiled(n_loops, False)
+    if not 1 <= n_loops <= self.max_loops:
+      raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
+    fn = self._compiled(self.max_loops, True)
+    return lambda state, batch, rng: fn(state, batch, rng, jnp.int32(n_loops))
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
@@ -147,7 +166,8 @@ def train_model(name: str, model_cfg: ModelConfig, recurrence: str, steps: int, 
   sharding.check_batch(cfg.batch_size, mesh)
   model = models.build(model_cfg, task.vocab.size)
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),
+                          max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(cfg.max_hop, task.cfg.answer_at), mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
