@@ -14,7 +14,7 @@ import sys
 import time
 
 from looprec import config as C
-from looprec import runs
+from looprec import compile_cache, runs
 
 
 RESUMABLE = re.compile(r"train\.(steps|max_minutes)|models\.\w+\.steps|eval\.\w+")
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     if stray:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
+      compile_cache.enable()
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
     if args.command == "analyze":
       from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
