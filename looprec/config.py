@@ -80,6 +80,7 @@ class ModelConfig:
   injection: str = "add"  # none | add (embedding added before every loop after the first) | adapter
   dropout: float = 0.0
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  attention: str = "einsum"  # einsum (softmax in float32, dropout on probs) | dot_product (jax.nn.dot_product_attention)
 
   def validate(self):
     from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
@@ -96,6 +97,9 @@ class ModelConfig:
     _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
     _check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1)")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    _check(self.attention in ("einsum", "dot_product"), f"model.attention={self.attention!r} is not einsum or dot_product")
+    _check(self.attention == "einsum" or self.dropout == 0.0,
+           "model.attention=dot_product has no dropout on attention probabilities: set model.dropout=0 or use einsum")
 
 
 @dataclasses.dataclass(frozen=True)
