@@ -33,7 +33,7 @@ def assert_close(a, b, atol):
   chex.assert_trees_all_close(a, b, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("r", [1, 3, 6])
+@pytest.mark.parametrize("r", [1, 4])
 def test_one_program_to_r_max_equals_the_static_r_program(r):
   """Loss and gradients of R loops in a program compiled for R_max = 6 equal those of the R-loop program."""
   want, got = grads(PARAMS, r), grads(PARAMS, 6, jnp.int32(r))
@@ -86,6 +86,7 @@ def temp_bytes(n_loops, backprop):
   return fn.lower(PARAMS).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_remat_and_truncation_flatten_activation_memory_in_r():
   """Compiled temp memory from R=4 to R=64: grows with R by default, much less with remat, not with truncation."""
   grow = {name: temp_bytes(64, bp) / temp_bytes(4, bp)
