@@ -6,7 +6,8 @@
 The PyTorch model is what the paper's code runs: Hugging Face `GPT2Block`s (L of them) looped R times in Python,
 no position embeddings (NoPE), a final LayerNorm and a head tied to the token embedding; the loss is the
 cross-entropy of the answer token at each example's answer position; AdamW with weight decay on matrices only.
-looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32) through
+looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32; with the default
+einsum attention and with `model.attention=dot_product`) through
 `looprec.models.build` and `looprec.train.StepFunctions` (forward, backward and AdamW in one jitted program).
 Both see the same right-padded batch (pads masked as keys). Steps are timed in interleaved rounds (one block of
 steps per implementation per round, so machine noise hits all alike) and the median ms/step is printed with
@@ -17,7 +18,6 @@ lose time waiting for each other on small ops. The load average is printed: comp
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -48,9 +48,10 @@ def make_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -
           "target": rng.integers(1, vocab, batch).astype(np.int32)}
 
 
-def looprec_step(shape, train_cfg: TrainConfig, batch: dict):
+def looprec_step(shape, train_cfg: TrainConfig, batch: dict, attention: str = "einsum"):
   d, h, n_layers, n_loops, _, seq_len, vocab = shape
-  cfg = ModelConfig(d_model=d, n_heads=h, n_layers=n_layers, pos_emb="none", injection="none", attn_window=0)
+  cfg = ModelConfig(d_model=d, n_heads=h, n_layers=n_layers, pos_emb="none", injection="none", attn_window=0,
+                    attention=attention)
   model = models.build(cfg, vocab)
   tx = train.make_optimizer(train_cfg)
   mesh = sharding.make_mesh()
@@ -156,7 +157,8 @@ def main():
     d, h, n_layers, n_loops, b, t, v = shape
     print(f"\n{name}: d={d} heads={h} L={n_layers} R={n_loops} B={b} T={t} vocab={v}")
     batch = make_batch(np.random.default_rng(0), b, t, v)
-    runs = {"looprec": looprec_step(shape, dataclasses.replace(train_cfg), batch)}
+    runs = {"looprec": looprec_step(shape, train_cfg, batch),
+            "looprec attention=dot_product": looprec_step(shape, train_cfg, batch, "dot_product")}
     runs.update(torch_steps(shape, train_cfg, batch, [] if args.no_compile else ["default"]))
     for run in runs.values():  # compile / warm up
       run(1)
@@ -174,7 +176,7 @@ def main():
     ms = {k: statistics.median(v) for k, v in times.items()}
     for k, m in ms.items():
       ratio = "" if k == "looprec" else f"   looprec speed-up {m / ms['looprec']:.2f}x"
-      print(f"  {k:>26}: {m:9.1f} ms/step{ratio}")
+      print(f"  {k:>30}: {m:9.1f} ms/step{ratio}")
     print(f"  load average {os.getloadavg()[0]:.1f}")
 
 
