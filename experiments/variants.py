@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments import depth_extrap
 from looprec import analysis, data, experiment, halting, models, plots, report as md, sharding
-from looprec.config import ChainDataConfig, CurriculumConfig, EvalConfig, ModelConfig, ModelRun, TrainConfig
+from looprec.config import ModelRun
 from looprec.models import count_params, params_checksum
 
 HALTING = ("kl_entropy", "gate")  # the policies the summary table shows (gate: models with an exit gate)

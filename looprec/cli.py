@@ -17,6 +17,7 @@ import sys
 
 from data_gen.io import OneLineParser, UsageError
 from looprec import config as C
+from looprec import compile_cache
 
 
 def run_experiment(name: str, preset: str | None, overrides: list[str], runs_root: str, resume: str | None) -> int:
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
     if stray:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
+      compile_cache.enable()
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
     if args.command == "import-checkpoint":
       from looprec import importer  # pylint: disable=import-outside-toplevel

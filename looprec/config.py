@@ -86,6 +86,7 @@ class ModelConfig:
   attn_dropout: float = 0.0  # on the attention probabilities (attn_pdrop)
   resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  attention: str = "einsum"  # einsum (softmax in float32, dropout on probs) | dot_product (jax.nn.dot_product_attention)
   # begin / end blocks around the looped one (prelude_core_coda, hyperloop, exit_gate): layers run once
   n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
   n_coda: int = 0  # layers after the loop, before the final norm
@@ -122,6 +123,9 @@ class ModelConfig:
            f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
     _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    _check(self.attention in ("einsum", "dot_product"), f"model.attention={self.attention!r} is not einsum or dot_product")
+    _check(self.attention == "einsum" or self.attn_dropout == 0.0,
+           "model.attention=dot_product has no dropout on attention probabilities: set model.attn_dropout=0 or use einsum")
     blocks = ("prelude_core_coda", "hyperloop", "exit_gate")
     for name in ("n_prelude", "n_coda"):
       size = getattr(self, name)
@@ -263,6 +267,9 @@ class TrainConfig:
   keep_checkpoints: int = 2
   log_every: int = 25
   debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off; its own compile)
+  remat: str = "none"  # per-loop rematerialisation: none | loop (recompute each loop) | dots (keep its matmuls)
+  backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
+  loop_programs: str = "per_r"  # per_r: one compiled step per drawn R | one: one step to R_max, later loops skipped
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -277,6 +284,9 @@ class TrainConfig:
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
     _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
+    _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
+    _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
+    _check(self.loop_programs in ("per_r", "one"), f"train.loop_programs={self.loop_programs!r} is not per_r or one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,6 +338,9 @@ def validate_experiment(cfg):
       cfg.model_cfg(name).validate()
     except ConfigError as e:
       raise ConfigError(f"models.{name}: {e}") from None
+    _check(cfg.train.loop_programs == "per_r" or cfg.model_cfg(name).kind != "exit_gate",
+           f"train.loop_programs={cfg.train.loop_programs}: models.{name} (model.kind=exit_gate) reads every loop; "
+           "use per_r")
     _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 

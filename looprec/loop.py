@@ -1,30 +1,80 @@
 """Scan over depth: one weight-tied step function applied R times.
 
 `loop_step(h_BxTxD, t, rng) -> (h_BxTxD, extras)` is supplied by the model; this module only decides how it is
-iterated. R is static here (one compiled program per R, compile time independent of R thanks to scan).
+iterated and differentiated. R = n_loops is static (one compiled program per R; compile time does not grow with R
+thanks to scan) unless `n_active` is given: then the scan runs n_loops = R_max iterations, the first
+R_max - n_active of which are skipped (`lax.cond`), so one program serves every R <= R_max, with exact gradients.
+`Backprop` chooses per-loop rematerialisation and truncated backpropagation through depth.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 
+# What a rematerialised loop keeps for the backward pass (beyond its input state).
+REMAT_POLICIES = {"loop": jax.checkpoint_policies.nothing_saveable,
+                  "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
-def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None):
-  """Applies loop_step n_loops times with lax.scan.
+
+@dataclasses.dataclass(frozen=True)
+class Backprop:
+  """How gradients flow through depth.
+
+  remat: none (keep every loop's activations) | loop (recompute each loop in the backward pass; memory holds
+  one state per loop) | dots (keep only the loop's weight matmul outputs). last_loops: k > 0 backpropagates
+  through the last k loops only (the earlier ones run under stop_gradient, as in Huginn); 0 = through all.
+  """
+
+  remat: str = "none"
+  last_loops: int = 0
+
+  def validate(self):
+    if self.remat != "none" and self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} is not one of none, {', '.join(REMAT_POLICIES)}")
+    if self.last_loops < 0:
+      raise ValueError(f"last_loops={self.last_loops} must be >= 0")
+
+
+FULL = Backprop()
+
+
+def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None, backprop: Backprop = FULL):
+  """Applies loop_step n_loops times with lax.scan (n_active of them when given, a traced int <= n_loops).
 
   Returns the final state and the per-loop values of `readout(h_BxTxD, extras)` stacked on a leading R axis
-  (None without a readout), where extras is what loop_step returned beside the new state.
+  (None without a readout), where extras is what loop_step returned beside the new state. With n_active the
+  skipped loops come first and the active ones see t = 0..n_active-1; readouts are not available then.
   """
   if n_loops < 1:
     raise ValueError(f"n_loops must be >= 1, got {n_loops}")
+  if n_active is not None and readout is not None:
+    raise ValueError("per-loop readouts need a static loop count (n_active=None)")
+  backprop.validate()
   keys = jax.random.split(rng, n_loops) if rng is not None else jnp.zeros((n_loops,), jnp.uint32)
+  n_skipped = 0 if n_active is None else n_loops - n_active
 
   def body(h, xs):
     t, key = xs
-    h, extras = loop_step(h, t, key if rng is not None else None)
-    return h, (readout(h, extras) if readout is not None else None)
+    key = key if rng is not None else None
+    if n_active is None:
+      h, extras = loop_step(h, t, key)
+      return h, (readout(h, extras) if readout is not None else None)
+    t_active = t - n_skipped
+    return jax.lax.cond(t_active >= 0, lambda h: loop_step(h, t_active, key)[0], lambda h: h, h), None
 
-  return jax.lax.scan(body, h_BxTxD, (jnp.arange(n_loops), keys))
+  if backprop.remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[backprop.remat])
+  xs = (jnp.arange(n_loops), keys)
+  n_frozen = n_loops - backprop.last_loops if 0 < backprop.last_loops < n_loops else 0
+  if not n_frozen:
+    return jax.lax.scan(body, h_BxTxD, xs)
+  head, tail = jax.tree_util.tree_map(lambda x: x[:n_frozen], xs), jax.tree_util.tree_map(lambda x: x[n_frozen:], xs)
+  h_BxTxD, ys_head = jax.lax.scan(body, h_BxTxD, head)
+  h_BxTxD, ys_tail = jax.lax.scan(body, jax.lax.stop_gradient(h_BxTxD), tail)
+  ys = None if readout is None else jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys_head, ys_tail)
+  return h_BxTxD, ys
 
 
 def while_loops(loop_step, h_BxTxD, max_loops, carry, update):

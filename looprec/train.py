@@ -17,7 +17,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, sharding
+from looprec import checkpoint, data, eval as evaluation, loop, sharding
 from looprec.config import Recurrence, TrainConfig
 
 
@@ -55,24 +55,27 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(*parts, adamw) if parts else adamw
 
 
-def loss_fn(params, batch, rng, *, model, n_loops: int, label_smoothing: float):
+def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
+            backprop: loop.Backprop = loop.FULL):
   """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
   kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
-  return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing)
+  return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
+                    backprop=backprop)
 
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
 
 
-def train_step(state, batch, rng, step, health, *, model, tx, n_loops: int, label_smoothing: float,
-               poison: bool = False):
+def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
+               poison: bool = False, backprop: loop.Backprop = loop.FULL):
   """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
-  n_loops is static. health = [first step with a non-finite HEALTH quantity (-1: none), its index in HEALTH],
-  kept on the device and read only where the host syncs anyway. poison (a debug fault, a separate compilation
-  so that every other step runs the unchanged program) makes the gradients NaN."""
+  n_loops is static, or R = n_active (traced) in a program compiled for n_loops = R_max. health = [first step
+  with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the device and read only where the
+  host syncs anyway. poison (a debug fault, a separate compilation so that every other step runs the unchanged
+  program) makes the gradients NaN."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing), has_aux=True)
-  (loss, acc), grads = grad_fn(state["params"], batch, rng)
+                                                 label_smoothing=label_smoothing, backprop=backprop), has_aux=True)
+  (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
   if poison:
     grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -86,20 +89,36 @@ def train_step(state, batch, rng, step, health, *, model, tx, n_loops: int, labe
 
 
 class StepFunctions:
-  """One jitted, sharded, state-donating step per loop count R, compiled on first use and cached."""
+  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached.
 
-  def __init__(self, model, tx, mesh, label_smoothing: float):
+  max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
+  (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
+  """
+
+  def __init__(self, model, tx, mesh, label_smoothing: float, backprop: loop.Backprop = loop.FULL,
+               max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
+    self.backprop, self.max_loops = backprop, max_loops
     self._cache = {}
 
-  def __call__(self, n_loops: int, poison: bool = False):
-    if (n_loops, poison) not in self._cache:
+  def _compiled(self, n_loops: int, masked: bool, poison: bool):
+    if (n_loops, masked, poison) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing, poison=poison)
+                             label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      self._cache[n_loops, poison] = jax.jit(fn, in_shardings=(rep, dat, rep, rep, rep),
-                                             out_shardings=(rep, rep, rep), donate_argnums=0)
-    return self._cache[n_loops, poison]
+      shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
+      self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep),
+                                                     donate_argnums=0)
+    return self._cache[n_loops, masked, poison]
+
+  def __call__(self, n_loops: int, poison: bool = False):
+    """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
+    if not self.max_loops:
+      return self._compiled(n_loops, False, poison)
+    if not 1 <= n_loops <= self.max_loops:
+      raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
+    fn = self._compiled(self.max_loops, True, poison)
+    return lambda state, batch, rng, step, health: fn(state, batch, rng, step, health, jnp.int32(n_loops))
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
@@ -201,7 +220,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   sharding.check_batch(cfg.batch_size, mesh)
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing)
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),
+                          max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
   fingerprint = checkpoint.task_fingerprint(task)

@@ -87,7 +87,7 @@ def test_restore_falls_back_to_an_older_step(tmp_path, capsys, how):
   ckpt.close()
   assert step == 1 and meta["stage"] == 1 and float(state["params"]["w"][0]) == 1.0 and next(it) == 1
   err = capsys.readouterr().err
-  assert f"step 2 is unreadable" in err and "using step 1" in err, err
+  assert "step 2 is unreadable" in err and "using step 1" in err, err
   assert os.path.isdir(directory + ".corrupt-2") and sorted(os.listdir(directory)) == ["1"]
   record(fault=f"newest checkpoint {how} (unit)", injected=1, survived=1, lost=0)
 

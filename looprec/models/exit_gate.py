@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from looprec import loop
 from looprec.config import ModelConfig
 from looprec.models.base import answer_cross_entropy
 from looprec.models.prelude_core_coda import PreludeCoreCoda
@@ -46,13 +47,19 @@ class ExitGate(PreludeCoreCoda):
     h_BxD = nn.LayerNorm(self.cfg.ln_eps).apply({"params": params["final_norm"]}, hidden_BxD.astype(jnp.float32))
     return jax.nn.sigmoid(h_BxD @ params["exit"]["kernel"] + params["exit"]["bias"])
 
-  def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0):
-    """(sum_t p(t) L_t - beta H(p), averaged over the batch; accuracy after the last loop)."""
+  def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
+           backprop: loop.Backprop = loop.FULL):
+    """(sum_t p(t) L_t - beta H(p), averaged over the batch; accuracy after the last loop). It reads every loop,
+    so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`)."""
+    if n_active is not None:
+      raise ValueError("model.kind=exit_gate reads every loop: it needs train.loop_programs=per_r")
+
     def readout(state, _):
       hidden_BxD = self.answer_hidden(params, state, batch["read_pos"])
       return self.head(params, hidden_BxD), self.exit_prob(params, hidden_BxD)
 
-    _, (logits_RxBxV, lam_RxB) = self.forward(params, batch["tokens"], n_loops, rng=rng, readout=readout)
+    _, (logits_RxBxV, lam_RxB) = self.forward(params, batch["tokens"], n_loops, rng=rng, readout=readout,
+                                              backprop=backprop)
     p_RxB = exit_distribution(lam_RxB)
     loss_RxB = answer_cross_entropy(logits_RxBxV, batch["target"], label_smoothing)
     entropy_B = -jnp.sum(jnp.where(p_RxB > 0, p_RxB * jnp.log(jnp.maximum(p_RxB, 1e-30)), 0.0), axis=0)

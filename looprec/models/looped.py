@@ -73,11 +73,14 @@ class Attention(nn.Module):
     q, k, v = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(k_dim)
-    logits_BxHxTxT = jnp.where(mask_Bx1xTxT, logits_BxHxTxT.astype(jnp.float32), -1e30)
-    probs = jax.nn.softmax(logits_BxHxTxT, axis=-1).astype(v.dtype)
-    probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
-    out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs, v)
+    if cfg.attention == "dot_product":  # XLA's fused attention (cuDNN flash attention on GPU); no probs dropout
+      out_BxTxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxT)
+    else:
+      logits_BxHxTxT = jnp.einsum("bqhk,bthk->bhqt", q, k) / math.sqrt(k_dim)
+      logits_BxHxTxT = jnp.where(mask_Bx1xTxT, logits_BxHxTxT.astype(jnp.float32), -1e30)
+      probs = jax.nn.softmax(logits_BxHxTxT, axis=-1).astype(v.dtype)
+      probs = nn.Dropout(cfg.attn_dropout)(probs, deterministic=deterministic)
+      out_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", probs, v)
     out = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), dtype=_dtype(cfg), kernel_init=_out_init(cfg), name="out")
     return out(out_BxTxHxK)
 

@@ -1,0 +1,128 @@
+"""Depth-loop variants are exact: one program for every R, per-loop remat, truncated backprop through depth."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from looprec import loop, models, sharding, train
+from looprec.config import ConfigError, ModelConfig, TrainConfig
+
+MODEL = models.build(ModelConfig(d_model=32, n_heads=2, n_layers=2, injection="add", attn_window=3), 11)
+PARAMS = MODEL.init(jax.random.PRNGKey(0), 7)
+
+
+def batch():
+  r = np.random.default_rng(0)
+  tokens = r.integers(1, 11, (8, 7)).astype(np.int32)
+  tokens[:, 5:] = 0
+  return {"tokens": jnp.asarray(tokens), "read_pos": jnp.full((8,), 4, jnp.int32),
+          "target": jnp.asarray(r.integers(1, 11, 8), jnp.int32)}
+
+
+@functools.partial(jax.jit, static_argnames=("n_loops", "backprop"))
+def grads(params, n_loops, n_active=None, backprop=loop.FULL):
+  loss = lambda p: train.loss_fn(p, batch(), None, n_active, model=MODEL, n_loops=n_loops, label_smoothing=0.0,
+                                 backprop=backprop)[0]
+  return jax.value_and_grad(loss)(params)
+
+
+def assert_close(a, b, atol):
+  chex.assert_trees_all_close(a, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("r", [1, 4])
+def test_one_program_to_r_max_equals_the_static_r_program(r):
+  """Loss and gradients of R loops in a program compiled for R_max = 6 equal those of the R-loop program."""
+  want, got = grads(PARAMS, r), grads(PARAMS, 6, jnp.int32(r))
+  assert not np.allclose(float(want[0]), float(grads(PARAMS, r + 1)[0]))  # R matters, so the check can fail
+  assert_close(got, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("remat", ["loop", "dots"])
+def test_remat_gives_the_same_loss_and_gradients(remat):
+  assert_close(grads(PARAMS, 5, backprop=loop.Backprop(remat)), grads(PARAMS, 5), atol=1e-6)
+  assert_close(grads(PARAMS, 5, jnp.int32(3), backprop=loop.Backprop(remat)), grads(PARAMS, 3), atol=2e-6)
+
+
+def reference_truncated(params, n_loops, k):
+  """Autodiff of an explicit Python loop whose state is stop_gradient-ed after the first n_loops - k loops."""
+  b = batch()
+
+  def loss(p):
+    h, step = MODEL.loop_step(p, b["tokens"])
+    for t in range(n_loops):
+      if t == n_loops - k:
+        h = jax.lax.stop_gradient(h)
+      h, _ = step(h, jnp.int32(t), None)
+    logits = MODEL.head(p, MODEL.answer_hidden(p, h, b["read_pos"]))
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), b["target"][:, None], 1))
+
+  return jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_truncated_backprop_equals_the_explicit_stop_gradient_reference(k):
+  got = grads(PARAMS, 5, backprop=loop.Backprop(last_loops=k))
+  assert_close(got, reference_truncated(PARAMS, 5, k), atol=1e-6)
+  full = grads(PARAMS, 5)
+  assert np.isclose(float(got[0]), float(full[0]))  # the forward pass is unchanged
+  assert not np.allclose(got[1]["block"]["layer_0"]["fc"]["kernel"], full[1]["block"]["layer_0"]["fc"]["kernel"])
+  with_remat = grads(PARAMS, 5, backprop=loop.Backprop("loop", last_loops=k))
+  assert_close(with_remat, got, atol=1e-6)
+
+
+def test_truncation_at_or_beyond_r_is_full_backprop():
+  assert_close(grads(PARAMS, 3, backprop=loop.Backprop(last_loops=3)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, backprop=loop.Backprop(last_loops=9)), grads(PARAMS, 3), atol=0)
+
+
+def temp_bytes(n_loops, backprop):
+  b = batch()
+  fn = jax.jit(lambda p: jax.grad(lambda q: train.loss_fn(q, b, None, model=MODEL, n_loops=n_loops,
+                                                            label_smoothing=0.0, backprop=backprop)[0])(p))
+  return fn.lower(PARAMS).compile().memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.slow
+def test_remat_and_truncation_flatten_activation_memory_in_r():
+  """Compiled temp memory from R=4 to R=64: grows with R by default, much less with remat, not with truncation."""
+  grow = {name: temp_bytes(64, bp) / temp_bytes(4, bp)
+          for name, bp in {"off": loop.FULL, "loop": loop.Backprop("loop"), "k=2": loop.Backprop(last_loops=2)}.items()}
+  assert grow["off"] > 5
+  assert grow["loop"] < grow["off"] / 3
+  assert grow["k=2"] < 1.2
+
+
+def test_one_program_train_steps_match_per_r_steps():
+  """Three optimizer steps with R = 2, 4, 3 give the same losses and params either way, from one compile."""
+  mesh = sharding.make_mesh()
+  tx = train.make_optimizer(TrainConfig(warmup_steps=2))
+  runs = {}
+  for name, max_loops in (("per_r", 0), ("one", 4)):
+    fns = train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=max_loops)
+    state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
+    losses = []
+    for r in (2, 4, 3):
+      state, m, _ = fns(r)(state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(r), r,
+                           train.HEALTHY)
+      losses.append(float(m["loss"]))
+    runs[name] = (losses, state["params"], len(fns._cache))  # pylint: disable=protected-access
+  np.testing.assert_allclose(runs["one"][0], runs["per_r"][0], atol=1e-6)
+  assert_close(runs["one"][1], runs["per_r"][1], atol=1e-5)
+  assert (runs["per_r"][2], runs["one"][2]) == (3, 1)
+  with pytest.raises(ValueError, match="outside 1..4"):
+    train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=4)(5)
+
+
+def test_bad_depth_options_are_rejected():
+  with pytest.raises(ValueError, match="remat='all'"):
+    grads(PARAMS, 2, backprop=loop.Backprop("all"))
+  with pytest.raises(ValueError, match="readouts"):
+    MODEL.forward(PARAMS, batch()["tokens"], 3, n_active=jnp.int32(2), readout=lambda h, _: h)
+  for field, value, msg in (("remat", "all", "train.remat"), ("backprop_loops", -1, "train.backprop_loops"),
+                            ("loop_programs", "two", "train.loop_programs")):
+    with pytest.raises(ConfigError, match=msg):
+      TrainConfig(**{field: value}).validate()
