@@ -273,6 +273,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     if step == last_saved:  # already on disk (a resume that trains no step, a stop right after a save)
       return
     check_finite(health)
+    if writer:  # every point before this step on disk before the step is: a resume re-logs only what follows
+      writer.flush()
     meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "curves": curves,
             "model": name, "config": config_json, "data_fingerprint": fingerprint}
     ckpt.save(step, state, iterator, meta)

@@ -23,6 +23,9 @@ from conftest import ROOT, results_of, run_cli
 
 BASE = ["experiment", "depth_extrap", "--preset", "smoke", "train.steps=120", "train.checkpoint_every=20",
         "train.eval_every=40", "models.vanilla.steps=40"]
+# The kill test's run: long enough that twelve interruptions land while it trains, on a fast machine too.
+LONG = ["experiment", "depth_extrap", "--preset", "smoke", "train.steps=800", "train.checkpoint_every=20",
+        "train.eval_every=40", "models.vanilla.steps=200"]
 SHOWN = os.environ.get("LOOPREC_FAULT_LOG")  # a file to append one JSON line per injected fault (for the docs)
 
 
@@ -239,13 +242,17 @@ def models_equal(got, expected):
       assert got["models"][name][key] == m[key], (name, key, got["models"][name][key], m[key])
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-  """An uninterrupted run of BASE: (run folder, results)."""
-  proc = run_cli(*BASE, "--runs-dir", str(tmp_path_factory.mktemp("straight")))
+def _uninterrupted(args, runs_dir):
+  """(run folder, results) of an uninterrupted run."""
+  proc = run_cli(*args, "--runs-dir", runs_dir)
   assert proc.returncode == 0, proc.stderr[-2000:]
   path, results = results_of(proc)
   return os.path.dirname(path), results
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  return _uninterrupted(BASE, str(tmp_path_factory.mktemp("straight")))
 
 
 def _start(args):
@@ -295,15 +302,16 @@ def tb_points(tb_dir: str) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, straight):
+def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   """kill -9 at 10 moments (half of them while a checkpoint is being written), then a SIGTERM (exit 143) and a
   double Ctrl-C (exit 130), resuming after each: the result equals the uninterrupted run bitwise, no orbax
   temporary folder is left, and tensorboard shows every point once."""
+  straight = _uninterrupted(LONG, str(tmp_path / "straight"))
   rng = random.Random(12)
   runs_dir, run_dir, log = str(tmp_path / "runs"), None, []
   plan = ["random", "saving"] * 5 + ["sigterm", "double_sigint"]
   for i, how in enumerate(plan):
-    args = ["experiment", "depth_extrap", "--resume", run_dir] if run_dir else BASE + ["--runs-dir", runs_dir]
+    args = ["experiment", "depth_extrap", "--resume", run_dir] if run_dir else LONG + ["--runs-dir", runs_dir]
     proc = _start(args)
     if run_dir is None:
       link = os.path.join(runs_dir, "depth_extrap", "latest")
@@ -315,7 +323,7 @@ def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, strai
     if how == "saving":
       hit = _wait(lambda: _saving(run_dir), proc)
     else:
-      time.sleep(rng.uniform(0.0, 15.0) if started else 0)
+      time.sleep(rng.uniform(0.0, 4.0) if started else 0)
       hit = proc.poll() is None
     saving_now = _saving(run_dir)
     if how in ("random", "saving"):
