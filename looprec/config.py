@@ -269,7 +269,9 @@ class TrainConfig:
   debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off; its own compile)
   remat: str = "none"  # per-loop rematerialisation: none | loop (recompute each loop) | dots (keep its matmuls)
   backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
-  loop_programs: str = "per_r"  # per_r: one compiled step per drawn R | one: one step to R_max, later loops skipped
+  # per_r: one step per R, compiled when first drawn | ahead: the same steps, compiled at the start in background
+  # threads | one: one step to R_max whose scan skips the loops before the last R
+  loop_programs: str = "per_r"
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -286,7 +288,8 @@ class TrainConfig:
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
     _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
     _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
-    _check(self.loop_programs in ("per_r", "one"), f"train.loop_programs={self.loop_programs!r} is not per_r or one")
+    _check(self.loop_programs in ("per_r", "ahead", "one"),
+           f"train.loop_programs={self.loop_programs!r} is not per_r, ahead or one")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,9 +341,9 @@ def validate_experiment(cfg):
       cfg.model_cfg(name).validate()
     except ConfigError as e:
       raise ConfigError(f"models.{name}: {e}") from None
-    _check(cfg.train.loop_programs == "per_r" or cfg.model_cfg(name).kind != "exit_gate",
+    _check(cfg.train.loop_programs != "one" or cfg.model_cfg(name).kind != "exit_gate",
            f"train.loop_programs={cfg.train.loop_programs}: models.{name} (model.kind=exit_gate) reads every loop; "
-           "use per_r")
+           "use per_r or ahead")
     _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 

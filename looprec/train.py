@@ -2,6 +2,7 @@
 checkpoints with exact resume, tensorboard scalars, progress bar)."""
 from __future__ import annotations
 
+from concurrent import futures
 import contextlib
 import dataclasses
 import functools
@@ -89,7 +90,8 @@ def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_l
 
 
 class StepFunctions:
-  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached.
+  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached, or ahead
+  of use in background threads (`precompile`).
 
   max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
   (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
@@ -99,17 +101,40 @@ class StepFunctions:
                max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
     self.backprop, self.max_loops = backprop, max_loops
-    self._cache = {}
+    self._cache = {}  # (n_loops, masked, poison) -> the jitted step, or a Future of its compiled program
+    self._pool = None
+
+  def _jit(self, n_loops: int, masked: bool, poison: bool):
+    fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                           label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
+    rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
+    shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
+    return jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep), donate_argnums=0)
 
   def _compiled(self, n_loops: int, masked: bool, poison: bool):
     if (n_loops, masked, poison) not in self._cache:
-      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
-      rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
-      self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep),
-                                                     donate_argnums=0)
-    return self._cache[n_loops, masked, poison]
+      self._cache[n_loops, masked, poison] = self._jit(n_loops, masked, poison)
+    step = self._cache[n_loops, masked, poison]
+    return step.result() if isinstance(step, futures.Future) else step
+
+  def precompile(self, loop_counts, example_args):
+    """Starts compiling the per-R steps of loop_counts (max_loops = 0), in that order, in background threads
+    (half the CPU cores, at least one): a step then waits only for its own R's program. example_args =
+    (state, batch, rng, step, health) shaped as the steps will be called. The programs are those that lazy
+    compilation builds; close() cancels the compiles not yet started."""
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type) if isinstance(x, jax.Array) else x,
+        example_args)  # shapes only: the state itself is donated by the first step
+    self._pool = self._pool or futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), "precompile")
+    for n_loops in loop_counts:
+      if (n_loops, False, False) not in self._cache:
+        jitted = self._jit(n_loops, False, False)
+        self._cache[n_loops, False, False] = self._pool.submit(lambda j=jitted: j.lower(*abstract).compile())
+
+  def close(self):
+    """Cancels the background compiles not yet started (one in progress finishes in its thread)."""
+    if self._pool:
+      self._pool.shutdown(wait=False, cancel_futures=True)
 
   def __call__(self, n_loops: int, poison: bool = False):
     """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
@@ -126,6 +151,19 @@ def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
   if rec.kind == "fixed":
     return rec.loops
   return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
+
+
+AHEAD_STEPS = 1000  # train.loop_programs=ahead compiles the R values drawn in this many steps; later ones when met
+
+
+def first_draws(rec: Recurrence, seed: int, start: int, stop: int) -> list[int]:
+  """The distinct R drawn at steps start..stop-1, in the order they first appear."""
+  seen = {}
+  for step in range(start, stop):
+    seen.setdefault(draw_loops(rec, seed, step), step)
+    if len(seen) == rec.max_loops - rec.min_loops + 1:
+      break
+  return list(seen)
 
 
 def init_state(model, tx, rng, seq_len: int, mesh) -> dict:
@@ -241,6 +279,10 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
       ckpt.close()
       return TrainResult(state["params"], step, stage, stages, elapsed, curves)
   iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
+  if cfg.loop_programs == "ahead":
+    example = sharding.put_batch(data.stage_dataset(task, stage, cfg.batch_size, step)[0], mesh)
+    step_fn.precompile(first_draws(rec, seed, step, min(steps, step + AHEAD_STEPS)),
+                       (state, example, key, step, HEALTHY))
   eval_loops = cfg.eval_loops or rec.max_loops
   check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
   eval_sets = task.monitor_splits(stage)
@@ -332,6 +374,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
       _log_train(writer, bar, *pending, stage, stage_acc)
     save()
   finally:
+    step_fn.close()
     ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
     ckpt.close()
     bar.close()

@@ -1,4 +1,6 @@
-"""Depth-loop variants are exact: one program for every R, per-loop remat, truncated backprop through depth."""
+"""Depth-loop variants are exact: one program for every R, steps compiled ahead, per-loop remat, truncated backprop
+through depth."""
+from concurrent import futures
 import functools
 
 import chex
@@ -115,6 +117,49 @@ def test_one_program_train_steps_match_per_r_steps():
   assert (runs["per_r"][2], runs["one"][2]) == (3, 1)
   with pytest.raises(ValueError, match="outside 1..4"):
     train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=4)(5)
+
+
+def test_steps_compiled_ahead_equal_lazily_compiled_ones():
+  """precompile builds, in background threads, the programs that lazy compilation builds: the same losses and
+  params bit for bit, and each step uses its precompiled program (no lazy jit behind it)."""
+  mesh = sharding.make_mesh()
+  tx = train.make_optimizer(TrainConfig(warmup_steps=2))
+  b = sharding.put_batch(jax.device_get(batch()), mesh)
+  runs = {}
+  for ahead in (False, True):
+    fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+    state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
+    if ahead:
+      fns.precompile([3, 2], (state, b, jax.random.PRNGKey(0), 0, train.HEALTHY))
+    losses = []
+    for step, r in enumerate((2, 3, 2)):
+      state, m, _ = fns(r)(state, b, jax.random.PRNGKey(r), step, train.HEALTHY)
+      losses.append(float(m["loss"]))
+    cache = fns._cache  # pylint: disable=protected-access
+    runs[ahead] = (losses, state["params"], {k: isinstance(v, futures.Future) for k, v in cache.items()})
+    fns.close()
+  assert runs[False][0] == runs[True][0]
+  chex.assert_trees_all_equal(runs[False][1], runs[True][1])
+  assert set(runs[True][2].values()) == {True} and not any(runs[False][2].values())
+
+
+def test_close_cancels_the_compiles_not_started():
+  """Closing (as training does when it stops) cancels queued compiles: at most the pool's threads finish theirs."""
+  mesh = sharding.make_mesh()
+  tx = train.make_optimizer(TrainConfig(warmup_steps=2))
+  fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+  state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
+  fns.precompile(range(1, 17), (state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(0), 0,
+                                train.HEALTHY))
+  fns.close()
+  compiles = list(fns._cache.values())  # pylint: disable=protected-access
+  started = [f for f in compiles if not f.cancelled()]
+  assert len(started) <= fns._pool._max_workers  # pylint: disable=protected-access
+  futures.wait(started, timeout=120)  # (futures.wait never returns for a future cancelled by shutdown)
+  assert all(f.done() and f.exception() is None for f in started)
+  for thread in fns._pool._threads:  # pylint: disable=protected-access
+    thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 def test_bad_depth_options_are_rejected():

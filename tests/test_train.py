@@ -127,3 +127,39 @@ def test_epoch_check_needs_a_finite_training_set():
     ChainDataConfig(curriculum=CurriculumConfig(check="epoch")).validate()
   with np.testing.assert_raises(ConfigError):
     ChainDataConfig(train_chains_per_hop=5, curriculum=CurriculumConfig(min_epochs=3)).validate()
+
+
+def test_training_with_steps_compiled_ahead_equals_lazy_compilation(tmp_path, monkeypatch):
+  """train.loop_programs=ahead trains bit for bit as per_r, on the precompiled programs; a run that stops at once
+  (a spent time budget) shuts the compile threads down on its way out."""
+  import jax
+  from concurrent import futures
+  from looprec import data, sharding
+  from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
+  from looprec.models.looped import LoopedTransformer
+  made = []
+
+  class Recorded(train.StepFunctions):
+    def __init__(self, *a, **k):
+      super().__init__(*a, **k)
+      made.append(self)
+
+  monkeypatch.setattr(train, "StepFunctions", Recorded)
+  task = data.make_task(ChainDataConfig(n_entities=8, n_relations=2, seq_len=6,
+                                        curriculum=CurriculumConfig(first_hop=2, last_hop=3, threshold=-1.0)))
+  model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2), task.vocab.size)
+  rec = Recurrence.parse("dynamic:2,1,3")
+  assert set(train.first_draws(rec, 0, 0, 8)) == {1, 2, 3}
+  params = {}
+  for mode, minutes in (("per_r", 0.0), ("ahead", 0.0), ("ahead", 1e-9)):
+    cfg = TrainConfig(batch_size=8, eval_every=5, checkpoint_every=100, log_every=100, loop_programs=mode,
+                      max_minutes=minutes)
+    result = train.train_model("m", model, rec, 8, cfg, task, sharding.make_mesh(), str(tmp_path / f"{mode}{minutes}"),
+                               0, {})
+    params[mode, minutes] = (result.steps, result.stages, result.params)
+  assert params["per_r", 0.0][:2] == params["ahead", 0.0][:2] == (8, [[0, 2], [5, 3]])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params["per_r", 0.0][2], params["ahead", 0.0][2])
+  per_r, ahead, stopped = made  # pylint: disable=protected-access
+  assert not any(isinstance(f, futures.Future) for f in per_r._cache.values())
+  assert {k[0] for k, f in ahead._cache.items() if isinstance(f, futures.Future)} == {1, 2, 3}
+  assert params["ahead", 1e-9][0] == 0 and stopped._pool._shutdown
