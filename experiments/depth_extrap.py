@@ -139,9 +139,9 @@ def run(cfg: Config, run_dir: str) -> dict:
   results.json and writes the plots, report.md and the files of `analysis.write`."""
   mesh = sharding.make_mesh()
   task = data.make_task(cfg.data)
-  splits = eval_splits(task, cfg.eval.max_hop)
-  results, analyses = {}, {}
+  results, analyses, splits = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
+    splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
     mrun = cfg.models[name]
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
                                             batch_size=cfg.eval.batch_size, answers=task.vocab.n_entities)

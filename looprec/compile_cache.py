@@ -13,13 +13,14 @@ def folder() -> str | None:
 
 
 def enable() -> str | None:
-  """Points JAX's persistent cache at folder() (programs that took >= 0.5 s to compile); returns the folder."""
+  """Points JAX's persistent cache at folder(), for every program (the many small ones that eager model init
+  compiles op by op too); returns the folder."""
   path = folder()
   if path is None:
     return None
   import jax  # pylint: disable=import-outside-toplevel  (the CLI imports jax only when it needs it)
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return path
