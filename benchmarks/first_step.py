@@ -8,7 +8,8 @@ temporary folder), and `<variant>_warm`, a second identical run over the cache i
 `python -m looprec experiment` (the CLI's own entry point) until the first model's first step is done (--until
 first) or until it has run a step at every R of its schedule (--until all_r), then exits. Every step is waited for
 (block_until_ready), so its compile (or the wait for its program) and its run are timed apart. Ratios are against
-the first variant (per_r cold by default).
+the first variant (per_r cold by default); with --rounds N the variants run N times in turn and the table shows each
+phase's fastest time (the machine's noise only ever adds).
 """
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ def parse():
   parser.add_argument("--preset", default="paper")
   parser.add_argument("--until", choices=("first", "all_r"), default="first")
   parser.add_argument("--variants", default="per_r,per_r_warm,one,ahead,ahead_warm")
+  parser.add_argument("--rounds", type=int, default=1, help="each variant this many times, interleaved; the "
+                      "table shows the fastest")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   args, overrides = parser.parse_known_args()
   args.variants = args.variants.split(",")
-  unknown = [v for v in args.variants if v not in VARIANTS]
-  if unknown:
-    parser.error(f"unknown variant {unknown[0]!r} (have {', '.join(VARIANTS)})")
+  for i, v in enumerate(args.variants):
+    if v not in VARIANTS or v in args.variants[:i]:
+      parser.error(f"variant {v!r} is unknown or repeated (have {', '.join(VARIANTS)})")
+    if v.endswith("_warm") and v.removesuffix("_warm") not in args.variants[:i]:
+      parser.error(f"variant {v!r} needs its cold run {v.removesuffix('_warm')!r} before it")
   return args, overrides
 
 
@@ -125,25 +130,28 @@ def main():
   if args.child:
     child(args, overrides)
     return
-  print(f"{args.experiment} --preset {args.preset} {' '.join(overrides)}, until {args.until}, "
+  print(f"{args.experiment} --preset {args.preset} {' '.join(overrides)}, until {args.until}, {args.rounds} rounds, "
         f"load average {os.getloadavg()[0]:.1f}", flush=True)
-  results = {}
-  with tempfile.TemporaryDirectory() as caches:
-    for variant in args.variants:
-      cache = os.path.join(caches, variant.removesuffix("_warm"))
-      if not variant.endswith("_warm") and os.path.exists(cache):
-        raise SystemExit(f"error: variant {variant} listed twice")
-      results[variant] = phases(measure(args, overrides, variant, cache))
-      print(f"  {variant} done, load average {os.getloadavg()[0]:.1f}", flush=True)
-  base = results[args.variants[0]]
-  rows = list(PHASES) + ["ready to step", "first step done"]
-  if args.until == "all_r":
-    rows += ["steps", "compile waits, all steps", "runs, all steps", "last step done"]
-  print(f"{'seconds':>26} | " + " | ".join(f"{v:>10}" for v in args.variants))
+  rounds = {v: [] for v in args.variants}
+  for i in range(args.rounds):
+    with tempfile.TemporaryDirectory() as caches:
+      for variant in args.variants:
+        cache = os.path.join(caches, variant.removesuffix("_warm"))
+        rounds[variant].append(phases(measure(args, overrides, variant, cache)))
+        print(f"  round {i + 1}: {variant} done, load average {os.getloadavg()[0]:.1f}", flush=True)
+  best = {v: {k: min(r[k] for r in runs) for k in runs[0]} for v, runs in rounds.items()}
+  base = best[args.variants[0]]
+  totals = ("ready to step", "first step done") + (("last step done",) if args.until == "all_r" else ())
+  rows = list(PHASES) + list(totals[:2]) + (["steps", "compile waits, all steps", "runs, all steps", totals[2]]
+                                            if args.until == "all_r" else [])
+  print(f"{f'seconds, fastest of {args.rounds}':>32} | " + " | ".join(f"{v:>10}" for v in args.variants))
   for row in rows:
-    print(f"{row:>26} | " + " | ".join(f"{results[v][row]:10.1f}" for v in args.variants))
-  for row in ("ready to step", "first step done") + (("last step done",) if args.until == "all_r" else ()):
-    print(f"{row + ', ratio':>26} | " + " | ".join(f"{base[row] / results[v][row]:9.2f}x" for v in args.variants))
+    print(f"{row:>32} | " + " | ".join(f"{best[v][row]:10.1f}" for v in args.variants))
+  for row in totals:
+    print(f"{row + ', ratio':>32} | " + " | ".join(f"{base[row] / best[v][row]:9.2f}x" for v in args.variants))
+  for row in totals:
+    print(f"{row + ', each round':>32} | " + " | ".join(f"{'/'.join(f'{r[row]:.0f}' for r in rounds[v]):>10}"
+                                                     for v in args.variants))
   print(f"load average {os.getloadavg()[0]:.1f}")
 
 
