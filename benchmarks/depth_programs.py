@@ -64,7 +64,7 @@ class Setup:
   def compiled(self, n_loops, backprop=loop.FULL, max_loops=0):
     """(compiled step for R = n_loops, seconds to lower and compile it)."""
     start = time.perf_counter()
-    jitted = self.steps(backprop, max_loops)._compiled(max_loops or n_loops, bool(max_loops), False)  # pylint: disable=protected-access
+    jitted = self.steps(backprop, max_loops).compiled(max_loops or n_loops, bool(max_loops), False, self.state)
     extra = (jax.numpy.int32(n_loops),) if max_loops else ()
     out = jitted.lower(self.state, self.batch, self.key, 0, train.HEALTHY, *extra).compile()
     return out, time.perf_counter() - start

@@ -270,6 +270,7 @@ class TrainConfig:
   remat: str = "none"  # per-loop rematerialisation: none | loop (recompute each loop) | dots (keep its matmuls)
   backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
   loop_programs: str = "per_r"  # per_r: one compiled step per drawn R | one: one step to R_max, later loops skipped
+  fsdp: int = 1  # N > 1: params and optimizer state split over a mesh axis of N devices (the data axis gets the rest)
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -287,6 +288,7 @@ class TrainConfig:
     _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
     _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
     _check(self.loop_programs in ("per_r", "one"), f"train.loop_programs={self.loop_programs!r} is not per_r or one")
+    _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
 
 
 @dataclasses.dataclass(frozen=True)

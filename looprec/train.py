@@ -89,7 +89,8 @@ def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_l
 
 
 class StepFunctions:
-  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached.
+  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached. The
+  state keeps its layout (`sharding.state_shardings` on the mesh) in and out, so its buffers are donated.
 
   max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
   (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
@@ -101,24 +102,30 @@ class StepFunctions:
     self.backprop, self.max_loops = backprop, max_loops
     self._cache = {}
 
-  def _compiled(self, n_loops: int, masked: bool, poison: bool):
+  def compiled(self, n_loops: int, masked: bool, poison: bool, state):
+    """The jitted step for R = n_loops (masked: R_max = n_loops, the active R an argument), its state layout
+    chosen from state's shapes."""
     if (n_loops, masked, poison) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
                              label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-      shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
-      self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep),
+      layout = sharding.state_shardings(state, self.mesh)
+      shardings = (layout, dat, rep, rep, rep) + ((rep,) if masked else ())
+      self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(layout, rep, rep),
                                                      donate_argnums=0)
     return self._cache[n_loops, masked, poison]
 
   def __call__(self, n_loops: int, poison: bool = False):
     """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
-    if not self.max_loops:
-      return self._compiled(n_loops, False, poison)
-    if not 1 <= n_loops <= self.max_loops:
+    if self.max_loops and not 1 <= n_loops <= self.max_loops:
       raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
-    fn = self._compiled(self.max_loops, True, poison)
-    return lambda state, batch, rng, step, health: fn(state, batch, rng, step, health, jnp.int32(n_loops))
+    active = (jnp.int32(n_loops),) if self.max_loops else ()
+
+    def run(state, batch, rng, step, health):
+      fn = self.compiled(self.max_loops or n_loops, bool(self.max_loops), poison, state)
+      return fn(state, batch, rng, step, health, *active)
+
+    return run
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
@@ -128,10 +135,23 @@ def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
   return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
 
 
+def laid_out(fn, mesh, *args):
+  """fn(*args), a params or optimizer-state tree, in its `sharding.state_shardings` layout on the mesh. With an
+  `fsdp` axis it comes from a jitted program whose outputs are created split, so no leaf is ever whole on one
+  device; without one it is computed op by op and replicated, bitwise as before the axis existed (under jit the
+  normal draws of the init differ in the last bit)."""
+  if "fsdp" not in mesh.axis_names:
+    return jax.device_put(fn(*args), sharding.replicated(mesh))
+  return jax.jit(fn, out_shardings=sharding.state_shardings(jax.eval_shape(fn, *args), mesh))(*args)
+
+
 def init_state(model, tx, rng, seq_len: int, mesh) -> dict:
-  params = model.init(rng, seq_len)
-  state = {"params": params, "opt_state": tx.init(params)}
-  return jax.device_put(state, sharding.replicated(mesh))
+  """{"params", "opt_state"} of a fresh model, laid out on the mesh."""
+  def init(rng):
+    params = model.init(rng, seq_len)
+    return {"params": params, "opt_state": tx.init(params)}
+
+  return laid_out(init, mesh, rng)
 
 
 @dataclasses.dataclass
@@ -323,8 +343,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
           eval_sets = task.monitor_splits(stage)
           stage_acc = float("nan")
           if cfg.restart_optimizer:
-            state = {"params": state["params"],
-                     "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
+            state = {"params": state["params"], "opt_state": laid_out(tx.init, mesh, state["params"])}
       if step % cfg.checkpoint_every == 0 and step < steps:
         save()
     if pending is not None:
