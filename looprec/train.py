@@ -18,7 +18,7 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, loop, sharding
-from looprec.config import Recurrence, TrainConfig
+from looprec.config import ConfigError, Recurrence, TrainConfig
 
 
 def schedule(cfg: TrainConfig):
@@ -238,6 +238,9 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   if agreed_stop(timed_out=False)[1]:
     raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
+  if mesh.shape.get("fsdp", 1) != cfg.fsdp:
+    raise ConfigError(f"train.fsdp={cfg.fsdp}, but the mesh splits parameters over {mesh.shape.get('fsdp', 1)} "
+                      "devices (make it with sharding.make_mesh(train.fsdp))")
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
   step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),

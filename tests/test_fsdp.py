@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import results_of, run_cli
 
 # A tiny looped model (dropout, dynamic R in one program, clipping, Grokfast, AdamW) trained 4 steps on a mesh of
 # every device, once for each train.fsdp in argv[2] (one device: train.fsdp=1 only). The state of the first layout
@@ -161,3 +161,34 @@ def test_bad_fsdp_one_line_exit_2_nothing_written(tmp_path, value, message):
                  str(tmp_path), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
   assert proc.returncode == 2 and proc.stderr.strip() == message, proc.stderr
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_experiment_resumes_in_another_layout_and_analyzes_on_fewer_devices(tmp_path):
+  """The smoke preset on 4 devices with train.fsdp=2, stopped at step 30 and resumed with train.fsdp=4, ends with
+  the curriculum stages and (within 1e-4 of each leaf's norm) the parameters of an uninterrupted train.fsdp=1
+  run; `analyze` on 2 devices loads it split over 2 (train.fsdp=4 does not divide 2) and reproduces the run's
+  sweep."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from looprec import experiment  # pylint: disable=import-outside-toplevel
+  devices = lambda n: {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "LOOPREC_CACHE": "off"}
+  base = ["experiment", "depth_extrap", "--preset", "smoke", "models.vanilla.steps=10", "--runs-dir", str(tmp_path)]
+  reference, _ = results_of(run_cli(*base, "train.steps=60", env=devices(4)))
+  stopped, _ = results_of(run_cli(*base, "train.steps=30", "train.fsdp=2", env=devices(4)))
+  run_dir = os.path.dirname(stopped)
+  resumed, results = results_of(run_cli("experiment", "depth_extrap", "--resume", run_dir, "train.steps=60",
+                                        "train.fsdp=4", env=devices(4)))
+  with open(reference) as f:
+    expected = json.load(f)
+  assert results["models"]["looped"]["stages"] == expected["models"]["looped"]["stages"]
+  ours, theirs = experiment.load_run(run_dir), experiment.load_run(os.path.dirname(reference))
+  assert ours.cfg.train.fsdp == 4
+  flat = lambda params: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  for name in ("looped", "vanilla"):
+    _close(flat(ours.params[name]), flat(theirs.params[name]), 1e-4)
+  proc = run_cli("analyze", run_dir, "--max-loops", "8", "--policy", "argmax", env=devices(2))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    sweep = json.load(f)["models"]["looped"]["sweep"]
+  for split, by_r in results["models"]["looped"]["accuracy"].items():
+    np.testing.assert_allclose([sweep[split][r] for r in by_r], list(by_r.values()), atol=1e-6)
