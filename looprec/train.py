@@ -56,25 +56,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
-            backprop: loop.Backprop = loop.FULL):
+            scan: loop.Scan = loop.PLAIN):
   """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
   kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
   return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
-                    backprop=backprop)
+                    scan=scan)
 
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
 
 
 def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
-               poison: bool = False, backprop: loop.Backprop = loop.FULL):
+               poison: bool = False, scan: loop.Scan = loop.PLAIN):
   """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
   n_loops is static, or R = n_active (traced) in a program compiled for n_loops = R_max. health = [first step
   with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the device and read only where the
   host syncs anyway. poison (a debug fault, a separate compilation so that every other step runs the unchanged
   program) makes the gradients NaN."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing, backprop=backprop), has_aux=True)
+                                                 label_smoothing=label_smoothing, scan=scan), has_aux=True)
   (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
   if poison:
     grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
@@ -95,16 +95,16 @@ class StepFunctions:
   (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
   """
 
-  def __init__(self, model, tx, mesh, label_smoothing: float, backprop: loop.Backprop = loop.FULL,
+  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN,
                max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
-    self.backprop, self.max_loops = backprop, max_loops
+    self.scan, self.max_loops = scan, max_loops
     self._cache = {}
 
   def _compiled(self, n_loops: int, masked: bool, poison: bool):
     if (n_loops, masked, poison) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
+                             label_smoothing=self.label_smoothing, poison=poison, scan=self.scan)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
       shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
       self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep),
@@ -220,7 +220,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   sharding.check_batch(cfg.batch_size, mesh)
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops),
                           max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
