@@ -17,7 +17,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, loop, sharding
+from looprec import checkpoint, data, eval as evaluation, loop, sharding, throughput
 from looprec.config import Recurrence, TrainConfig
 
 
@@ -99,7 +99,12 @@ class StepFunctions:
                max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
     self.scan, self.max_loops = scan, max_loops
-    self._cache = {}
+    self._cache, self._flops = {}, {}
+
+  @property
+  def n_programs(self) -> int:
+    """Programs compiled so far (a program compiles on its first call)."""
+    return len(self._cache)
 
   def _compiled(self, n_loops: int, masked: bool, poison: bool):
     if (n_loops, masked, poison) not in self._cache:
@@ -110,6 +115,19 @@ class StepFunctions:
       self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep),
                                                      donate_argnums=0)
     return self._cache[n_loops, masked, poison]
+
+  def flops(self, n_loops: int, state, batch) -> float | None:
+    """Model FLOPs of one step with n_loops loops on batch (global, all devices): XLA's cost analysis of the step
+    lowered with its depth loop unrolled (a while-loop body is counted once) and without remat recomputation; None
+    where the backend gives no count."""
+    if n_loops not in self._flops:
+      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                             label_smoothing=self.label_smoothing,
+                             scan=dataclasses.replace(self.scan, unroll=n_loops, remat="none"))
+      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+      cost = jax.jit(fn).lower(*shapes, jax.random.PRNGKey(0), 0, HEALTHY).cost_analysis() or {}
+      self._flops[n_loops] = cost.get("flops") or None
+    return self._flops[n_loops]
 
   def __call__(self, n_loops: int, poison: bool = False):
     """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
@@ -253,6 +271,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         writer.add_scalar(f"eval/{split}", points[-1][1], step)
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
                   mininterval=1.0)
+  meter = throughput.Meter(lambda n_loops: step_fn.flops(n_loops, state, batch),
+                           lambda: throughput.peak_flops(model.cfg.dtype), mesh.devices.size)
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
   started, stage_acc, pending, pending_health = time.time() - elapsed, float("nan"), None, None
   health = jax.device_put(HEALTHY, sharding.replicated(mesh))
@@ -291,11 +311,18 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     while step < steps and not should_stop():
       n_loops = draw_loops(rec, seed, step)
       batch = sharding.put_batch(next(iterator), mesh)
+      n_programs = step_fn.n_programs
       state, metrics, health = step_fn(n_loops, step == cfg.debug_nan_step)(state, batch,
                                                                             jax.random.fold_in(key, step + 1), step, health)
+      if step_fn.n_programs > n_programs:  # compiling is not training: the rates start after it
+        meter.restart()
+      else:
+        meter.count(n_loops)
       if pending is not None:  # fetched one step late so the device never waits for the host
         check_finite(pending_health)  # before logging: no NaN reaches tensorboard
-        _log_train(writer, bar, *pending, stage, stage_acc)
+        rates = meter.rates(batch["tokens"].shape) if jax.process_index() == 0 else {}
+        _log_train(writer, bar, *pending, stage, stage_acc, rates)
+        meter.restart()
         pending = None
       if step % cfg.log_every == 0:
         lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
@@ -314,6 +341,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         for listener in EVAL_LISTENERS:
           listener(name, step, dict(accuracy))
         stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+        meter.restart()
         if gate and step < steps and curriculum.advances(stage, accuracy,
                                                          curriculum.epochs(stages, step, cfg.batch_size)):
           stage += 1
@@ -327,9 +355,10 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
                      "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
       if step % cfg.checkpoint_every == 0 and step < steps:
         save()
+        meter.restart()
     if pending is not None:
       check_finite(pending_health)
-      _log_train(writer, bar, *pending, stage, stage_acc)
+      _log_train(writer, bar, *pending, stage, stage_acc, {})
     save()
   finally:
     ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
@@ -347,13 +376,22 @@ def _say(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):
+def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc, rates):
+  """Train metrics of a step to the progress bar and tensorboard, with the throughput `rates` since the last log
+  (`throughput.Meter.rates`; {} for none)."""
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
   curriculum = {} if np.isnan(stage_acc) else {"hop": stage, "eval": f"{stage_acc:.2f}"}
-  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", R=n_loops, **curriculum, refresh=False)
+  speed = {"ex/s": f"{rates['examples_per_second']:.3g}", "tok/s": f"{rates['tokens_per_second']:.3g}"} if rates else {}
+  if rates.get("mfu") is not None:
+    speed["MFU"] = f"{rates['mfu']:.1%}"
+  bar.set_postfix({"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}", "R": n_loops, **curriculum, **speed},
+                  refresh=False)
   if writer:
     for k, v in m.items():
       writer.add_scalar(f"train/{k}", v, step)
+    for k, v in rates.items():
+      if v is not None:
+        writer.add_scalar(f"train/{k}", v, step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/loops", n_loops, step)
     writer.add_scalar("train/stage_hop", stage, step)
