@@ -66,8 +66,8 @@ def check(dtype: str, args) -> dict:
   state = train.init_state(model, tx, jax.random.PRNGKey(0), t, mesh)
   steps = train.StepFunctions(model, tx, mesh, 0.0, max_loops=8)
   start = time.perf_counter()
-  compiled = steps._compiled(8, True, False).lower(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY,  # pylint: disable=protected-access
-                                                   jnp.int32(n_loops)).compile()
+  compiled = steps.compiled(8, True, False, state).lower(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY,
+                                                         jnp.int32(n_loops)).compile()
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
   step = steps(n_loops)

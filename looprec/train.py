@@ -17,7 +17,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, loop, sharding
+from looprec import checkpoint, data, eval as evaluation, loop, sharding, throughput
 from looprec.config import ConfigError, Recurrence, TrainConfig
 
 
@@ -56,25 +56,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
-            backprop: loop.Backprop = loop.FULL):
+            scan: loop.Scan = loop.PLAIN):
   """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
   kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
   return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
-                    backprop=backprop)
+                    scan=scan)
 
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
 
 
 def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
-               poison: bool = False, backprop: loop.Backprop = loop.FULL):
+               poison: bool = False, scan: loop.Scan = loop.PLAIN):
   """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
   n_loops is static, or R = n_active (traced) in a program compiled for n_loops = R_max. health = [first step
   with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the device and read only where the
   host syncs anyway. poison (a debug fault, a separate compilation so that every other step runs the unchanged
   program) makes the gradients NaN."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing, backprop=backprop), has_aux=True)
+                                                 label_smoothing=label_smoothing, scan=scan), has_aux=True)
   (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
   if poison:
     grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
@@ -96,24 +96,42 @@ class StepFunctions:
   (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
   """
 
-  def __init__(self, model, tx, mesh, label_smoothing: float, backprop: loop.Backprop = loop.FULL,
+  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN,
                max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
-    self.backprop, self.max_loops = backprop, max_loops
-    self._cache = {}
+    self.scan, self.max_loops = scan, max_loops
+    self._cache, self._flops = {}, {}
+
+  @property
+  def n_programs(self) -> int:
+    """Programs compiled so far (a program compiles on its first call)."""
+    return len(self._cache)
 
   def compiled(self, n_loops: int, masked: bool, poison: bool, state):
     """The jitted step for R = n_loops (masked: R_max = n_loops, the active R an argument), its state layout
     chosen from state's shapes."""
     if (n_loops, masked, poison) not in self._cache:
       fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
+                             label_smoothing=self.label_smoothing, poison=poison, scan=self.scan)
       rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
       layout = sharding.state_shardings(state, self.mesh)
       shardings = (layout, dat, rep, rep, rep) + ((rep,) if masked else ())
       self._cache[n_loops, masked, poison] = jax.jit(fn, in_shardings=shardings, out_shardings=(layout, rep, rep),
                                                      donate_argnums=0)
     return self._cache[n_loops, masked, poison]
+
+  def flops(self, n_loops: int, state, batch) -> float | None:
+    """Model FLOPs of one step with n_loops loops on batch (global, all devices): XLA's cost analysis of the step
+    lowered with its depth loop unrolled (a while-loop body is counted once) and without remat recomputation; None
+    where the backend gives no count."""
+    if n_loops not in self._flops:
+      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                             label_smoothing=self.label_smoothing,
+                             scan=dataclasses.replace(self.scan, unroll=n_loops, remat="none"))
+      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+      cost = jax.jit(fn).lower(*shapes, jax.random.PRNGKey(0), 0, HEALTHY).cost_analysis() or {}
+      self._flops[n_loops] = cost.get("flops") or None
+    return self._flops[n_loops]
 
   def __call__(self, n_loops: int, poison: bool = False):
     """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
@@ -243,7 +261,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
                       "devices (make it with sharding.make_mesh(train.fsdp))")
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops),
                           max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
@@ -276,6 +294,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         writer.add_scalar(f"eval/{split}", points[-1][1], step)
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
                   mininterval=1.0)
+  meter = throughput.Meter(lambda n_loops: step_fn.flops(n_loops, state, batch),
+                           lambda: throughput.peak_flops(model.cfg.dtype), mesh.devices.size)
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
   started, stage_acc, pending, pending_health = time.time() - elapsed, float("nan"), None, None
   health = jax.device_put(HEALTHY, sharding.replicated(mesh))
@@ -314,11 +334,18 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     while step < steps and not should_stop():
       n_loops = draw_loops(rec, seed, step)
       batch = sharding.put_batch(next(iterator), mesh)
+      n_programs = step_fn.n_programs
       state, metrics, health = step_fn(n_loops, step == cfg.debug_nan_step)(state, batch,
                                                                             jax.random.fold_in(key, step + 1), step, health)
+      if step_fn.n_programs > n_programs:  # compiling is not training: the rates start after it
+        meter.restart()
+      else:
+        meter.count(n_loops)
       if pending is not None:  # fetched one step late so the device never waits for the host
         check_finite(pending_health)  # before logging: no NaN reaches tensorboard
-        _log_train(writer, bar, *pending, stage, stage_acc)
+        rates = meter.rates(batch["tokens"].shape) if jax.process_index() == 0 else {}
+        _log_train(writer, bar, *pending, stage, stage_acc, rates)
+        meter.restart()
         pending = None
       if step % cfg.log_every == 0:
         lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
@@ -337,6 +364,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         for listener in EVAL_LISTENERS:
           listener(name, step, dict(accuracy))
         stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+        meter.restart()
         if gate and step < steps and curriculum.advances(stage, accuracy,
                                                          curriculum.epochs(stages, step, cfg.batch_size)):
           stage += 1
@@ -349,9 +377,10 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
             state = {"params": state["params"], "opt_state": laid_out(tx.init, mesh, state["params"])}
       if step % cfg.checkpoint_every == 0 and step < steps:
         save()
+        meter.restart()
     if pending is not None:
       check_finite(pending_health)
-      _log_train(writer, bar, *pending, stage, stage_acc)
+      _log_train(writer, bar, *pending, stage, stage_acc, {})
     save()
   finally:
     ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
@@ -369,13 +398,22 @@ def _say(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):
+def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc, rates):
+  """Train metrics of a step to the progress bar and tensorboard, with the throughput `rates` since the last log
+  (`throughput.Meter.rates`; {} for none)."""
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
   curriculum = {} if np.isnan(stage_acc) else {"hop": stage, "eval": f"{stage_acc:.2f}"}
-  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", R=n_loops, **curriculum, refresh=False)
+  speed = {"ex/s": f"{rates['examples_per_second']:.3g}", "tok/s": f"{rates['tokens_per_second']:.3g}"} if rates else {}
+  if rates.get("mfu") is not None:
+    speed["MFU"] = f"{rates['mfu']:.1%}"
+  bar.set_postfix({"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}", "R": n_loops, **curriculum, **speed},
+                  refresh=False)
   if writer:
     for k, v in m.items():
       writer.add_scalar(f"train/{k}", v, step)
+    for k, v in rates.items():
+      if v is not None:
+        writer.add_scalar(f"train/{k}", v, step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/loops", n_loops, step)
     writer.add_scalar("train/stage_hop", stage, step)
