@@ -43,7 +43,8 @@ def measure(model, tx, fsdp: int, args) -> dict:
            "read_pos": rows, "target": rows}
   step = train.StepFunctions(model, tx, mesh, 0.0).compiled(args.loops, False, False, state)
   m = step.lower(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY).compile().memory_analysis()
-  per_device = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))
+  leaves = jax.tree_util.tree_leaves(state)
+  per_device = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
   return {"state": per_device / MIB, "arguments": m.argument_size_in_bytes / MIB,
           "outputs": m.output_size_in_bytes / MIB, "aliased": m.alias_size_in_bytes / MIB,
           "temporaries": m.temp_size_in_bytes / MIB,
