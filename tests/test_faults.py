@@ -11,7 +11,6 @@ import random
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
