@@ -58,13 +58,13 @@ class Setup:
     self.state = train.init_state(self.model, self.tx, jax.random.PRNGKey(0), args.seq_len, self.mesh)
     self.key = jax.random.PRNGKey(1)
 
-  def steps(self, backprop=loop.FULL, max_loops=0):
-    return train.StepFunctions(self.model, self.tx, self.mesh, 0.0, backprop, max_loops)
+  def steps(self, scan=loop.PLAIN, max_loops=0):
+    return train.StepFunctions(self.model, self.tx, self.mesh, 0.0, scan, max_loops)
 
-  def compiled(self, n_loops, backprop=loop.FULL, max_loops=0):
+  def compiled(self, n_loops, scan=loop.PLAIN, max_loops=0):
     """(compiled step for R = n_loops, seconds to lower and compile it)."""
     start = time.perf_counter()
-    jitted = self.steps(backprop, max_loops)._compiled(max_loops or n_loops, bool(max_loops), False)  # pylint: disable=protected-access
+    jitted = self.steps(scan, max_loops).compiled(max_loops or n_loops, bool(max_loops), False, self.state)
     extra = (jax.numpy.int32(n_loops),) if max_loops else ()
     out = jitted.lower(self.state, self.batch, self.key, 0, train.HEALTHY, *extra).compile()
     return out, time.perf_counter() - start
@@ -82,7 +82,7 @@ def part_compile(s: Setup):
 
 
 def part_memory(s: Setup):
-  modes = {"off": loop.FULL, "remat=loop": loop.Backprop("loop"), "backprop_loops=4": loop.Backprop(last_loops=4)}
+  modes = {"off": loop.PLAIN, "remat=loop": loop.Scan(remat="loop"), "backprop_loops=4": loop.Scan(last_loops=4)}
   print(f"{'compiled memory, MiB':>22} | " + " | ".join(f"R={r:<2d} peak   temp" for r in (4, 16, 64)))
   for name, bp in modes.items():
     cells = []

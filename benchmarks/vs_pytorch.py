@@ -6,12 +6,15 @@
 The PyTorch model is what the paper's code runs: Hugging Face `GPT2Block`s (L of them) looped R times in Python,
 no position embeddings (NoPE), a final LayerNorm and a head tied to the token embedding; the loss is the
 cross-entropy of the answer token at each example's answer position; AdamW with weight decay on matrices only.
-looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32; with the default
-einsum attention and with `model.attention=dot_product`) through
-`looprec.models.build` and `looprec.train.StepFunctions` (forward, backward and AdamW in one jitted program).
+looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32) through
+`looprec.models.build` and `looprec.train.StepFunctions` (forward, backward and AdamW in one jitted program): as
+configured by default, and with the options that change speed, not results (`--variants`: `train.unroll=R`,
+`train.remat=dots`, `model.attention=dot_product`, ...).
 Both see the same right-padded batch (pads masked as keys). Steps are timed in interleaved rounds (one block of
 steps per implementation per round, so machine noise hits all alike) and the median ms/step is printed with
-looprec's speed-up over each PyTorch variant. torch uses as many threads as XLA's CPU client (the CPUs this
+looprec's speed-up over each PyTorch variant, and each row's achieved GFLOP/s (the step's FLOPs from XLA's cost
+analysis of the unrolled step, the same model for all rows) against the best matmul rate each library reaches on
+this machine (a 2048 x 2048 float32 matmul): what bounds a step that is mostly matmuls. torch uses as many threads as XLA's CPU client (the CPUs this
 process may run on); eager PyTorch on one thread is shown too, since on a loaded machine torch's OpenMP threads
 lose time waiting for each other on small ops. The load average is printed: compare ratios from quiet runs.
 """
@@ -26,7 +29,7 @@ import time
 import jax
 import numpy as np
 
-from looprec import models, sharding, train
+from looprec import loop, models, sharding, throughput, train
 from looprec.config import ModelConfig, TrainConfig
 
 # (d_model, n_heads, n_layers, R, batch, seq_len, vocab): the tiny cpu depth preset, the issue's middle shape with
@@ -48,16 +51,30 @@ def make_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -
           "target": rng.integers(1, vocab, batch).astype(np.int32)}
 
 
-def looprec_step(shape, train_cfg: TrainConfig, batch: dict, attention: str = "einsum"):
+# looprec rows: name -> (model.attention, loop.Scan given R); the first is the default configuration.
+VARIANTS = {
+    "looprec": ("einsum", lambda r: loop.PLAIN),
+    "unroll=R": ("einsum", lambda r: loop.Scan(unroll=r)),
+    "remat=dots": ("einsum", lambda r: loop.Scan(remat="dots")),
+    "unroll=R+remat=dots": ("einsum", lambda r: loop.Scan(unroll=r, remat="dots")),
+    "attention=dot_product": ("dot_product", lambda r: loop.PLAIN),
+}
+
+
+def looprec_step(shape, train_cfg: TrainConfig, batch: dict, variant: str):
+  """(run(n), the step's FLOPs) for a looprec VARIANTS row."""
   d, h, n_layers, n_loops, _, seq_len, vocab = shape
+  attention, scan = VARIANTS[variant]
   cfg = ModelConfig(d_model=d, n_heads=h, n_layers=n_layers, pos_emb="none", injection="none", attn_window=0,
                     attention=attention)
   model = models.build(cfg, vocab)
   tx = train.make_optimizer(train_cfg)
   mesh = sharding.make_mesh()
-  step_fn = train.StepFunctions(model, tx, mesh, 0.0)(n_loops)
+  steps = train.StepFunctions(model, tx, mesh, 0.0, scan(n_loops))
+  step_fn = steps(n_loops)
   state = train.init_state(model, tx, jax.random.PRNGKey(0), seq_len, mesh)
   device_batch = sharding.put_batch(batch, mesh)
+  flops = steps.flops(n_loops, state, device_batch)
   key = jax.random.PRNGKey(1)
   holder = {"state": state}
 
@@ -65,10 +82,24 @@ def looprec_step(shape, train_cfg: TrainConfig, batch: dict, attention: str = "e
     for _ in range(n):
       holder["state"], metrics, _ = step_fn(holder["state"], device_batch, key, 0, train.HEALTHY)
     jax.block_until_ready(metrics)
-  return run
+  return run, flops
 
 
-def torch_steps(shape, train_cfg: TrainConfig, batch: dict, compile_modes):
+def torch_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` float32 n x n torch matmuls (as many threads as XLA uses)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  a = torch.ones(n, n)
+  a @ a  # pylint: disable=pointless-statement
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ a  # pylint: disable=pointless-statement
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def torch_steps(shape, train_cfg: TrainConfig, batch: dict, compile_modes, single_thread: bool = True):
   """{name: run(n)} for PyTorch eager and each torch.compile mode that compiles on this machine."""
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
@@ -105,7 +136,7 @@ def torch_steps(shape, train_cfg: TrainConfig, batch: dict, compile_modes):
   threads = len(os.sched_getaffinity(0))
   tensors = [torch.from_numpy(batch[k]).long() for k in ("tokens", "read_pos", "target")]
   runs = {}
-  variants = [("torch eager", None, threads), ("torch eager, 1 thread", None, 1)]
+  variants = [("torch eager", None, threads)] + ([("torch eager, 1 thread", None, 1)] if single_thread else [])
   variants += [(f"torch.compile({m})", m, threads) for m in compile_modes]
   for name, mode, n_threads in variants:
     torch.manual_seed(0)
@@ -141,15 +172,28 @@ def main():
   parser.add_argument("--steps", type=int, default=0, help="steps per round (0 = about 1 s of work, at least 1)")
   parser.add_argument("--paper-seq-len", type=int, default=50, help="T of the paper shape")
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+  parser.add_argument("--no-single-thread", action="store_true", help="skip eager torch on one thread")
+  parser.add_argument("--variants", default=",".join(VARIANTS),
+                      help=f"looprec rows, comma-separated from {', '.join(VARIANTS)} (looprec = the default)")
   args = parser.parse_args()
   names = args.shapes.split(",")
+  variants = ["looprec"] + [v for v in VARIANTS if v != "looprec" and v in args.variants.split(",")]
   for n in names:
     if n not in SHAPES:
       print(f"error: unknown shape {n!r} (choose from {', '.join(SHAPES)})", file=sys.stderr)
       sys.exit(2)
+  unknown = set(args.variants.split(",")) - set(VARIANTS)
+  if unknown:
+    print(f"error: unknown variant {sorted(unknown)[0]!r} (choose from {', '.join(VARIANTS)})", file=sys.stderr)
+    sys.exit(2)
   train_cfg = TrainConfig(grad_clip=0.0, warmup_steps=0)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} at start")
+  peaks = {"looprec": 0.0, "torch": 0.0}
+
+  def measure_peaks():  # the best seen so far: a measurement disturbed by other work only reads low
+    peaks["looprec"] = max(peaks["looprec"], throughput.cpu_matmul_peak.__wrapped__("float32"))
+    peaks["torch"] = max(peaks["torch"], torch_matmul_peak())
   for name in names:
     shape = SHAPES[name]
     if name == "paper":
@@ -157,9 +201,13 @@ def main():
     d, h, n_layers, n_loops, b, t, v = shape
     print(f"\n{name}: d={d} heads={h} L={n_layers} R={n_loops} B={b} T={t} vocab={v}")
     batch = make_batch(np.random.default_rng(0), b, t, v)
-    runs = {"looprec": looprec_step(shape, train_cfg, batch),
-            "looprec attention=dot_product": looprec_step(shape, train_cfg, batch, "dot_product")}
-    runs.update(torch_steps(shape, train_cfg, batch, [] if args.no_compile else ["default"]))
+    runs, flops = {}, {}
+    for v in variants:
+      runs[v], flops[v] = looprec_step(shape, train_cfg, batch, v)
+    runs.update(torch_steps(shape, train_cfg, batch, [] if args.no_compile else ["default"],
+                            not args.no_single_thread))
+    print(f"  {flops['looprec'] / 1e9:.1f} GFLOP per step")
+    measure_peaks()
     for run in runs.values():  # compile / warm up
       run(1)
     steps = args.steps
@@ -173,11 +221,20 @@ def main():
         start = time.perf_counter()
         run(steps)
         times[k].append((time.perf_counter() - start) / steps * 1e3)
+    measure_peaks()
     ms = {k: statistics.median(v) for k, v in times.items()}
+    best = min(m for k, m in ms.items() if k in VARIANTS)
     for k, m in ms.items():
-      ratio = "" if k == "looprec" else f"   looprec speed-up {m / ms['looprec']:.2f}x"
-      print(f"  {k:>30}: {m:9.1f} ms/step{ratio}")
+      rate = flops["looprec"] / m * 1e3
+      peak = peaks["looprec" if k in VARIANTS else "torch"]
+      if k in VARIANTS:
+        ratio = "" if k == "looprec" else f"   {ms['looprec'] / m:.2f}x the default's speed"
+      else:
+        ratio = f"   looprec speed-up {m / ms['looprec']:.2f}x, fastest looprec row {m / best:.2f}x"
+      print(f"  {k:>30}: {m:9.1f} ms/step  {rate / 1e9:5.0f} GFLOP/s ({rate / peak:4.0%} of matmul){ratio}")
     print(f"  load average {os.getloadavg()[0]:.1f}")
+  print("best float32 matmul rate (2048^3, best of the measurements before and after each shape): "
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def validate(cfg: Config):
   if cfg.eval.max_hop > fits:
     raise ConfigError(f"eval.max_hop={cfg.eval.max_hop} needs more than data.seq_len={cfg.data.seq_len} allows "
                       f"({fits} hops)")
-  sharding.check_batch(cfg.train.batch_size, sharding.make_mesh())
+  sharding.check_batch(cfg.train.batch_size, sharding.make_mesh(cfg.train.fsdp))
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
   if cfg.data.source != "generate":
@@ -137,7 +137,7 @@ def eval_splits(task, max_hop: int) -> dict:
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains, evaluates and analyzes every model; returns the `models`, `halting` and `margins` parts of
   results.json and writes the plots, report.md and the files of `analysis.write`."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
   results, analyses, splits = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):

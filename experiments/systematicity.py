@@ -118,7 +118,7 @@ def validate(cfg: Config):
   width = data.width(2, cfg.data.answer_at)
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < width:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < {width}, the length of a 2-hop query")
-  sharding.check_batch(cfg.train.batch_size, sharding.make_mesh())
+  sharding.check_batch(cfg.train.batch_size, sharding.make_mesh(cfg.train.fsdp))
   data.make_task(cfg.data)  # builds or reads the dataset: impossible sizes or a bad folder fail here
 
 
@@ -141,7 +141,7 @@ def evaluate_model(cfg: Config, task, name: str, params, mesh, max_loops: int | 
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains and evaluates every model; returns the `models`, `curves`, `stages` and `logit_lens` parts of
   results.json and writes grokking.png, logit_lens.png and report.md."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
   models, curves, lenses = {}, {}, {}
   for name, _, result in experiment.train_models(cfg, task, mesh, run_dir):
@@ -168,9 +168,9 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
   """The evaluation of `run` on a run folder's latest checkpoints (`python -m looprec analyze RUN [--max-loops
   N]`): writes analysis.json (accuracy sweep, final accuracy, logit lens per model) and the figures; returns its
   path. restored: model -> (params, checkpoint meta)."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
   task = data.make_task(cfg.data)
-  out = {name: evaluate_model(cfg, task, name, jax.device_put(params, sharding.replicated(mesh)), mesh, max_loops)
+  out = {name: evaluate_model(cfg, task, name, params, mesh, max_loops)
          for name, (params, _) in restored.items()}
   path = os.path.join(run_dir, "analysis.json")
   if jax.process_index() == 0:

@@ -90,7 +90,7 @@ def validate(cfg: Config):
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains and analyzes every model, then the training-free wrappers of the trained ones; returns the `models`,
   `halting` and `margins` parts of results.json and writes report.md, the heatmaps and `analysis.write`'s files."""
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
   splits = depth_extrap.eval_splits(task, cfg.eval.max_hop)
   analyze = lambda model, params: analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,

@@ -181,14 +181,13 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   task = run.task
   splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
-  mesh = sharding.make_mesh()
+  mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
   analyses, trained = {}, {}
   built = {name: models.build(model_cfg, task.vocab.size) for name, model_cfg in model_cfgs.items()}
   if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
     raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
   for name, model in built.items():
     params, meta = restored[name]
-    params = jax.device_put(params, sharding.replicated(mesh))
     analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
                                    cfg.eval.batch_size, answers=task.vocab.n_entities)
     trained[name] = meta["stage"]

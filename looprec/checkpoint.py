@@ -17,6 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from looprec import sharding
 from looprec.config import ConfigError
 
 ITEMS = ("state", "data", "meta")
@@ -160,13 +161,17 @@ def abstract_like(state):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def restore_params(directory: str, data_fingerprint: dict | None = None):
+def restore_params(directory: str, data_fingerprint: dict | None = None, mesh=None):
   """(params, meta) of the newest readable checkpoint under directory, for analysis; None when there is none.
-  An unreadable step is named on stderr and the next older one used (none left: ConfigError)."""
+  The state is read straight into its `sharding.state_shardings` layout on mesh (default: replicated over every
+  device), whatever devices it was saved from. An unreadable step is named on stderr and the next older one used
+  (none left: ConfigError)."""
   if not os.path.isdir(directory):
     return None
-  options = ocp.CheckpointManagerOptions(read_only=True)
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+  mesh = mesh or sharding.make_mesh()
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_handlers=handlers)
   failed = []
   try:
     for step in sorted(manager.all_steps(), reverse=True):
@@ -177,7 +182,10 @@ def restore_params(directory: str, data_fingerprint: dict | None = None):
         continue
       check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {directory} step {step}")
       try:
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding.leaf_sharding(m.shape, mesh)),
+            manager.item_metadata(step)["state"])
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
       except Exception as e:  # pylint: disable=broad-except
         failed.append((step, _reason(e)))
         continue

@@ -267,11 +267,13 @@ class TrainConfig:
   keep_checkpoints: int = 2
   log_every: int = 25
   debug_nan_step: int = -1  # a debug fault: the gradients of this step are NaN (-1 = off; its own compile)
+  unroll: int = 1  # loops per iteration of the depth scan (1 = rolled; >= R = unrolled: faster, longer compile)
   remat: str = "none"  # per-loop rematerialisation: none | loop (recompute each loop) | dots (keep its matmuls)
   backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
   # per_r: one step per R, compiled when first drawn | ahead: the same steps, compiled at the start in background
   # threads | one: one step to R_max whose scan skips the loops before the last R
   loop_programs: str = "per_r"
+  fsdp: int = 1  # N > 1: params and optimizer state split over a mesh axis of N devices (the data axis gets the rest)
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -286,10 +288,12 @@ class TrainConfig:
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
     _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
+    _check(self.unroll >= 1, f"train.unroll={self.unroll} must be >= 1")
     _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
     _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
     _check(self.loop_programs in ("per_r", "ahead", "one"),
            f"train.loop_programs={self.loop_programs!r} is not per_r, ahead or one")
+    _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
 
 
 @dataclasses.dataclass(frozen=True)

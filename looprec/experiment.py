@@ -26,8 +26,8 @@ from looprec import config as C
 from looprec import runs
 from looprec.config import ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 
-# Overrides a resumed run may apply: step budgets and evaluation settings.
-RESUMABLE = re.compile(r"train\.(steps|max_minutes|debug_nan_step)|models\.\w+\.steps|eval\.\w+")
+# Overrides a resumed run may apply: step budgets, evaluation settings and the parameters' layout (train.fsdp).
+RESUMABLE = re.compile(r"train\.(steps|max_minutes|debug_nan_step|fsdp)|models\.\w+\.steps|eval\.\w+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,13 +119,15 @@ class Run:
 
 def load_run(run_dir: str) -> Run:
   """Every model's newest readable checkpoint in a run folder (an unreadable step falls back to the next older
-  one, said on stderr); ConfigError if a model has none, or if its checkpoint does not fit the data."""
-  from looprec import checkpoint  # pylint: disable=import-outside-toplevel
+  one, said on stderr), its params laid out on `sharding.loading_mesh(train.fsdp)`; ConfigError if a model has
+  none, or if its checkpoint does not fit the data."""
+  from looprec import checkpoint, sharding  # pylint: disable=import-outside-toplevel
   name, module, _, cfg = read_run_config(run_dir)
   run = Run(run_dir, name, module, cfg, {}, {})
   fingerprint = checkpoint.task_fingerprint(run.task)
+  mesh = sharding.loading_mesh(cfg.train.fsdp)
   for model in cfg.models:
-    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model), fingerprint)
+    restored = checkpoint.restore_params(os.path.join(run_dir, "checkpoints", model), fingerprint, mesh)
     if restored is None:
       raise ConfigError(f"{run_dir!r}: no checkpoint of model {model!r}")
     run.params[model], run.meta[model] = restored

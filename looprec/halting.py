@@ -196,7 +196,8 @@ def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None, answers:
 
 @functools.lru_cache(maxsize=None)
 def compiled(model, mesh):
-  """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them."""
+  """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them; params
+  in their own layout (replicated, or split by `sharding.state_shardings`)."""
   data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
-  return jax.jit(functools.partial(run, model), in_shardings=(rep, data, data, rep, rep),
+  return jax.jit(functools.partial(run, model), in_shardings=(None, data, data, rep, rep),
                  out_shardings=(rep, rep, rep))  # replicated: every process reads all (multi-host)

@@ -4,7 +4,8 @@
 iterated and differentiated. R = n_loops is static (one compiled program per R; compile time does not grow with R
 thanks to scan) unless `n_active` is given: then the scan runs n_loops = R_max iterations, the first
 R_max - n_active of which are skipped (`lax.cond`), so one program serves every R <= R_max, with exact gradients.
-`Backprop` chooses per-loop rematerialisation and truncated backpropagation through depth.
+`Scan` chooses how the loop is compiled and differentiated: unrolling, per-loop rematerialisation and truncated
+backpropagation through depth.
 """
 from __future__ import annotations
 
@@ -19,39 +20,46 @@ REMAT_POLICIES = {"loop": jax.checkpoint_policies.nothing_saveable,
 
 
 @dataclasses.dataclass(frozen=True)
-class Backprop:
-  """How gradients flow through depth.
+class Scan:
+  """How the scan over depth is compiled and differentiated (none of it changes the result).
 
-  remat: none (keep every loop's activations) | loop (recompute each loop in the backward pass; memory holds
-  one state per loop) | dots (keep only the loop's weight matmul outputs). last_loops: k > 0 backpropagates
-  through the last k loops only (the earlier ones run under stop_gradient, as in Huginn); 0 = through all.
+  unroll: loops per scan iteration (1 = a rolled loop; >= R = fully unrolled: no stacked per-loop residuals to
+  write and read back, faster steps on CPU, compile time growing with R). remat: none (keep every loop's
+  activations) | loop (recompute each loop in the backward pass; memory holds one state per loop) | dots (keep
+  only the loop's weight matmul outputs). last_loops: k > 0 backpropagates through the last k loops only (the
+  earlier ones run under stop_gradient, as in Huginn); 0 = through all.
   """
 
+  unroll: int = 1
   remat: str = "none"
   last_loops: int = 0
 
   def validate(self):
+    if self.unroll < 1:
+      raise ValueError(f"unroll={self.unroll} must be >= 1")
     if self.remat != "none" and self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat={self.remat!r} is not one of none, {', '.join(REMAT_POLICIES)}")
     if self.last_loops < 0:
       raise ValueError(f"last_loops={self.last_loops} must be >= 0")
 
 
-FULL = Backprop()
+PLAIN = Scan()
 
 
-def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None, backprop: Backprop = FULL):
+def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None,
+               scan: Scan = PLAIN):
   """Applies loop_step n_loops times with lax.scan (n_active of them when given, a traced int <= n_loops).
 
   Returns the final state and the per-loop values of `readout(h_BxTxD, extras)` stacked on a leading R axis
   (None without a readout), where extras is what loop_step returned beside the new state. With n_active the
-  skipped loops come first and the active ones see t = 0..n_active-1; readouts are not available then.
+  skipped loops come first and the active ones see t = 0..n_active-1; readouts are not available then. scan: see
+  `Scan`.
   """
   if n_loops < 1:
     raise ValueError(f"n_loops must be >= 1, got {n_loops}")
   if n_active is not None and readout is not None:
     raise ValueError("per-loop readouts need a static loop count (n_active=None)")
-  backprop.validate()
+  scan.validate()
   keys = jax.random.split(rng, n_loops) if rng is not None else jnp.zeros((n_loops,), jnp.uint32)
   n_skipped = 0 if n_active is None else n_loops - n_active
 
@@ -64,15 +72,16 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_ac
     t_active = t - n_skipped
     return jax.lax.cond(t_active >= 0, lambda h: loop_step(h, t_active, key)[0], lambda h: h, h), None
 
-  if backprop.remat != "none":
-    body = jax.checkpoint(body, policy=REMAT_POLICIES[backprop.remat])
+  if scan.remat != "none":
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[scan.remat])
   xs = (jnp.arange(n_loops), keys)
-  n_frozen = n_loops - backprop.last_loops if 0 < backprop.last_loops < n_loops else 0
+  n_frozen = n_loops - scan.last_loops if 0 < scan.last_loops < n_loops else 0
+  run = lambda h, xs: jax.lax.scan(body, h, xs, unroll=min(scan.unroll, len(xs[0])))
   if not n_frozen:
-    return jax.lax.scan(body, h_BxTxD, xs)
+    return run(h_BxTxD, xs)
   head, tail = jax.tree_util.tree_map(lambda x: x[:n_frozen], xs), jax.tree_util.tree_map(lambda x: x[n_frozen:], xs)
-  h_BxTxD, ys_head = jax.lax.scan(body, h_BxTxD, head)
-  h_BxTxD, ys_tail = jax.lax.scan(body, jax.lax.stop_gradient(h_BxTxD), tail)
+  h_BxTxD, ys_head = run(h_BxTxD, head)
+  h_BxTxD, ys_tail = run(jax.lax.stop_gradient(h_BxTxD), tail)
   ys = None if readout is None else jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys_head, ys_tail)
   return h_BxTxD, ys
 

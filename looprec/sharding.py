@@ -1,6 +1,9 @@
-"""The device mesh: one `data` axis; batches sharded on it, params and optimizer state replicated."""
+"""The device mesh: a `data` axis, and with train.fsdp = N > 1 an `fsdp` axis of N devices as well. Batches are
+sharded over every device (both axes); params and optimizer state are replicated, or with an `fsdp` axis split
+over it (`state_shardings`), the all-gathers and reduce-scatters left to XLA's partitioner."""
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -42,8 +45,22 @@ def agree_to_stop(signum: int, timed_out: bool) -> tuple[int, bool]:
   return int(flags[:, 0].max()), bool(flags[0, 1])
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(fsdp: int = 1) -> jax.sharding.Mesh:
+  """`data` over every device, or (`data`, `fsdp`) with fsdp > 1 devices on the second axis (its devices the
+  nearest ones where the topology has a notion of near); ConfigError when fsdp does not divide the device count."""
+  n = jax.device_count()
+  if fsdp < 1 or n % fsdp:
+    raise ConfigError(f"train.fsdp={fsdp} does not divide the device count ({n})")
+  auto = jax.sharding.AxisType.Auto
+  if fsdp == 1:
+    return jax.make_mesh((n,), ("data",), axis_types=(auto,))
+  return jax.make_mesh((n // fsdp, fsdp), ("data", "fsdp"), axis_types=(auto, auto))
+
+
+def loading_mesh(fsdp: int) -> jax.sharding.Mesh:
+  """The mesh a saved run's params are loaded onto: its train.fsdp, or the largest divisor of it that divides
+  this machine's device count (a run trained on more devices is analysed on fewer)."""
+  return make_mesh(math.gcd(fsdp, jax.device_count()))
 
 
 def check_batch(batch_size: int, mesh: jax.sharding.Mesh, what: str = "train.batch_size"):
@@ -57,17 +74,36 @@ def replicated(mesh) -> NamedSharding:
 
 
 def data_sharded(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P("data"))
+  """Rows split over every device of the mesh (both axes when it has two)."""
+  return NamedSharding(mesh, P(mesh.axis_names))
+
+
+def leaf_sharding(shape: tuple, mesh) -> NamedSharding:
+  """The layout of a params or optimizer-state leaf of this shape. With an `fsdp` axis of size N, a leaf of rank
+  >= 2 (a matrix, as weight decay counts them) is split over it along its largest dimension that N divides (the
+  first such on a tie); vectors, scalars and leaves with no such dimension are replicated."""
+  n = mesh.shape.get("fsdp", 1)
+  dims = [i for i, size in enumerate(shape) if size % n == 0] if n > 1 and len(shape) >= 2 else []
+  if not dims:
+    return replicated(mesh)
+  split = max(dims, key=lambda i: shape[i])
+  return NamedSharding(mesh, P(*("fsdp" if i == split else None for i in range(len(shape)))))
+
+
+def state_shardings(tree, mesh):
+  """`leaf_sharding` of every leaf of a params or optimizer-state tree (arrays or ShapeDtypeStructs). An
+  optimizer moment has its parameter's shape, so it gets its parameter's layout, whatever the optax chain."""
+  return jax.tree_util.tree_map(lambda leaf: leaf_sharding(leaf.shape, mesh), tree)
 
 
 def put_batch(batch: dict, mesh) -> dict:
-  """Places this process's rows of a global batch on the mesh, sharded along `data`."""
+  """Places this process's rows of a global batch on the mesh, sharded over every device."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
 def jit_over_batch(fn, mesh, n_batch_args: int):
-  """jit of fn(params, *batch_arrays): params replicated, the batch arrays sharded on `data`, outputs
-  replicated (what every evaluation pass over padded batches uses)."""
-  return jax.jit(fn, in_shardings=(replicated(mesh),) + (data_sharded(mesh),) * n_batch_args,
-                 out_shardings=replicated(mesh))
+  """jit of fn(params, *batch_arrays): params in whatever layout they have (replicated, or split by
+  `state_shardings`), the batch arrays sharded over every device, outputs replicated (what every evaluation pass
+  over padded batches uses)."""
+  return jax.jit(fn, in_shardings=(None,) + (data_sharded(mesh),) * n_batch_args, out_shardings=replicated(mesh))

@@ -18,8 +18,8 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, loop, sharding
-from looprec.config import Recurrence, TrainConfig
+from looprec import checkpoint, data, eval as evaluation, loop, sharding, throughput
+from looprec.config import ConfigError, Recurrence, TrainConfig
 
 
 def schedule(cfg: TrainConfig):
@@ -57,25 +57,25 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
-            backprop: loop.Backprop = loop.FULL):
+            scan: loop.Scan = loop.PLAIN):
   """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
   kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
   return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
-                    backprop=backprop)
+                    scan=scan)
 
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
 
 
 def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
-               poison: bool = False, backprop: loop.Backprop = loop.FULL):
+               poison: bool = False, scan: loop.Scan = loop.PLAIN):
   """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
   n_loops is static, or R = n_active (traced) in a program compiled for n_loops = R_max. health = [first step
   with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the device and read only where the
   host syncs anyway. poison (a debug fault, a separate compilation so that every other step runs the unchanged
   program) makes the gradients NaN."""
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing, backprop=backprop), has_aux=True)
+                                                 label_smoothing=label_smoothing, scan=scan), has_aux=True)
   (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
   if poison:
     grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
@@ -91,31 +91,45 @@ def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_l
 
 class StepFunctions:
   """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached, or ahead
-  of use in background threads (`precompile`).
+  of use in background threads (`precompile`). The state keeps its layout (`sharding.state_shardings` on the mesh)
+  in and out, so its buffers are donated.
 
   max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
   (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
   """
 
-  def __init__(self, model, tx, mesh, label_smoothing: float, backprop: loop.Backprop = loop.FULL,
+  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN,
                max_loops: int = 0):
     self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
-    self.backprop, self.max_loops = backprop, max_loops
-    self._cache = {}  # (n_loops, masked, poison) -> the jitted step, or a Future of its compiled program
-    self._pool = None
+    self.scan, self.max_loops = scan, max_loops
+    self._cache, self._flops = {}, {}  # _cache: (n_loops, masked, poison) -> the step (a Future while precompiling)
+    self._pool, self._waits = None, 0
 
-  def _jit(self, n_loops: int, masked: bool, poison: bool):
+  @property
+  def n_programs(self) -> int:
+    """Programs the steps so far compiled or waited for: a lazily compiled program compiles on its first call, one
+    compiled ahead counts when its first step found it unfinished."""
+    return self._waits
+
+  def _jit(self, n_loops: int, masked: bool, poison: bool, state):
     fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                           label_smoothing=self.label_smoothing, poison=poison, backprop=self.backprop)
+                           label_smoothing=self.label_smoothing, poison=poison, scan=self.scan)
     rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-    shardings = (rep, dat, rep, rep, rep) + ((rep,) if masked else ())
-    return jax.jit(fn, in_shardings=shardings, out_shardings=(rep, rep, rep), donate_argnums=0)
+    layout = sharding.state_shardings(state, self.mesh)
+    shardings = (layout, dat, rep, rep, rep) + ((rep,) if masked else ())
+    return jax.jit(fn, in_shardings=shardings, out_shardings=(layout, rep, rep), donate_argnums=0)
 
-  def _compiled(self, n_loops: int, masked: bool, poison: bool):
-    if (n_loops, masked, poison) not in self._cache:
-      self._cache[n_loops, masked, poison] = self._jit(n_loops, masked, poison)
-    step = self._cache[n_loops, masked, poison]
-    return step.result() if isinstance(step, futures.Future) else step
+  def compiled(self, n_loops: int, masked: bool, poison: bool, state):
+    """The step for R = n_loops (masked: R_max = n_loops, the active R an argument): jitted, its state layout
+    chosen from state's shapes, or the program `precompile` built (waiting for it if need be)."""
+    key = (n_loops, masked, poison)
+    if key not in self._cache:
+      self._cache[key] = self._jit(n_loops, masked, poison, state)
+      self._waits += 1
+    elif isinstance(self._cache[key], futures.Future):
+      self._waits += not self._cache[key].done()
+      self._cache[key] = self._cache[key].result()
+    return self._cache[key]
 
   def precompile(self, loop_counts, example_args):
     """Starts compiling the per-R steps of loop_counts (max_loops = 0), in that order, in background threads
@@ -128,7 +142,7 @@ class StepFunctions:
     self._pool = self._pool or futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), "precompile")
     for n_loops in loop_counts:
       if (n_loops, False, False) not in self._cache:
-        jitted = self._jit(n_loops, False, False)
+        jitted = self._jit(n_loops, False, False, abstract[0])
         self._cache[n_loops, False, False] = self._pool.submit(lambda j=jitted: j.lower(*abstract).compile())
 
   def close(self):
@@ -136,14 +150,30 @@ class StepFunctions:
     if self._pool:
       self._pool.shutdown(wait=False, cancel_futures=True)
 
+  def flops(self, n_loops: int, state, batch) -> float | None:
+    """Model FLOPs of one step with n_loops loops on batch (global, all devices): XLA's cost analysis of the step
+    lowered with its depth loop unrolled (a while-loop body is counted once) and without remat recomputation; None
+    where the backend gives no count."""
+    if n_loops not in self._flops:
+      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                             label_smoothing=self.label_smoothing,
+                             scan=dataclasses.replace(self.scan, unroll=n_loops, remat="none"))
+      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+      cost = jax.jit(fn).lower(*shapes, jax.random.PRNGKey(0), 0, HEALTHY).cost_analysis() or {}
+      self._flops[n_loops] = cost.get("flops") or None
+    return self._flops[n_loops]
+
   def __call__(self, n_loops: int, poison: bool = False):
     """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
-    if not self.max_loops:
-      return self._compiled(n_loops, False, poison)
-    if not 1 <= n_loops <= self.max_loops:
+    if self.max_loops and not 1 <= n_loops <= self.max_loops:
       raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
-    fn = self._compiled(self.max_loops, True, poison)
-    return lambda state, batch, rng, step, health: fn(state, batch, rng, step, health, jnp.int32(n_loops))
+    active = (jnp.int32(n_loops),) if self.max_loops else ()
+
+    def run(state, batch, rng, step, health):
+      fn = self.compiled(self.max_loops or n_loops, bool(self.max_loops), poison, state)
+      return fn(state, batch, rng, step, health, *active)
+
+    return run
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
@@ -166,10 +196,23 @@ def first_draws(rec: Recurrence, seed: int, start: int, stop: int) -> list[int]:
   return list(seen)
 
 
+def laid_out(fn, mesh, *args):
+  """fn(*args), a params or optimizer-state tree, in its `sharding.state_shardings` layout on the mesh. With an
+  `fsdp` axis it comes from a jitted program whose outputs are created split, so no leaf is ever whole on one
+  device; without one it is computed op by op and replicated, bitwise as before the axis existed (under jit the
+  normal draws of the init differ in the last bit)."""
+  if "fsdp" not in mesh.axis_names:
+    return jax.device_put(fn(*args), sharding.replicated(mesh))
+  return jax.jit(fn, out_shardings=sharding.state_shardings(jax.eval_shape(fn, *args), mesh))(*args)
+
+
 def init_state(model, tx, rng, seq_len: int, mesh) -> dict:
-  params = model.init(rng, seq_len)
-  state = {"params": params, "opt_state": tx.init(params)}
-  return jax.device_put(state, sharding.replicated(mesh))
+  """{"params", "opt_state"} of a fresh model, laid out on the mesh."""
+  def init(rng):
+    params = model.init(rng, seq_len)
+    return {"params": params, "opt_state": tx.init(params)}
+
+  return laid_out(init, mesh, rng)
 
 
 @dataclasses.dataclass
@@ -256,9 +299,12 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
   if agreed_stop(timed_out=False)[1]:
     raise Interrupted(f"stopped before training {name}", run_dir)
   sharding.check_batch(cfg.batch_size, mesh)
+  if mesh.shape.get("fsdp", 1) != cfg.fsdp:
+    raise ConfigError(f"train.fsdp={cfg.fsdp}, but the mesh splits parameters over {mesh.shape.get('fsdp', 1)} "
+                      "devices (make it with sharding.make_mesh(train.fsdp))")
   curriculum = task.curriculum
   tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Backprop(cfg.remat, cfg.backprop_loops),
+  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops),
                           max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
   key = jax.random.PRNGKey(seed)
   state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
@@ -295,6 +341,8 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         writer.add_scalar(f"eval/{split}", points[-1][1], step)
   bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
                   mininterval=1.0)
+  meter = throughput.Meter(lambda n_loops: step_fn.flops(n_loops, state, batch),
+                           lambda: throughput.peak_flops(model.cfg.dtype), mesh.devices.size)
   deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
   started, stage_acc, pending, pending_health = time.time() - elapsed, float("nan"), None, None
   health = jax.device_put(HEALTHY, sharding.replicated(mesh))
@@ -333,11 +381,18 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
     while step < steps and not should_stop():
       n_loops = draw_loops(rec, seed, step)
       batch = sharding.put_batch(next(iterator), mesh)
+      n_programs = step_fn.n_programs
       state, metrics, health = step_fn(n_loops, step == cfg.debug_nan_step)(state, batch,
                                                                             jax.random.fold_in(key, step + 1), step, health)
+      if step_fn.n_programs > n_programs:  # compiling is not training: the rates start after it
+        meter.restart()
+      else:
+        meter.count(n_loops)
       if pending is not None:  # fetched one step late so the device never waits for the host
         check_finite(pending_health)  # before logging: no NaN reaches tensorboard
-        _log_train(writer, bar, *pending, stage, stage_acc)
+        rates = meter.rates(batch["tokens"].shape) if jax.process_index() == 0 else {}
+        _log_train(writer, bar, *pending, stage, stage_acc, rates)
+        meter.restart()
         pending = None
       if step % cfg.log_every == 0:
         lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
@@ -356,6 +411,7 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
         for listener in EVAL_LISTENERS:
           listener(name, step, dict(accuracy))
         stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
+        meter.restart()
         if gate and step < steps and curriculum.advances(stage, accuracy,
                                                          curriculum.epochs(stages, step, cfg.batch_size)):
           stage += 1
@@ -365,13 +421,13 @@ def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig,
           eval_sets = task.monitor_splits(stage)
           stage_acc = float("nan")
           if cfg.restart_optimizer:
-            state = {"params": state["params"],
-                     "opt_state": jax.device_put(tx.init(state["params"]), sharding.replicated(mesh))}
+            state = {"params": state["params"], "opt_state": laid_out(tx.init, mesh, state["params"])}
       if step % cfg.checkpoint_every == 0 and step < steps:
         save()
+        meter.restart()
     if pending is not None:
       check_finite(pending_health)
-      _log_train(writer, bar, *pending, stage, stage_acc)
+      _log_train(writer, bar, *pending, stage, stage_acc, {})
     save()
   finally:
     step_fn.close()
@@ -390,13 +446,22 @@ def _say(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc):
+def _log_train(writer, bar, step, metrics, lr, n_loops, stage, stage_acc, rates):
+  """Train metrics of a step to the progress bar and tensorboard, with the throughput `rates` since the last log
+  (`throughput.Meter.rates`; {} for none)."""
   m = {k: float(v) for k, v in jax.device_get(metrics).items()}
   curriculum = {} if np.isnan(stage_acc) else {"hop": stage, "eval": f"{stage_acc:.2f}"}
-  bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}", R=n_loops, **curriculum, refresh=False)
+  speed = {"ex/s": f"{rates['examples_per_second']:.3g}", "tok/s": f"{rates['tokens_per_second']:.3g}"} if rates else {}
+  if rates.get("mfu") is not None:
+    speed["MFU"] = f"{rates['mfu']:.1%}"
+  bar.set_postfix({"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}", "R": n_loops, **curriculum, **speed},
+                  refresh=False)
   if writer:
     for k, v in m.items():
       writer.add_scalar(f"train/{k}", v, step)
+    for k, v in rates.items():
+      if v is not None:
+        writer.add_scalar(f"train/{k}", v, step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/loops", n_loops, step)
     writer.add_scalar("train/stage_hop", stage, step)

@@ -1,5 +1,5 @@
-"""Depth-loop variants are exact: one program for every R, steps compiled ahead, per-loop remat, truncated backprop
-through depth."""
+"""Depth-loop variants are exact: one program for every R, steps compiled ahead, unrolling, per-loop remat,
+truncated backprop through depth."""
 from concurrent import futures
 import functools
 
@@ -24,10 +24,10 @@ def batch():
           "target": jnp.asarray(r.integers(1, 11, 8), jnp.int32)}
 
 
-@functools.partial(jax.jit, static_argnames=("n_loops", "backprop"))
-def grads(params, n_loops, n_active=None, backprop=loop.FULL):
+@functools.partial(jax.jit, static_argnames=("n_loops", "scan"))
+def grads(params, n_loops, n_active=None, scan=loop.PLAIN):
   loss = lambda p: train.loss_fn(p, batch(), None, n_active, model=MODEL, n_loops=n_loops, label_smoothing=0.0,
-                                 backprop=backprop)[0]
+                                 scan=scan)[0]
   return jax.value_and_grad(loss)(params)
 
 
@@ -45,8 +45,18 @@ def test_one_program_to_r_max_equals_the_static_r_program(r):
 
 @pytest.mark.parametrize("remat", ["loop", "dots"])
 def test_remat_gives_the_same_loss_and_gradients(remat):
-  assert_close(grads(PARAMS, 5, backprop=loop.Backprop(remat)), grads(PARAMS, 5), atol=1e-6)
-  assert_close(grads(PARAMS, 5, jnp.int32(3), backprop=loop.Backprop(remat)), grads(PARAMS, 3), atol=2e-6)
+  assert_close(grads(PARAMS, 5, scan=loop.Scan(remat=remat)), grads(PARAMS, 5), atol=1e-6)
+  assert_close(grads(PARAMS, 5, jnp.int32(3), scan=loop.Scan(remat=remat)), grads(PARAMS, 3), atol=2e-6)
+
+
+@pytest.mark.parametrize("unroll", [2, 5, 9])
+def test_unrolled_scan_gives_the_same_loss_and_gradients(unroll):
+  """Partly (2 of 5), fully (5) and over-unrolled (9 > R) scans equal the rolled one, also under remat and
+  truncation, and in the one-program mode."""
+  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll=unroll)), grads(PARAMS, 5), atol=1e-6)
+  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll, "loop", 2)), grads(PARAMS, 5, scan=loop.Scan(last_loops=2)),
+               atol=1e-6)
+  assert_close(grads(PARAMS, 5, jnp.int32(3), scan=loop.Scan(unroll=unroll)), grads(PARAMS, 3), atol=2e-6)
 
 
 def reference_truncated(params, n_loops, k):
@@ -67,24 +77,24 @@ def reference_truncated(params, n_loops, k):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_backprop_equals_the_explicit_stop_gradient_reference(k):
-  got = grads(PARAMS, 5, backprop=loop.Backprop(last_loops=k))
+  got = grads(PARAMS, 5, scan=loop.Scan(last_loops=k))
   assert_close(got, reference_truncated(PARAMS, 5, k), atol=1e-6)
   full = grads(PARAMS, 5)
   assert np.isclose(float(got[0]), float(full[0]))  # the forward pass is unchanged
   assert not np.allclose(got[1]["block"]["layer_0"]["fc"]["kernel"], full[1]["block"]["layer_0"]["fc"]["kernel"])
-  with_remat = grads(PARAMS, 5, backprop=loop.Backprop("loop", last_loops=k))
+  with_remat = grads(PARAMS, 5, scan=loop.Scan(remat="loop", last_loops=k))
   assert_close(with_remat, got, atol=1e-6)
 
 
 def test_truncation_at_or_beyond_r_is_full_backprop():
-  assert_close(grads(PARAMS, 3, backprop=loop.Backprop(last_loops=3)), grads(PARAMS, 3), atol=0)
-  assert_close(grads(PARAMS, 3, backprop=loop.Backprop(last_loops=9)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=3)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=9)), grads(PARAMS, 3), atol=0)
 
 
-def temp_bytes(n_loops, backprop):
+def temp_bytes(n_loops, scan):
   b = batch()
   fn = jax.jit(lambda p: jax.grad(lambda q: train.loss_fn(q, b, None, model=MODEL, n_loops=n_loops,
-                                                            label_smoothing=0.0, backprop=backprop)[0])(p))
+                                                            label_smoothing=0.0, scan=scan)[0])(p))
   return fn.lower(PARAMS).compile().memory_analysis().temp_size_in_bytes
 
 
@@ -92,7 +102,7 @@ def temp_bytes(n_loops, backprop):
 def test_remat_and_truncation_flatten_activation_memory_in_r():
   """Compiled temp memory from R=4 to R=64: grows with R by default, much less with remat, not with truncation."""
   grow = {name: temp_bytes(64, bp) / temp_bytes(4, bp)
-          for name, bp in {"off": loop.FULL, "loop": loop.Backprop("loop"), "k=2": loop.Backprop(last_loops=2)}.items()}
+          for name, bp in {"off": loop.PLAIN, "loop": loop.Scan(remat="loop"), "k=2": loop.Scan(last_loops=2)}.items()}
   assert grow["off"] > 5
   assert grow["loop"] < grow["off"] / 3
   assert grow["k=2"] < 1.2
@@ -121,7 +131,7 @@ def test_one_program_train_steps_match_per_r_steps():
 
 def test_steps_compiled_ahead_equal_lazily_compiled_ones():
   """precompile builds, in background threads, the programs that lazy compilation builds: the same losses and
-  params bit for bit, and each step uses its precompiled program (no lazy jit behind it)."""
+  params bit for bit, and each step runs its precompiled program (no lazy jit behind it)."""
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(TrainConfig(warmup_steps=2))
   b = sharding.put_batch(jax.device_get(batch()), mesh)
@@ -136,11 +146,13 @@ def test_steps_compiled_ahead_equal_lazily_compiled_ones():
       state, m, _ = fns(r)(state, b, jax.random.PRNGKey(r), step, train.HEALTHY)
       losses.append(float(m["loss"]))
     cache = fns._cache  # pylint: disable=protected-access
-    runs[ahead] = (losses, state["params"], {k: isinstance(v, futures.Future) for k, v in cache.items()})
+    programs = {k: isinstance(v, jax.stages.Compiled) for k, v in cache.items()}
+    runs[ahead] = (losses, state["params"], programs, fns.n_programs)
     fns.close()
   assert runs[False][0] == runs[True][0]
   chex.assert_trees_all_equal(runs[False][1], runs[True][1])
-  assert set(runs[True][2].values()) == {True} and not any(runs[False][2].values())
+  assert runs[True][2] == {(2, False, False): True, (3, False, False): True} and not any(runs[False][2].values())
+  assert runs[False][3] == 2 and runs[True][3] <= 2  # waits for a compile: the rates of the progress bar restart
 
 
 def test_close_cancels_the_compiles_not_started():
@@ -164,10 +176,10 @@ def test_close_cancels_the_compiles_not_started():
 
 def test_bad_depth_options_are_rejected():
   with pytest.raises(ValueError, match="remat='all'"):
-    grads(PARAMS, 2, backprop=loop.Backprop("all"))
+    grads(PARAMS, 2, scan=loop.Scan(remat="all"))
   with pytest.raises(ValueError, match="readouts"):
     MODEL.forward(PARAMS, batch()["tokens"], 3, n_active=jnp.int32(2), readout=lambda h, _: h)
-  for field, value, msg in (("remat", "all", "train.remat"), ("backprop_loops", -1, "train.backprop_loops"),
+  for field, value, msg in (("unroll", 0, "train.unroll"), ("remat", "all", "train.remat"), ("backprop_loops", -1, "train.backprop_loops"),
                             ("loop_programs", "two", "train.loop_programs")):
     with pytest.raises(ConfigError, match=msg):
       TrainConfig(**{field: value}).validate()

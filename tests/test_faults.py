@@ -11,7 +11,6 @@ import random
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT, results_of, run_cli
+from conftest import ROOT, THROUGHPUT_TAGS, results_of, run_cli, tb_points
 
 BASE = ["experiment", "depth_extrap", "--preset", "smoke", "train.steps=120", "train.checkpoint_every=20",
         "train.eval_every=40", "models.vanilla.steps=40"]
@@ -280,27 +279,6 @@ def _wait(cond, proc, timeout=600, poll=0.005):
   raise AssertionError("timed out")
 
 
-def tb_points(tb_dir: str) -> dict:
-  """tag -> steps as TensorBoard shows them: events read in order, a SessionLog START at step s (tensorboardX's
-  purge_step) drops the points at steps >= s read before it; a record cut short by a kill ends the file."""
-  from tensorboardX.proto import event_pb2
-  points = {}
-  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
-    blob = open(path, "rb").read()
-    at = 0
-    while at + 12 <= len(blob):
-      (n,) = struct.unpack("<Q", blob[at:at + 8])
-      if at + 12 + n + 4 > len(blob):
-        break
-      ev = event_pb2.Event.FromString(blob[at + 12:at + 12 + n])
-      at += 12 + n + 4
-      if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
-        points = {t: [s for s in steps if s < ev.step] for t, steps in points.items()}
-      for v in ev.summary.value:
-        points.setdefault(v.tag, []).append(ev.step)
-  return points
-
-
 @pytest.mark.slow
 def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   """kill -9 at 10 moments (half of them while a checkpoint is being written), then a SIGTERM (exit 143) and a
@@ -351,6 +329,10 @@ def test_kill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
   assert not _saving(run_dir)
   for name in ("looped", "vanilla"):
     got, want = tb_points(os.path.join(run_dir, "tb", name)), tb_points(os.path.join(straight[0], "tb", name))
+    for tag in THROUGHPUT_TAGS:  # timings, logged where a window of steps was timed: once each, at logged steps
+      timed = got.pop(tag, [])
+      assert len(timed) == len(set(timed)) and set(timed) <= set(got["train/loss"]), (name, tag)
+      want.pop(tag, None)
     assert {t: sorted(s) for t, s in got.items()} == {t: sorted(s) for t, s in want.items()}, name
   print(json.dumps(log, indent=1))
   kills = [r for r in log if r["how"] in ("random", "saving") and r["hit_running"]]

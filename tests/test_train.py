@@ -133,7 +133,6 @@ def test_training_with_steps_compiled_ahead_equals_lazy_compilation(tmp_path, mo
   """train.loop_programs=ahead trains bit for bit as per_r, on the precompiled programs; a run that stops at once
   (a spent time budget) shuts the compile threads down on its way out."""
   import jax
-  from concurrent import futures
   from looprec import data, sharding
   from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
   from looprec.models.looped import LoopedTransformer
@@ -160,6 +159,6 @@ def test_training_with_steps_compiled_ahead_equals_lazy_compilation(tmp_path, mo
   assert params["per_r", 0.0][:2] == params["ahead", 0.0][:2] == (8, [[0, 2], [5, 3]])
   jax.tree_util.tree_map(np.testing.assert_array_equal, params["per_r", 0.0][2], params["ahead", 0.0][2])
   per_r, ahead, stopped = made  # pylint: disable=protected-access
-  assert not any(isinstance(f, futures.Future) for f in per_r._cache.values())
-  assert {k[0] for k, f in ahead._cache.items() if isinstance(f, futures.Future)} == {1, 2, 3}
+  assert not any(isinstance(f, jax.stages.Compiled) for f in per_r._cache.values())
+  assert {k[0] for k, f in ahead._cache.items() if isinstance(f, jax.stages.Compiled)} == {1, 2, 3}
   assert params["ahead", 1e-9][0] == 0 and stopped._pool._shutdown

@@ -57,11 +57,11 @@ class LoopedBase:
   has_exit_gate = False
 
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
-           backprop: loop.Backprop = loop.FULL):
+           scan: loop.Scan = loop.PLAIN):
     """(scalar training loss, accuracy) on a batch ({"tokens", "read_pos", "target"}) after n_loops loops (n_active
-    of them in a program compiled for n_loops, when given); backprop: see `loop.Backprop`."""
+    of them in a program compiled for n_loops, when given); scan: see `loop.Scan`."""
     logits_BxV = self.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng, n_active=n_active,
-                                    backprop=backprop)
+                                    scan=scan)
     loss_B = answer_cross_entropy(logits_BxV, batch["target"], label_smoothing)
     return loss_B.mean(), jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
 
@@ -71,17 +71,17 @@ class LoopedBase:
     return jnp.zeros(hidden_BxD.shape[:1], jnp.float32)
 
   def forward(self, params, tokens_BxT, n_loops: int, *, rng=None, readout=None, per_layer: bool = False,
-              n_active=None, backprop: loop.Backprop = loop.FULL):
+              n_active=None, scan: loop.Scan = loop.PLAIN):
     """Runs R = n_loops loops. Returns (final state, per-loop readouts or None).
 
     `readout(state, layers_LxBxTxD or None)` is evaluated after every loop and its values come back stacked on a
     leading R axis; per_layer passes every layer's output to it. rng enables dropout. n_active (traced, <=
-    n_loops) runs that many loops in a program compiled for n_loops; backprop: see `loop.Backprop`.
+    n_loops) runs that many loops in a program compiled for n_loops; scan: see `loop.Scan`.
     """
     k_emb, k_loops = jax.random.split(rng) if rng is not None else (None, None)
     state, step = self.loop_step(params, tokens_BxT, rng=k_emb, per_layer=per_layer)
     return loop.scan_loops(step, state, n_loops, rng=k_loops, readout=readout, n_active=n_active,
-                           backprop=backprop)
+                           scan=scan)
 
   def answer_hidden(self, params, state, read_pos_B):
     """The hidden vector the head reads at each example's answer position: B x D."""
@@ -93,9 +93,9 @@ class LoopedBase:
     return self.head(params, self.final_hidden(params, state))
 
   def answer_logits(self, params, tokens_BxT, read_pos_B, n_loops: int, *, rng=None, n_active=None,
-                    backprop: loop.Backprop = loop.FULL):
+                    scan: loop.Scan = loop.PLAIN):
     """Logits B x V at each example's answer position (cheaper than all positions)."""
-    state, _ = self.forward(params, tokens_BxT, n_loops, rng=rng, n_active=n_active, backprop=backprop)
+    state, _ = self.forward(params, tokens_BxT, n_loops, rng=rng, n_active=n_active, scan=scan)
     return self.head(params, self.answer_hidden(params, state, read_pos_B))
 
   def loop_logits(self, params, tokens_BxT, read_pos_B, n_loops: int):

@@ -48,7 +48,7 @@ class ExitGate(PreludeCoreCoda):
     return jax.nn.sigmoid(h_BxD @ params["exit"]["kernel"] + params["exit"]["bias"])
 
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
-           backprop: loop.Backprop = loop.FULL):
+           scan: loop.Scan = loop.PLAIN):
     """(sum_t p(t) L_t - beta H(p), averaged over the batch; accuracy after the last loop). It reads every loop,
     so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`)."""
     if n_active is not None:
@@ -59,7 +59,7 @@ class ExitGate(PreludeCoreCoda):
       return self.head(params, hidden_BxD), self.exit_prob(params, hidden_BxD)
 
     _, (logits_RxBxV, lam_RxB) = self.forward(params, batch["tokens"], n_loops, rng=rng, readout=readout,
-                                              backprop=backprop)
+                                              scan=scan)
     p_RxB = exit_distribution(lam_RxB)
     loss_RxB = answer_cross_entropy(logits_RxBxV, batch["target"], label_smoothing)
     entropy_B = -jnp.sum(jnp.where(p_RxB > 0, p_RxB * jnp.log(jnp.maximum(p_RxB, 1e-30)), 0.0), axis=0)
