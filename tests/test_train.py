@@ -18,16 +18,23 @@ from looprec.models.looped import LoopedTransformer
 task = data.make_task(ChainDataConfig(n_entities=10, n_relations=3, seq_len=8))
 model = LoopedTransformer(ModelConfig(d_model=32, n_heads=4, n_layers=2, embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1), task.vocab.size)
 tx = train.make_optimizer(TrainConfig(warmup_steps=2))
-mesh = sharding.make_mesh()
-state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
-steps = train.StepFunctions(model, tx, mesh, 0.1)
-losses = []
-for i in range(3):
-  batch = sharding.put_batch(task.train_examples(3, np.arange(16) + 16 * i), mesh)
-  state, m, _ = steps(2 + i)(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
-  losses.append(float(m["loss"]))
+
+def train3(mesh, ahead):
+  state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
+  steps, losses = train.StepFunctions(model, tx, mesh, 0.1), []
+  for i in range(3):
+    batch = sharding.put_batch(task.train_examples(3, np.arange(16) + 16 * i), mesh)
+    if ahead and i == 0:
+      steps.precompile([2, 3, 4], (state, batch, jax.random.PRNGKey(0), 0, train.HEALTHY))
+    state, m, _ = steps(2 + i)(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
+    losses.append(float(m["loss"]))
+  steps.close()
+  return state, losses
+
+state, losses = train3(sharding.make_mesh(), False)
+ahead_losses = train3(sharding.make_mesh(2 if jax.device_count() > 1 else 1), True)[1]  # with an fsdp axis on 8
 leaves = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state["params"])]
-print(json.dumps({"devices": jax.device_count(), "losses": losses,
+print(json.dumps({"devices": jax.device_count(), "losses": losses, "ahead_losses": ahead_losses,
                   "params": float(np.concatenate(leaves).astype(np.float64).sum()),
                   "first": np.concatenate(leaves)[:50].tolist()}))
 """
@@ -44,6 +51,8 @@ def test_step_on_8_devices_equals_one_device():
   one, eight = _run(1), _run(8)
   assert one["devices"] == 1 and eight["devices"] == 8
   np.testing.assert_allclose(one["losses"], eight["losses"], rtol=1e-5)
+  assert one["ahead_losses"] == one["losses"]  # steps compiled ahead: the same programs
+  np.testing.assert_allclose(eight["ahead_losses"], one["losses"], rtol=1e-5)  # ... on a data x fsdp mesh too
   np.testing.assert_allclose(one["first"], eight["first"], rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(one["params"], eight["params"], rtol=1e-5)
 
