@@ -144,15 +144,16 @@ class ChainTask:
     hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(stage))[:-1], u, side="right")
     heads_B = np.zeros(len(ids_B), np.int32)
     rels_BxK = np.full((len(ids_B), stage), -1, np.int32)
+    pick_B = chains.hash_columns(c.seed, ids_B)  # hashed once per batch, not once per hop: the same values
     for hop in np.unique(hops_B):
       rows = np.flatnonzero(hops_B == hop)
-      heads_B[rows], rels_BxK[rows, :hop] = self._chains(int(hop), ids_B[rows])
+      heads_B[rows], rels_BxK[rows, :hop] = self._chains(int(hop), ids_B[rows], pick_B[rows])
     tails_B = self._tails(heads_B, rels_BxK)
     return encode(self.vocab, heads_B, rels_BxK, tails_B, c.seq_len, c.answer_at, hops_B, pad_hop)
 
-  def _chains(self, hop: int, ids_B):
-    """Training chains for example ids: fresh ones, or picks from a fixed pool of distinct chains per hop.
-    Atomic facts (hop 1) are always all in play."""
+  def _chains(self, hop: int, ids_B, pick_B):
+    """Training chains for example ids: fresh ones, or picks from a fixed pool of distinct chains per hop (row
+    pick_B mod the pool's size, pick_B the hash of the id). Atomic facts (hop 1) are always all in play."""
     c = self.cfg
     if hop == 1 or not c.train_chains_per_hop:
       return chains.train_chains(c.seed, c.n_entities, c.n_relations, hop, ids_B, c.test_fraction)
@@ -160,7 +161,7 @@ class ChainTask:
       self._pools[hop] = chains.distinct_train_chains(c.seed, c.n_entities, c.n_relations, hop,
                                                       c.train_chains_per_hop, c.test_fraction)
     heads, rels = self._pools[hop]
-    pick = (chains.hash_columns(c.seed, ids_B) % np.uint64(len(heads))).astype(np.int64)
+    pick = (pick_B % np.uint64(len(heads))).astype(np.int64)
     return heads[pick], rels[pick]
 
   def _tails(self, heads_B, rels_BxK):
