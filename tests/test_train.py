@@ -72,6 +72,10 @@ def test_dynamic_recurrence_draws_are_clipped_poisson_and_reproducible():
   assert abs(np.mean(draws) - rec.mean_loops) < 0.1
   assert draws == [train.draw_loops(rec, 0, s) for s in range(4000)]
   assert train.draw_loops(Recurrence.parse("fixed:6"), 0, 5) == 6
+  for start, stop in ((0, 4000), (100, 4000), (0, 10)):  # what loop_programs=ahead compiles, in order of need
+    want = list(dict.fromkeys(draws[start:stop]))
+    assert train.first_draws(rec, 0, start, stop) == want
+  assert len(train.first_draws(rec, 0, 0, 10)) < 7 and train.first_draws(Recurrence.parse("fixed:6"), 0, 3, 9) == [6]
 
 
 def test_weight_decay_skips_vectors():
