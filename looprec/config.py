@@ -272,7 +272,7 @@ class TrainConfig:
   backprop_loops: int = 0  # k > 0: gradients through the last k loops only (earlier ones stop_gradient); 0 = all
   # per_r: one step per R, compiled when first drawn | ahead: the same steps, compiled at the start in background
   # threads | one: one step to R_max whose scan skips the loops before the last R
-  loop_programs: str = "ahead"
+  loop_programs: str = "per_r"
   fsdp: int = 1  # N > 1: params and optimizer state split over a mesh axis of N devices (the data axis gets the rest)
 
   def validate(self):
