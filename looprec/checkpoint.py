@@ -76,6 +76,41 @@ def _reason(e: Exception) -> str:
   return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
+# tensorstore's status codes that say the stored bytes are wrong or missing (not that reading them failed now)
+_DAMAGE_CODES = ("OUT_OF_RANGE", "NOT_FOUND", "DATA_LOSS", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+
+
+def damaged(e: Exception) -> bool:
+  """Whether an exception raised while reading a step says the step's files are damaged (truncated, emptied,
+  missing: the same read fails again), as opposed to a failure of this attempt (I/O error, out of memory,
+  permissions, a restore target that no longer fits), which falling back to an older step would hide."""
+  if isinstance(e, (json.JSONDecodeError, FileNotFoundError)):
+    return True
+  return type(e) is ValueError and str(e).startswith(_DAMAGE_CODES)  # pylint: disable=unidiomatic-typecheck
+
+
+def newest_readable(steps, read_meta, read_state, where: str, data_fingerprint: dict | None):
+  """(step, meta, read_state(step, meta), [(damaged step, reason), ...]) for the newest step of `steps` (newest
+  first) that reads, skipping damaged ones; None when there is no step. ConfigError (moving nothing) when every
+  step is damaged, when a read fails for another reason, or when a step's data fingerprint differs."""
+  failed = []
+  for step in steps:
+    try:
+      meta = read_meta(step)
+      check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {where} step {step}")
+      return step, meta, read_state(step, meta), failed
+    except ConfigError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (classified: damage falls back, the rest stops)
+      if not damaged(e):
+        raise ConfigError(f"could not read checkpoint {where} step {step} ({_reason(e)}); it is kept as it is: "
+                          "retry, or move it aside to use an older step") from e
+      failed.append((step, _reason(e)))
+  if failed:
+    raise ConfigError(f"no readable checkpoint in {where}: " + "; ".join(f"step {s}: {why}" for s, why in failed))
+  return None
+
+
 class Checkpointer:
   def __init__(self, directory: str, keep: int):
     # cleanup_tmp_directories: a save killed mid-write leaves an orbax temporary folder; it is removed here.
@@ -106,30 +141,20 @@ class Checkpointer:
   def restore_latest(self, abstract_state, make_iterator, data_fingerprint: dict | None = None):
     """(step, meta, state, iterator) of the newest readable step, or None when there is no step.
 
-    make_iterator(meta) builds the data iterator the step's state is restored into. A step that fails to read
-    is named with the reason on stderr and the next older one is tried; the failed step is moved aside (to
-    <directory>.corrupt-<step>) so that training can write that step again. A step whose data fingerprint
-    differs from data_fingerprint is a ConfigError (not a fault to fall back from)."""
-    failed = []
-    for step in self.steps():
-      try:
-        meta = self.restore_meta(step)
-      except Exception as e:  # pylint: disable=broad-except  (any unreadable step is skipped, and said so)
-        failed.append((step, _reason(e)))
-        continue
-      check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {self.directory} step {step}")
-      try:
-        iterator = make_iterator(meta)
-        state = self.restore(step, abstract_state, iterator)
-      except Exception as e:  # pylint: disable=broad-except
-        failed.append((step, _reason(e)))
-        continue
-      self._set_aside(failed, step)
-      return step, meta, state, iterator
-    if failed:
-      raise ConfigError(f"no readable checkpoint in {self.directory}: " +
-                        "; ".join(f"step {s}: {why}" for s, why in failed))
-    return None
+    make_iterator(meta) builds the data iterator the step's state is restored into. A damaged step (`damaged`)
+    is named with the reason on stderr and the next older one is tried; it is moved aside (to
+    <directory>.corrupt-<step>) so that training can write that step again. Any other failure to read, and a
+    step whose data fingerprint differs from data_fingerprint, is a ConfigError that moves nothing."""
+    def read_state(step, meta):
+      iterator = make_iterator(meta)
+      return self.restore(step, abstract_state, iterator), iterator
+
+    found = newest_readable(self.steps(), self.restore_meta, read_state, self.directory, data_fingerprint)
+    if found is None:
+      return None
+    step, meta, (state, iterator), failed = found
+    self._set_aside(failed, step)
+    return step, meta, state, iterator
 
   def _set_aside(self, failed, used: int):
     for step, why in failed:
@@ -164,40 +189,33 @@ def abstract_like(state):
 def restore_params(directory: str, data_fingerprint: dict | None = None, mesh=None):
   """(params, meta) of the newest readable checkpoint under directory, for analysis; None when there is none.
   The state is read straight into its `sharding.state_shardings` layout on mesh (default: replicated over every
-  device), whatever devices it was saved from. An unreadable step is named on stderr and the next older one used
-  (none left: ConfigError)."""
+  device), whatever devices it was saved from. A damaged step is named on stderr and the next older one used (none
+  left, or any other failure to read: ConfigError); nothing on disk is changed."""
   if not os.path.isdir(directory):
     return None
   mesh = mesh or sharding.make_mesh()
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=handlers)
-  failed = []
+  def read_state(step, meta):
+    del meta
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding.leaf_sharding(m.shape, mesh)),
+        manager.item_metadata(step)["state"])
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+  read_meta = lambda step: manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      except Exception as e:  # pylint: disable=broad-except
-        failed.append((step, _reason(e)))
-        continue
-      check_fingerprint(meta.get("data_fingerprint"), data_fingerprint, f"checkpoint {directory} step {step}")
-      try:
-        target = jax.tree_util.tree_map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding.leaf_sharding(m.shape, mesh)),
-            manager.item_metadata(step)["state"])
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-      except Exception as e:  # pylint: disable=broad-except
-        failed.append((step, _reason(e)))
-        continue
-      for bad, why in failed:
-        _warn(f"checkpoint {directory} step {bad} is unreadable ({why}); using step {step}")
-      return state["params"], meta
+    found = newest_readable(sorted(manager.all_steps(), reverse=True), read_meta, read_state, directory,
+                            data_fingerprint)
   finally:
     manager.close()
-  if failed:
-    raise ConfigError(f"no readable checkpoint in {directory}: " +
-                      "; ".join(f"step {s}: {why}" for s, why in failed))
-  return None
+  if found is None:
+    return None
+  step, meta, state, failed = found
+  for bad, why in failed:
+    _warn(f"checkpoint {directory} step {bad} is unreadable ({why}); using step {step}")
+  return state["params"], meta
 
 
 def save_params(directory: str, params, meta: dict, step: int = 0):

@@ -128,6 +128,65 @@ def test_checkpoint_of_other_data_is_refused_by_name(tmp_path):
   assert checkpoint.restore_params(directory, newer) is not None
 
 
+TRANSIENT = [OSError(5, "Input/output error"), MemoryError("out of memory"),
+             ValueError("UNAVAILABLE: Error reading local file: try again"), RuntimeError("RESOURCE_EXHAUSTED: oom")]
+
+
+@pytest.mark.parametrize("error", TRANSIENT, ids=lambda e: type(e).__name__)
+def test_a_transient_read_failure_stops_and_moves_nothing(tmp_path, monkeypatch, error):
+  """Only a damaged step is set aside: a failure of the read itself (I/O, memory) stops with one line, so an I/O
+  hiccup cannot roll a run back to an older step."""
+  import grain
+  import jax
+  import jax.numpy as jnp
+  from looprec import checkpoint
+  from looprec.config import ConfigError
+  directory = str(tmp_path / "ck")
+  _save_steps(directory)
+  before = sorted(os.listdir(tmp_path))
+
+  def failing(self, step, abstract, iterator):
+    raise error
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "restore", failing)
+  ckpt = checkpoint.Checkpointer(directory, 5)
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}}
+  with pytest.raises(ConfigError, match=r"could not read checkpoint .* step 2 .*kept as it is") as info:
+    ckpt.restore_latest(abstract, lambda meta: iter(grain.MapDataset.range(0, 100).to_iter_dataset()))
+  ckpt.close()
+  assert "\n" not in str(info.value)
+  assert sorted(os.listdir(tmp_path)) == before and sorted(os.listdir(directory)) == ["1", "2"]
+  monkeypatch.undo()
+  assert float(checkpoint.restore_params(directory)[0]["w"][0]) == 2.0  # the step itself is intact
+  record(fault=f"transient read failure ({type(error).__name__}) at resume", injected=1, survived=1, lost=0)
+
+
+def test_analysis_restore_stops_on_a_transient_failure(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+  from looprec import checkpoint
+  from looprec.config import ConfigError
+  directory = str(tmp_path / "ck")
+  _save_steps(directory)
+
+  def failing(self, step, *args, **kwargs):
+    raise OSError(5, "Input/output error")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", failing)
+  with pytest.raises(ConfigError, match=r"could not read checkpoint .* step 2 \(OSError"):
+    checkpoint.restore_params(directory)
+  assert sorted(os.listdir(directory)) == ["1", "2"]
+
+
+def test_damage_is_told_from_a_failed_read():
+  from looprec import checkpoint
+  assert checkpoint.damaged(ValueError('OUT_OF_RANGE: Error opening "zarr" driver'))
+  assert checkpoint.damaged(ValueError('NOT_FOUND: Error reading "params.w/.zarray"'))
+  assert checkpoint.damaged(FileNotFoundError("meta/metadata not found"))
+  assert checkpoint.damaged(json.JSONDecodeError("Expecting value", "", 0))
+  assert not any(checkpoint.damaged(e) for e in TRANSIENT)
+  assert not checkpoint.damaged(ValueError("Requested shape (4,) does not match the stored (3,)"))
+
+
 # ------------------------------------------------------------------ NaN / Inf (quick, in process)
 
 
