@@ -7,9 +7,12 @@ experiment, preset, override, halting policy, pip extra and script those blocks 
 name exists. The Python blocks of each doc run as written, in order, as one session.
 """
 import ast
+import contextlib
 import dataclasses
 import functools
 import glob
+import importlib
+import io
 import os
 import re
 import shlex
@@ -22,7 +25,7 @@ import pytest
 
 from conftest import ROOT
 from looprec import config as C
-from looprec import experiment, halting
+from looprec import cli, experiment, halting
 
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 SHELL, PYTHON, DATA = {"sh", "bash", "shell"}, {"python"}, {"text", "json"}
@@ -45,7 +48,7 @@ class By(typing.NamedTuple):
 # with the default preset filled in, so a test that runs another preset says so in `differs`.
 SMOKE = "tests/test_experiments_smoke.py::test_smoke_experiment[{}]"
 ANALYZE = By("tests/test_analysis.py::test_analyze_command_writes_analysis",
-             "a smoke run's folder, every policy, --max-loops 4 --margin-loops 6 --halt-loops 5")
+             "a smoke run's folder, --max-loops 4 --margin-loops 6 --halt-loops 5")
 IMPORT = By("tests/test_torch_import.py::test_import_cli_then_analyze",
             "a small PyTorch model's checkpoint (the official ones are not in the repository); `make test-torch`")
 COVERED = {
@@ -67,7 +70,7 @@ COVERED = {
         By(SMOKE.format("variants"), "--preset smoke, without the override"),
     "looprec analyze runs/depth_extrap/latest": ANALYZE,
     "looprec analyze runs/depth_extrap/latest --policy kl_entropy kl_entropy:max_entropy=1.0 kl entropy latent argmax":
-        ANALYZE,
+        ANALYZE._replace(differs=ANALYZE.differs + ", without --policy: every policy, these among them"),
     "make test": By(".ci/run: make test"),
     "pip install -e .[torch]": By(".ci/run: make test-torch", "its recipe installs the same extra"),
     "looprec import-checkpoint checkpoints/multi_hop/final_models/r_dyn/checkpoint_final.pt --experiment "
@@ -218,9 +221,14 @@ def key(tokens: list[str]) -> str:
 @functools.cache
 def help_text(*cmd: str) -> str | None:
   """`--help` of a subcommand (`looprec experiment`, `data_gen chains`); None if it has none."""
-  proc = subprocess.run([sys.executable, "-m", *cmd, "--help"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
-  return proc.stdout if proc.returncode == 0 else None
+  main = {"looprec": cli.main, "data_gen": importlib.import_module("data_gen.__main__").main}[cmd[0]]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+    try:
+      code = main([*cmd[1:], "--help"])
+    except SystemExit as e:
+      code = e.code
+  return out.getvalue() if code == 0 else None
 
 
 def pip_extras() -> set:
@@ -281,7 +289,7 @@ def problems(tokens: list[str]) -> list[str]:
         except C.ConfigError as e:
           out.append(str(e))
   elif cmd[0] == "pip":
-    for extra in re.findall(r"(?:(?<= )\.|looprec)\[([\w,]+)\]", " ".join(cmd), flags=re.M):
+    for extra in re.findall(r"(?:(?<= )\.|looprec)\[([\w,]+)\]", " ".join(cmd)):
       out += [f"pyproject.toml has no extra {x!r}" for x in extra.split(",") if x not in pip_extras()]
   elif cmd[0] == "pytest":
     files = [t for t in cmd if t.startswith("tests/")]
@@ -298,15 +306,11 @@ def problems(tokens: list[str]) -> list[str]:
   return out
 
 
-def where(block: Block, line: int, tokens) -> str:
-  return f"{block.path}:{line}: {' '.join(tokens)}"
-
-
 def test_every_documented_command_is_run_by_a_test_or_marked():
   missing = []
   for block in all_blocks():
     if block.lang in SHELL and block.marker is None:
-      missing += [f"{where(block, line, t)}: add it to COVERED in tests/test_docs.py (the test that runs it) or "
+      missing += [f"{block.path}:{line}: {' '.join(t)}: add it to COVERED in tests/test_docs.py (the test that runs it) or "
                   f"mark the block <!-- not run in CI: reason -->"
                   for line, t in commands(block) if key(t) not in COVERED]
   assert not missing, "\n".join(missing)
@@ -318,18 +322,20 @@ def test_every_block_says_its_language_and_commands_are_in_shell_blocks():
     if block.lang not in SHELL | PYTHON | DATA:
       bad.append(f"{block.path}:{block.line}: a code block tagged {block.lang!r}: tag it sh, python, text or json")
     elif block.lang in DATA:
-      bad += [f"{block.path}:{block.line}: a command in a {block.lang} block: tag it sh" for line in
-              block.text.splitlines() if COMMAND_LIKE.match(line)]
+      bad += [f"{block.path}:{n}: a command in a {block.lang} block: tag it sh" for n, line in block.lines
+              if COMMAND_LIKE.match(line)]
   assert not bad, "\n".join(bad)
 
 
-def test_markers_give_a_reason():
+def test_markers_give_a_reason_and_mark_a_block():
   for path in DOCS:
-    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
-    for m in re.finditer(r"<!--.*?-->", text, flags=re.S):
-      if "not run in CI" in m.group(0):
-        marker = MARKER.fullmatch(m.group(0))
-        assert marker and marker.group(1).strip(), f"{path}: malformed marker {m.group(0)}"
+    lines = open(os.path.join(ROOT, path), encoding="utf-8").read().splitlines()
+    for i, line in enumerate(lines):
+      if "not run in CI" in line:
+        marker = MARKER.fullmatch(line.strip())
+        assert marker and marker.group(1).strip(), f"{path}:{i + 1}: write it <!-- not run in CI: reason -->"
+        after = next((l for l in lines[i + 1:] if l.strip()), "")
+        assert after.startswith("```"), f"{path}:{i + 1}: the marker is not right before a code block"
 
 
 def test_every_covered_command_is_still_documented():
