@@ -3,8 +3,8 @@
 Each shell command in a code block of README.md and docs/*.md (and each usage line of an experiment's docstring) is
 either in COVERED, which names the test (or the CI step) that runs it, or its block is marked
 `<!-- not run in CI: reason -->` on the line before the fence. Every make target, CLI subcommand, flag,
-experiment, preset, override, halting policy, pip extra and script those blocks and the docs' inline commands
-name exists. The Python blocks of each doc run as written, in order, as one session.
+experiment, preset, override, halting policy, pip extra and script those blocks, the docs' inline commands and
+the benchmarks' usage lines name exists. The Python blocks of each doc run as written, in order, as one session.
 """
 import ast
 import contextlib
@@ -116,10 +116,10 @@ def markdown_blocks(path: str) -> list[Block]:
   return blocks
 
 
-def docstring_blocks() -> list[Block]:
-  """The indented command lines of each experiment's module docstring, as one shell block per module."""
+def docstring_blocks(folder: str) -> list[Block]:
+  """The indented command lines of the module docstrings in a folder, as one shell block per module."""
   blocks = []
-  for path in sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py"))):
+  for path in sorted(glob.glob(os.path.join(ROOT, folder, "*.py"))):
     tree = ast.parse(open(path, encoding="utf-8").read())
     doc = ast.get_docstring(tree, clean=False) or ""
     lines = [(tree.body[0].lineno + i, line.strip()) for i, line in enumerate(doc.splitlines())
@@ -131,7 +131,7 @@ def docstring_blocks() -> list[Block]:
 
 @functools.cache
 def all_blocks() -> tuple:
-  return tuple(b for path in DOCS for b in markdown_blocks(path)) + tuple(docstring_blocks())
+  return tuple(b for path in DOCS for b in markdown_blocks(path)) + tuple(docstring_blocks("experiments"))
 
 
 def commands(block: Block) -> list[tuple[int, list[str]]]:
@@ -364,8 +364,8 @@ def test_the_tests_that_cover_commands_exist():
 
 
 def test_documented_commands_name_what_exists():
-  found = [(b.path, line, t) for b in all_blocks() if b.lang in SHELL for line, t in commands(b)]
-  found += inline_commands()
+  blocks = [b for b in all_blocks() if b.lang in SHELL] + docstring_blocks("benchmarks")
+  found = [(b.path, line, t) for b in blocks for line, t in commands(b)] + inline_commands()
   assert len(found) > 40
   bad = [f"{path}:{line}: {' '.join(t)}: {p}" for path, line, t in found for p in problems(t)]
   assert not bad, "\n".join(bad)
