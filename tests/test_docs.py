@@ -149,17 +149,21 @@ def commands(block: Block) -> list[tuple[int, list[str]]]:
   return out
 
 
-def inline_commands() -> list[tuple[str, int, list[str]]]:
-  """(path, line, tokens) of the commands written inline (`...`) in the docs' prose."""
+def inline_spans() -> list[tuple[str, int, str]]:
+  """(path, line, text) of every inline code span (`...`) of the docs' prose, its whitespace collapsed."""
   out = []
   for path in DOCS:
     text = open(os.path.join(ROOT, path), encoding="utf-8").read()
     text = re.sub(r"^```.*?^```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S | re.M)
-    for m in re.finditer(r"`([^`]+)`", text):
-      span = " ".join(m.group(1).split())
-      if COMMAND_LIKE.match(span) and not span.startswith("looprec "):
-        out.append((path, text.count("\n", 0, m.start()) + 1, shlex.split(span)))
+    out += [(path, text.count("\n", 0, m.start()) + 1, " ".join(m.group(1).split()))
+            for m in re.finditer(r"`([^`]+)`", text)]
   return out
+
+
+def inline_commands() -> list[tuple[str, int, list[str]]]:
+  """(path, line, tokens) of the commands among the inline spans."""
+  return [(path, line, shlex.split(span)) for path, line, span in inline_spans()
+          if COMMAND_LIKE.match(span) and not span.startswith("looprec ")]
 
 
 @functools.cache
@@ -368,6 +372,28 @@ def test_documented_commands_name_what_exists():
   found = [(b.path, line, t) for b in blocks for line, t in commands(b)] + inline_commands()
   assert len(found) > 40
   bad = [f"{path}:{line}: {' '.join(t)}: {p}" for path, line, t in found for p in problems(t)]
+  assert not bad, "\n".join(bad)
+
+
+def has_key(node, path: list[str]) -> bool:
+  """Whether a config tree has a dotted path; a `models` entry stands for any model (models.NAME.steps)."""
+  if not path:
+    return True
+  if isinstance(node, dict):
+    return any(has_key(v, path[1:]) for v in node.values())
+  return dataclasses.is_dataclass(node) and hasattr(node, path[0]) and has_key(getattr(node, path[0]), path[1:])
+
+
+def test_config_keys_shown_inline_exist():
+  """`train.remat=loop|dots`, `ARGS="data.source=..."`, `models.NAME.model=...`: the key is in some experiment's
+  config."""
+  names = [os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "experiments", "[a-z]*.py"))]
+  configs = [m.PRESETS[m.DEFAULT_PRESET]() for m in map(experiment.load, names)]
+  shown = [(path, line, k) for path, line, span in inline_spans()
+           for k in re.findall(r"(?:^|[\s\"])((?:seed|data|model|models|train|eval)\.[\w.]+)=", span)]
+  assert len(shown) > 40 and not has_key(configs[0], ["train", "stepz"]) and not has_key(configs[0], ["models", "x", "y"])
+  bad = [f"{path}:{line}: no config has {k}" for path, line, k in shown
+         if not any(has_key(cfg, k.split(".")) for cfg in configs)]
   assert not bad, "\n".join(bad)
 
 
