@@ -314,8 +314,8 @@ def test_every_documented_command_is_run_by_a_test_or_marked():
   missing = []
   for block in all_blocks():
     if block.lang in SHELL and block.marker is None:
-      missing += [f"{block.path}:{line}: {' '.join(t)}: add it to COVERED in tests/test_docs.py (the test that runs it) or "
-                  f"mark the block <!-- not run in CI: reason -->"
+      missing += [f"{block.path}:{line}: {' '.join(t)}: add it to COVERED in tests/test_docs.py (the test that "
+                  f"runs it) or mark the block <!-- not run in CI: reason -->"
                   for line, t in commands(block) if key(t) not in COVERED]
   assert not missing, "\n".join(missing)
 
@@ -391,7 +391,8 @@ def test_config_keys_shown_inline_exist():
   configs = [m.PRESETS[m.DEFAULT_PRESET]() for m in map(experiment.load, names)]
   shown = [(path, line, k) for path, line, span in inline_spans()
            for k in re.findall(r"(?:^|[\s\"])((?:seed|data|model|models|train|eval)\.[\w.]+)=", span)]
-  assert len(shown) > 40 and not has_key(configs[0], ["train", "stepz"]) and not has_key(configs[0], ["models", "x", "y"])
+  assert len(shown) > 40
+  assert not has_key(configs[0], ["train", "stepz"]) and not has_key(configs[0], ["models", "x", "y"])
   bad = [f"{path}:{line}: no config has {k}" for path, line, k in shown
          if not any(has_key(cfg, k.split(".")) for cfg in configs)]
   assert not bad, "\n".join(bad)
