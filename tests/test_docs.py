@@ -427,6 +427,15 @@ def test_canonical_spellings_agree():
   assert key(["make", "analyze", "RUN=r"]) == "looprec analyze r"
 
 
+@pytest.mark.parametrize("command", ["make experiment", "make analyze RUN=r",
+                                     "make experiment NAME=variants PRESET=smoke RESUME=r ARGS='seed=1 train.steps=5'"])
+def test_make_runs_the_cli_call_that_canonical_writes(command):
+  """`make -n` prints the CLI call a make target runs (after setting up .venv, if it would)."""
+  proc = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True,
+                        timeout=60)
+  assert key(shlex.split(proc.stdout.splitlines()[-1])) == key(shlex.split(command)), proc.stdout
+
+
 @pytest.mark.parametrize("path", [p for p in DOCS if any(b.lang in PYTHON for b in markdown_blocks(p))])
 def test_python_blocks_run_as_written(path, tmp_path):
   """The doc's Python blocks in order as one session, in an empty folder (its runs/ land there); each line at its
