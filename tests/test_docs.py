@@ -452,11 +452,14 @@ def test_make_runs_the_cli_call_that_canonical_writes(command):
 @pytest.mark.parametrize("path", [p for p in DOCS if any(b.lang in PYTHON for b in markdown_blocks(p))])
 def test_python_blocks_run_as_written(path, tmp_path):
   """The doc's Python blocks in order as one session, in an empty folder (its runs/ land there); each line at its
-  line number in the doc, so a traceback names the doc's line."""
+  line number in the doc, so a traceback names the doc's line. With the compilation cache, as the CLI has it, which
+  the smoke runs of other tests have filled."""
   lines = {n: text for b in markdown_blocks(path) if b.lang in PYTHON and b.marker is None for n, text in b.lines}
   (tmp_path / "blocks.py").write_text("\n".join(lines.get(n, "") for n in range(1, max(lines) + 1))
                                      + CHECKS.get(path, ""))
-  proc = subprocess.run([sys.executable, "-c", f"exec(compile(open('blocks.py').read(), {path!r}, 'exec'))"],
+  run = ("from looprec import compile_cache; compile_cache.enable(); "
+         f"exec(compile(open('blocks.py').read(), {path!r}, 'exec'))")
+  proc = subprocess.run([sys.executable, "-c", run],
                         cwd=tmp_path, capture_output=True, text=True, timeout=900,
                         env={**os.environ, "PYTHONPATH": ROOT})
   assert proc.returncode == 0, proc.stderr[-3000:]
