@@ -351,7 +351,7 @@ def test_markers_give_a_reason_and_mark_a_block():
       if line.lstrip().startswith("<!--") and "not run in CI" in line:
         marker = MARKER.fullmatch(line.strip())
         assert marker and marker.group(1).strip(), f"{path}:{i + 1}: write it <!-- not run in CI: reason -->"
-        after = next((l for l in lines[i + 1:] if l.strip()), "")
+        after = next((text for text in lines[i + 1:] if text.strip()), "")
         assert after.startswith("```"), f"{path}:{i + 1}: the marker is not right before a code block"
 
 
