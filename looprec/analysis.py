@@ -157,9 +157,10 @@ def training_free_configs(model_cfgs: dict, spec: str) -> dict:
 
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
             margin_loops: int = MARGIN_LOOPS, training_free_spec: str | None = None) -> str:
-  """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
-  of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
-  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops.
+  """Analyzes the final checkpoints of a run folder as its experiment's contract (`experiment.Experiment`) says:
+  its own `analyze_run` where it has one (systematicity: sweep and logit lens; it gets only max_loops), else every
+  model of its `analysis_models` on its `eval_splits` (`analyze_model`), written by `write` into run_dir; returns
+  the analysis.json path. Bad input raises ConfigError before any work.
 
   training_free_spec ("window=a:b,substeps=K,damping=b[,model=NAME]"): analyze instead the trained models with
   that window looped at inference (`models.training_free`), into run_dir/training_free/<spec>/."""
@@ -169,29 +170,27 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
       _check_loops(value, what)
   run = experiment.load_run(run_dir)
   cfg, module = run.cfg, run.module
-  restored = {name: (run.params[name], run.meta[name]) for name in cfg.models}
-  model_cfgs = {name: cfg.model_cfg(name) for name in cfg.models}
-  out_dir = run_dir
+  out_dir, own = run_dir, experiment.member(module, "analyze_run")
   if training_free_spec is not None:
-    model_cfgs = training_free_configs(model_cfgs, training_free_spec)
+    wrapped = training_free_configs({name: cfg.model_cfg(name) for name in cfg.models}, training_free_spec)
+    entries = {name: (tf_cfg, name) for name, tf_cfg in wrapped.items()}
     out_dir = os.path.join(run_dir, "training_free", training_free_spec.replace("=", "").replace(",", "_")
                            .replace(":", "-"))
-  elif hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
-    return module.analyze_run(cfg, run_dir, restored, max_loops)
+  elif own:
+    return own(cfg, run_dir, {n: (run.params[n], run.meta[n]) for n in cfg.models}, max_loops)
+  else:
+    entries = experiment.member(module, "analysis_models")(cfg)
   task = run.task
   splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
-  analyses, trained = {}, {}
-  built = {name: models.build(model_cfg, task.vocab.size) for name, model_cfg in model_cfgs.items()}
+  built = {name: models.build(model_cfg, task.vocab.size) for name, (model_cfg, _) in entries.items()}
   if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
     raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
-  for name, model in built.items():
-    params, meta = restored[name]
-    analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
-                                   cfg.eval.batch_size, answers=task.vocab.n_entities)
-    trained[name] = meta["stage"]
+  analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
+                                  margin_loops, mesh, cfg.eval.batch_size, answers=task.vocab.n_entities)
+              for name, model in built.items()}
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    write(out_dir, analyses, trained)
+    write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
   return os.path.join(out_dir, "analysis.json")
