@@ -109,8 +109,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   task = data.make_task(cfg.data)
   splits = eval_splits(task, cfg.eval.max_hop)
   analyze = lambda model, params: analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,
-                                                         batch_size=cfg.eval.batch_size,
-                                                         answers=task.vocab.n_entities)
+                                                         batch_size=cfg.eval.batch_size)
   results, analyses, trained = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     trained[name] = result.params
