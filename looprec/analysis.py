@@ -165,7 +165,8 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   """Analyzes the final checkpoints of a run folder as its experiment's contract (`experiment.Experiment`) says:
   its own `analyze_run` where it has one (systematicity: sweep and logit lens; it gets only max_loops), else every
   model of its `analysis_models` on its `eval_splits` (`analyze_model`), written by `write` into run_dir; returns
-  the analysis.json path. Bad input raises ConfigError before any work.
+  the analysis.json path. Bad input raises ConfigError before any work; a ConfigError during it is an
+  `experiment.Bug`.
 
   training_free_spec ("window=a:b,substeps=K,damping=b[,model=NAME]"): analyze instead the trained models with
   that window looped at inference (`models.training_free`), into run_dir/training_free/<spec>/."""
@@ -182,7 +183,8 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     out_dir = os.path.join(run_dir, "training_free", training_free_spec.replace("=", "").replace(",", "_")
                            .replace(":", "-"))
   elif own:
-    return own(cfg, run_dir, {n: (run.params[n], run.meta[n]) for n in cfg.models}, max_loops)
+    with experiment.inputs_checked():
+      return own(cfg, run_dir, {n: (run.params[n], run.meta[n]) for n in cfg.models}, max_loops)
   else:
     entries = experiment.member(module, "analysis_models")(cfg)
   task = run.task
@@ -192,8 +194,9 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   built = {name: models.build(model_cfg, task.vocab.size) for name, (model_cfg, _) in entries.items()}
   if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
     raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
-  analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
-                                  margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}
+  with experiment.inputs_checked():
+    analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
+                                    margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})

@@ -8,6 +8,7 @@ experiment shares: presets resolved and validated, models trained in order, run 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -131,13 +132,37 @@ def read_run_config(run_dir: str):
   return saved["experiment"], module, saved["preset"], C.from_saved(module.Config, saved["config"], path)
 
 
+class InputError(ConfigError):
+  """Bad input found once a run began: a checkpoint that does not fit the data, or none readable."""
+
+
+class Bug(RuntimeError):
+  """A ConfigError raised after the inputs were checked: a bug, not bad input (the CLI shows its traceback and
+  exits 1)."""
+
+
+@contextlib.contextmanager
+def inputs_checked():
+  """The work after every input was checked: a ConfigError raised inside, other than an InputError, is a Bug."""
+  try:
+    yield
+  except InputError:
+    raise
+  except ConfigError as e:
+    raise Bug(f"ConfigError after the inputs were checked (a bug, not bad input): {e}") from e
+
+
 def train_models(cfg: ExperimentConfig, task, mesh, run_dir: str):
-  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult)."""
+  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult). A ConfigError
+  of train_model (restoring a checkpoint) is an InputError."""
   from looprec import train  # pylint: disable=import-outside-toplevel
   for i, (name, mrun) in enumerate(cfg.models.items()):
     model = cfg.build_model(name, task.vocab.size)
-    result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh, run_dir,
-                               cfg.seed + 1000 * i, C.to_dict(cfg))
+    try:
+      result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh,
+                                 run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
+    except ConfigError as e:
+      raise InputError(str(e)) from None
     yield name, model, result
 
 
@@ -198,7 +223,8 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
         resume: str | None = None) -> str:
   """Trains and evaluates experiment `name` in a new run folder under runs_root (or continues `resume`, where
   overrides may change only step budgets and evaluation settings); writes config.json and results.json and
-  returns the run folder. ConfigError on bad input, before the folder is created; train.Interrupted (with the
+  returns the run folder. ConfigError on bad input, before the folder is created (InputError: a checkpoint found
+  later that does not fit); Bug for any other ConfigError once the experiment runs; train.Interrupted (with the
   run folder to resume) on SIGTERM/SIGINT, after a checkpoint."""
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
@@ -222,7 +248,7 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
     runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
                                                            "config": C.to_dict(cfg)})
   start = time.time()
-  with train.stop_on_signals():
+  with train.stop_on_signals(), inputs_checked():
     body = module.run(cfg, run_dir)
   if main_process:
     runs.write_json(os.path.join(run_dir, "results.json"),

@@ -130,6 +130,17 @@ def test_analyze_bad_input(smoke_run, capsys, args, message):
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
+def test_config_error_during_the_analysis_is_a_bug(smoke_run, monkeypatch, capsys):
+  """Past the checks of the run folder and the options, a ConfigError is a bug: a traceback and exit 1."""
+  def broken(*args, **kwargs):
+    raise ConfigError("injected during the analysis")
+  monkeypatch.setattr(analysis, "analyze_model", broken)
+  assert cli.main(["analyze", smoke_run]) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" in err and "experiment.Bug" in err and "injected during the analysis" in err
+  assert not any(line.startswith("error:") for line in err.splitlines())
+
+
 def test_analyze_needs_a_run_with_checkpoints(smoke_run, tmp_path, capsys):
   assert cli.main(["analyze", str(tmp_path)]) == 2
   assert "is not a run folder" in capsys.readouterr().err

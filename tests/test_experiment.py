@@ -9,6 +9,8 @@ import time
 import pytest
 
 from conftest import ROOT, results_of, run_cli
+from looprec import analysis, cli, train
+from looprec.config import ConfigError
 
 SMALL = ["train.steps=120", "train.checkpoint_every=40", "train.eval_every=40", "models.vanilla.steps=40"]
 
@@ -40,6 +42,32 @@ def test_smoke_preset_end_to_end(tmp_path):
   assert results["models"]["looped"]["steps"] == 200
   assert len(results["models"]["looped"]["accuracy"]) == 5  # hops 1..5
   assert len(results["models"]["looped"]["accuracy"]["3hop_test"]) == 8  # R = 1..8
+
+
+def test_config_error_after_training_is_a_bug_not_bad_input(tmp_path, monkeypatch, capsys):
+  """A ConfigError raised once the run is under way (here: by the analysis after the first model trained) is not
+  the user's mistake: its traceback and exit 1, not one `error:` line and exit 2."""
+  def broken(*args, **kwargs):
+    raise ConfigError("injected after training")
+  monkeypatch.setattr(analysis, "analyze_model", broken)
+  monkeypatch.setattr(cli.compile_cache, "enable", lambda: None)
+  code = cli.main(["experiment", "depth_extrap", "--preset", "smoke", "train.steps=2", "models.vanilla.steps=1",
+                   "--runs-dir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 1 and "Traceback" in err and "experiment.Bug" in err and "injected after training" in err
+  assert not any(line.startswith("error:") for line in err.splitlines())
+  assert os.listdir(tmp_path / "depth_extrap" / "latest" / "checkpoints") == ["looped"]
+
+
+def test_checkpoint_that_does_not_fit_found_while_running_is_bad_input(tmp_path, monkeypatch, capsys):
+  """A ConfigError of training itself (restoring a checkpoint that does not fit the data) stays bad input."""
+  def refuse(*args, **kwargs):
+    raise ConfigError("checkpoint looped step 2 was trained on data with vocab_size=12, the data now has 13")
+  monkeypatch.setattr(train, "train_model", refuse)
+  monkeypatch.setattr(cli.compile_cache, "enable", lambda: None)
+  code = cli.main(["experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: checkpoint looped step 2"), err
 
 
 def _wait_for_checkpoint(ckpt_dir, proc, timeout=180):
