@@ -8,10 +8,10 @@ matched step budget, plus training-free looping of the vanilla model after train
 The task, curriculum, evaluation splits, sweeps and halting are those of `depth_extrap`; each entry of `models`
 names its kind and sizes in `model` (changes to the shared model config). After training, every
 `training_free` spec (";"-separated, as `python -m looprec analyze RUN --training-free SPEC`) is applied to the
-trained model it names and analyzed like the others. report.md holds one table with a row per variant
-(parameters, steps/s, accuracy on the trained hops and on k+1..k+3 at the best R and under halting) and a table
-per variant (accuracy per hop at the best R and under each halting policy); accuracy_hop_by_loops.png the
-heatmaps.
+trained model it names and analyzed like the others (`python -m looprec analyze RUN` does the same:
+`analysis_models`). report.md holds one table with a row per variant (parameters, steps/s, accuracy on the
+trained hops and on k+1..k+3 at the best R and under halting) and a table per variant (accuracy per hop at the
+best R and under each halting policy); accuracy_hop_by_loops.png the heatmaps.
 """
 from __future__ import annotations
 

@@ -112,7 +112,7 @@ def load(name: str) -> Experiment:
   return module
 
 
-def resolve(module, preset: str | None, overrides: typing.Sequence[str] = ()):
+def resolve(module: Experiment, preset: str | None, overrides: typing.Sequence[str] = ()):
   """(preset, the preset's config with overrides applied, validated)."""
   preset = preset or module.DEFAULT_PRESET
   if preset not in module.PRESETS:

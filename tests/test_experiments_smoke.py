@@ -144,6 +144,15 @@ def check_systematicity(run_dir: str, results: dict):
 SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity}
 
 
+def test_every_experiment_implements_the_contract():
+  """The contract's members are REQUIRED or have a default, and every module of experiments/ loads under it."""
+  members = {m for m in vars(experiment.Experiment) if not m.startswith("_")} | set(
+      experiment.Experiment.__annotations__)
+  assert members == set(experiment.REQUIRED) | set(experiment.DEFAULTS)
+  for module in pkgutil.iter_modules(experiments.__path__):
+    experiment.load(module.name)
+
+
 @pytest.mark.parametrize("name", discovered())
 def test_smoke_experiment(name, tmp_path, capsys):
   run_dir = experiment.run(name, "smoke", [], runs_root=str(tmp_path))
