@@ -144,7 +144,7 @@ def run(cfg: Config, run_dir: str) -> dict:
     splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
     mrun = cfg.models[name]
     analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
-                                            batch_size=cfg.eval.batch_size, answers=task.vocab.n_entities)
+                                            batch_size=cfg.eval.batch_size)
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),

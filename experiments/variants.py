@@ -8,10 +8,10 @@ matched step budget, plus training-free looping of the vanilla model after train
 The task, curriculum, evaluation splits, sweeps and halting are those of `depth_extrap`; each entry of `models`
 names its kind and sizes in `model` (changes to the shared model config). After training, every
 `training_free` spec (";"-separated, as `python -m looprec analyze RUN --training-free SPEC`) is applied to the
-trained model it names and analyzed like the others. report.md holds one table with a row per variant
-(parameters, steps/s, accuracy on the trained hops and on k+1..k+3 at the best R and under halting) and a table
-per variant (accuracy per hop at the best R and under each halting policy); accuracy_hop_by_loops.png the
-heatmaps.
+trained model it names and analyzed like the others (`python -m looprec analyze RUN` does the same:
+`analysis_models`). report.md holds one table with a row per variant (parameters, steps/s, accuracy on the
+trained hops and on k+1..k+3 at the best R and under halting) and a table per variant (accuracy per hop at the
+best R and under each halting policy); accuracy_hop_by_loops.png the heatmaps.
 """
 from __future__ import annotations
 
@@ -75,16 +75,31 @@ PRESETS = {"smoke": smoke, "cpu": cpu}
 DEFAULT_PRESET = "cpu"
 
 
+eval_splits = depth_extrap.eval_splits
+
+
 def training_free_specs(cfg: Config) -> list[str]:
   return [spec for spec in cfg.training_free.split(";") if spec]
+
+
+def training_free_entries(cfg: Config) -> list[tuple]:
+  """(name, spec, the trained model it wraps, its training-free model config) of every training-free spec."""
+  model_cfgs = {name: cfg.model_cfg(name) for name in cfg.models}
+  return [(f"{base} training-free {tf_cfg.window} K={tf_cfg.substeps} b={tf_cfg.damping:g}", spec, base, tf_cfg)
+          for spec in training_free_specs(cfg)
+          for base, tf_cfg in analysis.training_free_configs(model_cfgs, spec).items()]
+
+
+def analysis_models(cfg: Config) -> dict:
+  """The contract's `analysis_models`: every trained model, then every training-free wrapper of one."""
+  return {**experiment.trained_models(cfg),
+          **{name: (tf_cfg, base) for name, _, base, tf_cfg in training_free_entries(cfg)}}
 
 
 def validate(cfg: Config):
   """depth_extrap's checks, and every training-free spec fits the trained model it names."""
   depth_extrap.validate(cfg)
-  model_cfgs = {name: cfg.model_cfg(name) for name in cfg.models}
-  for spec in training_free_specs(cfg):
-    analysis.training_free_configs(model_cfgs, spec)
+  training_free_entries(cfg)
 
 
 def run(cfg: Config, run_dir: str) -> dict:
@@ -92,10 +107,9 @@ def run(cfg: Config, run_dir: str) -> dict:
   `halting` and `margins` parts of results.json and writes report.md, the heatmaps and `analysis.write`'s files."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
-  splits = depth_extrap.eval_splits(task, cfg.eval.max_hop)
+  splits = eval_splits(task, cfg.eval.max_hop)
   analyze = lambda model, params: analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,
-                                                         batch_size=cfg.eval.batch_size,
-                                                         answers=task.vocab.n_entities)
+                                                         batch_size=cfg.eval.batch_size)
   results, analyses, trained = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     trained[name] = result.params
@@ -106,13 +120,11 @@ def run(cfg: Config, run_dir: str) -> dict:
                      "params_sum": params_checksum(result.params), "train_seconds": result.wall_seconds,
                      "steps_per_second": result.steps / max(result.wall_seconds, 1e-9), "stages": result.stages,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
-  for spec in training_free_specs(cfg):
-    for base, tf_cfg in analysis.training_free_configs({n: cfg.model_cfg(n) for n in cfg.models}, spec).items():
-      name = f"{base} training-free {tf_cfg.window} K={tf_cfg.substeps} b={tf_cfg.damping:g}"
-      analyses[name] = analyze(models.build(tf_cfg, task.vocab.size), trained[base])
-      results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
-                       "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
-                       "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
+  for name, spec, base, tf_cfg in training_free_entries(cfg):
+    analyses[name] = analyze(models.build(tf_cfg, task.vocab.size), trained[base])
+    results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
+                     "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
+                     "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   if jax.process_index() == 0:
     hops = {n: r["trained_max_hop"] for n, r in results.items()}
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),

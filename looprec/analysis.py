@@ -31,11 +31,17 @@ def sweep(model, params, splits: dict, max_loops: int, mesh=None, batch_size: in
   return evaluation.sweep(model, params, splits, max_loops, mesh or sharding.make_mesh(), batch_size)
 
 
+def answer_set_size(examples: dict) -> int | None:
+  """The answer-set size an evaluation split carries (`n_answers`, `data.with_answer_set`), or None."""
+  n_answers = examples.get("n_answers")
+  return int(np.max(n_answers)) if n_answers is not None and len(n_answers) else None
+
+
 def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops: int, mesh,
-                  batch_size: int = 256, answers: int | None = None) -> dict:
-  """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops.
-  answers: the answer-set size, for a bound relative to it."""
-  fn, thresholds = halting.compiled(model, mesh), pol.thresholds(answers)
+                  batch_size: int = 256) -> dict:
+  """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops. A
+  bound relative to the answer set reads its size from the examples (`answer_set_size`)."""
+  fn, thresholds = halting.compiled(model, mesh), pol.thresholds(answer_set_size(examples))
   loops, predicted, executed = [], [], []
   run = lambda t, r, _: fn(params, t, r, thresholds, max_loops)
   for (loops_B, answer_B, ran), size in evaluation.batches(run, examples, mesh, batch_size):
@@ -46,7 +52,7 @@ def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops:
 
 
 def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halting.DEFAULT_CAP, mesh=None,
-         batch_size: int = 256, fixed: dict | None = None, answers: int | None = None) -> dict:
+         batch_size: int = 256, fixed: dict | None = None) -> dict:
   """Adaptive halting per split: accuracy and mean / median / max loops, beside the best fixed R and R = cap.
 
   policy: a halting.Policy or a spec `name[:key=value,...]` (names: halting.RULES). fixed: a sweep covering
@@ -62,7 +68,7 @@ def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halt
     fixed = sweep(model, params, splits, max_loops, mesh, batch_size)
   table = {}
   for name, examples in splits.items():
-    got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size, answers)
+    got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size)
     by_r = {r: fixed[name][str(r)] for r in range(1, max_loops + 1)}
     best = min(by_r, key=lambda r: (-by_r[r], r))
     table[name] = {"policy": str(pol), "accuracy": float(np.mean(got["answer"] == examples["target"])),
@@ -99,7 +105,7 @@ def margins(model, params, splits: dict, n_loops: int = MARGIN_LOOPS, mesh=None,
 
 def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
                   halt_loops: int = halting.DEFAULT_CAP, margin_loops: int = MARGIN_LOOPS, mesh=None,
-                  batch_size: int = 256, answers: int | None = None) -> dict:
+                  batch_size: int = 256) -> dict:
   """{"sweep": accuracy[split][R] for R = 1..max(max_loops, halt_loops), "halting": policy -> split -> row,
   "margins": split -> curve} for one model. The sweep and the margins come from one scan per batch (one
   compile), the halting of every policy from one compiled while_loop. policies: default every policy that
@@ -116,8 +122,7 @@ def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
     acc[name] = {str(r + 1): float(a) for r, a in enumerate(hit_RxN[:sweep_loops].mean(1))}
     curves[name] = summarize_margins(margin_RxN[:margin_loops], hit_RxN[:margin_loops])
   return {"sweep": acc,
-          "halting": {str(p): halt(model, params, splits, p, halt_loops, mesh, batch_size, fixed=acc, answers=answers)
-                      for p in pols},
+          "halting": {str(p): halt(model, params, splits, p, halt_loops, mesh, batch_size, fixed=acc) for p in pols},
           "margins": curves}
 
 
@@ -157,9 +162,11 @@ def training_free_configs(model_cfgs: dict, spec: str) -> dict:
 
 def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loops: int = halting.DEFAULT_CAP,
             margin_loops: int = MARGIN_LOOPS, training_free_spec: str | None = None) -> str:
-  """Analyzes every model's final checkpoint in a run folder on the experiment's eval splits; writes the files
-  of `write` there and returns the analysis.json path. Bad input raises ConfigError before any work. An
-  experiment with its own `analyze_run(cfg, run_dir, restored, max_loops)` (systematicity) gets only max_loops.
+  """Analyzes the final checkpoints of a run folder as its experiment's contract (`experiment.Experiment`) says:
+  its own `analyze_run` where it has one (systematicity: sweep and logit lens; it gets only max_loops), else every
+  model of its `analysis_models` on its `eval_splits` (`analyze_model`), written by `write` into run_dir; returns
+  the analysis.json path. Bad input raises ConfigError before any work; a ConfigError during it is an
+  `experiment.Bug`.
 
   training_free_spec ("window=a:b,substeps=K,damping=b[,model=NAME]"): analyze instead the trained models with
   that window looped at inference (`models.training_free`), into run_dir/training_free/<spec>/."""
@@ -169,29 +176,28 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
       _check_loops(value, what)
   run = experiment.load_run(run_dir)
   cfg, module = run.cfg, run.module
-  restored = {name: (run.params[name], run.meta[name]) for name in cfg.models}
-  model_cfgs = {name: cfg.model_cfg(name) for name in cfg.models}
-  out_dir = run_dir
+  out_dir, own = run_dir, experiment.member(module, "analyze_run")
   if training_free_spec is not None:
-    model_cfgs = training_free_configs(model_cfgs, training_free_spec)
+    wrapped = training_free_configs({name: cfg.model_cfg(name) for name in cfg.models}, training_free_spec)
+    entries = {name: (tf_cfg, name) for name, tf_cfg in wrapped.items()}
     out_dir = os.path.join(run_dir, "training_free", training_free_spec.replace("=", "").replace(",", "_")
                            .replace(":", "-"))
-  elif hasattr(module, "analyze_run"):  # an experiment with its own analysis (systematicity: sweep and logit lens)
-    return module.analyze_run(cfg, run_dir, restored, max_loops)
+  elif own:
+    with experiment.inputs_checked():
+      return own(cfg, run_dir, {n: (run.params[n], run.meta[n]) for n in cfg.models}, max_loops)
+  else:
+    entries = experiment.member(module, "analysis_models")(cfg)
   task = run.task
   splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
-  analyses, trained = {}, {}
-  built = {name: models.build(model_cfg, task.vocab.size) for name, model_cfg in model_cfgs.items()}
+  built = {name: models.build(model_cfg, task.vocab.size) for name, (model_cfg, _) in entries.items()}
   if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
     raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
-  for name, model in built.items():
-    params, meta = restored[name]
-    analyses[name] = analyze_model(model, params, splits, max_loops, pols, halt_loops, margin_loops, mesh,
-                                   cfg.eval.batch_size, answers=task.vocab.n_entities)
-    trained[name] = meta["stage"]
+  with experiment.inputs_checked():
+    analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
+                                    margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    write(out_dir, analyses, trained)
+    write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
   return os.path.join(out_dir, "analysis.json")

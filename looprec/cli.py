@@ -7,21 +7,23 @@ Bad input (unknown experiment, preset or key, ill-typed or impossible values, mi
 cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
 before the run folder is created when it can be checked that early. Exit codes: 0 done, 2 bad input or a disk
 error, 3 a NaN / Inf in training (the newest checkpoint is finite), 130 stopped by SIGINT, 143 by SIGTERM (both
-after a checkpoint; a second Ctrl-C stops at once, without one), 1 anything else (a bug: a traceback).
+after a checkpoint; a second Ctrl-C stops at once, without one), 1 anything else (a bug: a traceback), among them
+a ConfigError raised after the inputs were checked (`experiment.Bug`).
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
+import traceback
 
 from data_gen.io import OneLineParser, UsageError
 from looprec import config as C
-from looprec import compile_cache
+from looprec import compile_cache, experiment
 
 
 def run_experiment(name: str, preset: str | None, overrides: list[str], runs_root: str, resume: str | None) -> int:
-  from looprec import experiment, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+  from looprec import train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   try:
     run_dir = experiment.run(name, preset, overrides, runs_root, resume)
   except train.Interrupted as e:
@@ -84,6 +86,9 @@ def main(argv=None) -> int:
       path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops,
                               args.training_free)
       print(f"analysis: {path}")
+  except experiment.Bug:
+    traceback.print_exc()
+    return 1
   except (C.ConfigError, UsageError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

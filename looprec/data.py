@@ -8,7 +8,8 @@ grain `MapDataset` of batches has random access and its iterator state (`next_in
 the stream exactly.
 
 A batch is a dict of numpy arrays: `tokens` (B x T int32, right-padded with 0), `read_pos` (B, where the
-answer is read), `target` (B, the answer's token id), `hop` (B).
+answer is read), `target` (B, the answer's token id), `hop` (B). Evaluation splits (`eval_split`, `probes`) also
+carry `n_answers` (B, the size of the answer set, the entities), which halting bounds relative to it read.
 """
 from __future__ import annotations
 
@@ -99,6 +100,11 @@ class Curriculum:
             and epochs >= self.min_epochs)
 
 
+def with_answer_set(examples: dict, vocab: Vocab) -> dict:
+  """examples with `n_answers`: the size of the set each answer is drawn from (the entities)."""
+  return {**examples, "n_answers": np.full(len(examples["target"]), vocab.n_entities, np.int32)}
+
+
 def take(examples: dict, idx) -> dict:
   return {k: v[idx] for k, v in examples.items()}
 
@@ -176,7 +182,8 @@ class ChainTask:
     if hop > self.deepest_eval_hop:
       raise ConfigError(f"{hop}-hop evaluation needs a longer data.seq_len (at most {self.deepest_eval_hop} hops fit)")
     heads, rels = chains.held_out_chains(c.seed, c.n_entities, c.n_relations, hop, c.n_eval, c.test_fraction)
-    return encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at)
+    return with_answer_set(encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at),
+                           self.vocab)
 
   def monitor_splits(self, stage: int) -> dict:
     return monitor_hops(self, stage)
@@ -242,7 +249,7 @@ class JsonChainTask:
     ex = take(ex, slice(0, self.cfg.n_eval))
     if not len(ex["hop"]):
       raise ConfigError(f"data folder {self.cfg.source!r}: split {name!r} is empty")
-    return ex
+    return with_answer_set(ex, self.vocab)
 
   def monitor_splits(self, stage: int) -> dict:
     return monitor_hops(self, stage)
@@ -281,7 +288,7 @@ class CompositionTask:
       where = (f"the graph is too small for it (data.n_entities={c.n_entities}, data.out_degree={c.out_degree}, "
                f"data.ood_ratio={c.ood_ratio})" if c.source == "generate" else f"in {c.source}/test.json")
       raise ConfigError(f"probe split {empty[0]!r} is empty: {where}")
-    self.probes = {name: self._encode(f, with_bridge=True) for name, f in probes.items()}
+    self.probes = {name: with_answer_set(self._encode(f, with_bridge=True), self.vocab) for name, f in probes.items()}
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 
   def _encode(self, facts: Facts, with_bridge: bool) -> dict:

@@ -1,11 +1,5 @@
-"""The experiment contract: what an experiment module provides, and what every experiment shares.
-
-An experiment is a module `experiments/<name>.py` with
-  `Config`          a subclass of `ExperimentConfig` that narrows `data` to its task's data config;
-  `PRESETS`         name -> function returning a Config, and `DEFAULT_PRESET`;
-  `validate(cfg)`   cross-field checks, raising ConfigError before anything is written;
-  `run(cfg, run_dir) -> dict`  trains and evaluates (`train_models` below) and returns the body of results.json;
-  optionally `analyze_run(cfg, run_dir, restored, max_loops) -> path`, its own `python -m looprec analyze`.
+"""The experiment contract (`Experiment`: what the library calls on an experiment module), and what every
+experiment shares: presets resolved and validated, models trained in order, run folders written and loaded.
 
     from looprec import experiment
     run_dir = experiment.run("depth_extrap", "smoke", ["train.steps=100"], runs_root="/tmp/runs")
@@ -14,6 +8,7 @@ An experiment is a module `experiments/<name>.py` with
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -55,19 +50,69 @@ class ExperimentConfig:
     return models.build(self.model_cfg(name), vocab_size)
 
 
-def load(name: str):
-  """The experiment module `experiments.<name>`; ConfigError if there is none."""
+class Experiment(typing.Protocol):
+  """Everything the library calls on an experiment, a module `experiments/<name>.py` (a module implements a
+  Protocol by its top-level names). `load` checks that it has REQUIRED; the library reads the optional others
+  through `member`, which supplies their DEFAULTS.
+  A module with a "smoke" preset runs end to end in the default test suite (tests/test_experiments_smoke.py)."""
+
+  Config: type[ExperimentConfig]  # narrows `data` to its task's data config
+  PRESETS: dict[str, typing.Callable[[], ExperimentConfig]]  # name -> the preset's Config
+  DEFAULT_PRESET: str
+
+  def validate(self, cfg: ExperimentConfig) -> None:
+    """Cross-field checks, raising ConfigError before anything is written."""
+
+  def run(self, cfg: ExperimentConfig, run_dir: str) -> dict:
+    """Trains and evaluates (`train_models`); returns the body of results.json."""
+
+  def eval_splits(self, task, max_hop: int) -> dict:
+    """split -> examples (with `n_answers`, as `task.eval_split` and `task.probes` give them) that `python -m
+    looprec analyze` evaluates."""
+
+  def analysis_models(self, cfg: ExperimentConfig) -> dict:
+    """name -> (model config, the trained model whose params it runs): what `analyze` analyzes by default."""
+
+  def analyze_run(self, cfg: ExperimentConfig, run_dir: str, restored: dict, max_loops: int | None) -> str:
+    """The experiment's own `python -m looprec analyze` in place of the default (`analysis.analyze`: sweep,
+    halting and margins of `analysis_models` on `eval_splits`); restored: model -> (params, checkpoint meta);
+    returns the path of the analysis.json it writes."""
+
+
+REQUIRED = ("Config", "PRESETS", "DEFAULT_PRESET", "validate", "run", "eval_splits")
+
+
+def trained_models(cfg: ExperimentConfig) -> dict:
+  """The default `analysis_models`: every entry of cfg.models, as trained."""
+  return {name: (cfg.model_cfg(name), name) for name in cfg.models}
+
+
+DEFAULTS = {"analysis_models": trained_models, "analyze_run": None}  # None: analysis.analyze's own
+
+
+def member(module: Experiment, name: str):
+  """An optional member of the contract: the module's own, else its default (DEFAULTS)."""
+  return getattr(module, name, DEFAULTS[name])
+
+
+def load(name: str) -> Experiment:
+  """The experiment module `experiments.<name>`; ConfigError if there is none, TypeError if it lacks a member
+  of the contract (REQUIRED)."""
   if not name.isidentifier():
     raise ConfigError(f"unknown experiment {name!r}")
   try:
-    return importlib.import_module(f"experiments.{name}")
+    module = importlib.import_module(f"experiments.{name}")
   except ModuleNotFoundError as e:
     if e.name in (f"experiments.{name}", "experiments"):
       raise ConfigError(f"unknown experiment {name!r}") from None
     raise
+  missing = [m for m in REQUIRED if not hasattr(module, m)]
+  if missing:
+    raise TypeError(f"experiments/{name}.py lacks {', '.join(missing)} of the contract (looprec.experiment.Experiment)")
+  return module
 
 
-def resolve(module, preset: str | None, overrides: typing.Sequence[str] = ()):
+def resolve(module: Experiment, preset: str | None, overrides: typing.Sequence[str] = ()):
   """(preset, the preset's config with overrides applied, validated)."""
   preset = preset or module.DEFAULT_PRESET
   if preset not in module.PRESETS:
@@ -87,13 +132,37 @@ def read_run_config(run_dir: str):
   return saved["experiment"], module, saved["preset"], C.from_saved(module.Config, saved["config"], path)
 
 
+class InputError(ConfigError):
+  """Bad input found once a run began: a checkpoint that does not fit the data, or none readable."""
+
+
+class Bug(RuntimeError):
+  """A ConfigError raised after the inputs were checked: a bug, not bad input (the CLI shows its traceback and
+  exits 1)."""
+
+
+@contextlib.contextmanager
+def inputs_checked():
+  """The work after every input was checked: a ConfigError raised inside, other than an InputError, is a Bug."""
+  try:
+    yield
+  except InputError:
+    raise
+  except ConfigError as e:
+    raise Bug(f"ConfigError after the inputs were checked (a bug, not bad input): {e}") from e
+
+
 def train_models(cfg: ExperimentConfig, task, mesh, run_dir: str):
-  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult)."""
+  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult). A ConfigError
+  of train_model (restoring a checkpoint) is an InputError."""
   from looprec import train  # pylint: disable=import-outside-toplevel
   for i, (name, mrun) in enumerate(cfg.models.items()):
     model = cfg.build_model(name, task.vocab.size)
-    result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh, run_dir,
-                               cfg.seed + 1000 * i, C.to_dict(cfg))
+    try:
+      result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh,
+                                 run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
+    except ConfigError as e:
+      raise InputError(str(e)) from None
     yield name, model, result
 
 
@@ -103,7 +172,7 @@ class Run:
 
   run_dir: str
   name: str  # the experiment
-  module: typing.Any
+  module: Experiment
   cfg: ExperimentConfig
   params: dict  # model -> params of its latest checkpoint
   meta: dict  # model -> that checkpoint's metadata (curriculum stage, curves, ...)
@@ -154,7 +223,8 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
         resume: str | None = None) -> str:
   """Trains and evaluates experiment `name` in a new run folder under runs_root (or continues `resume`, where
   overrides may change only step budgets and evaluation settings); writes config.json and results.json and
-  returns the run folder. ConfigError on bad input, before the folder is created; train.Interrupted (with the
+  returns the run folder. ConfigError on bad input, before the folder is created (InputError: a checkpoint found
+  later that does not fit); Bug for any other ConfigError once the experiment runs; train.Interrupted (with the
   run folder to resume) on SIGTERM/SIGINT, after a checkpoint."""
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
@@ -178,7 +248,7 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
     runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
                                                            "config": C.to_dict(cfg)})
   start = time.time()
-  with train.stop_on_signals():
+  with train.stop_on_signals(), inputs_checked():
     body = module.run(cfg, run_dir)
   if main_process:
     runs.write_json(os.path.join(run_dir, "results.json"),

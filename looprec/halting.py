@@ -66,7 +66,8 @@ class Policy:
     for rel, test in RELATIVE.items():
       if rel in params:
         if not answers or answers < 2:
-          raise ConfigError(f"halting policy {self}: {rel} needs the answer-set size (>= 2), got {answers}")
+          raise ConfigError(f"halting policy {self}: {rel} needs the answer-set size (>= 2), got {answers} (an "
+                            "evaluation split carries it as `n_answers`, data.with_answer_set)")
         params[test] = params.pop(rel) * math.log(answers)
     return (jnp.array([float(params.get(k, 0.0)) for k in TESTS], jnp.float32),
             jnp.array([k in params for k in TESTS]))

@@ -132,7 +132,7 @@ n_entities = task.vocab.n_entities
 max_entropy = 3.0 * np.log(n_entities) / np.log(200)
 policies = [f"{name}:max_entropy={max_entropy:.2f}" if "max_entropy" in defaults else name
             for name, defaults in HALTING_RULES.items() if name != "gate" or model.has_exit_gate]
-tables = {p: halt(model, params, splits, p, max_loops=HALT_CAP, fixed=acc, answers=n_entities) for p in policies}
+tables = {p: halt(model, params, splits, p, max_loops=HALT_CAP, fixed=acc) for p in policies}
 fixed_R = np.arange(1, HALT_CAP + 1)
 fixed_acc = [np.mean([acc[s][str(r)] for s in splits]) for r in fixed_R]
 points = {p: (np.mean([row["mean_loops"] for row in table.values()]),

@@ -10,7 +10,7 @@ import pytest
 from jax import monitoring
 
 from conftest import run_cli
-from looprec import analysis, cli, eval as evaluation, halting
+from looprec import analysis, cli, data, eval as evaluation, experiment, halting
 from looprec.config import ConfigError, ModelConfig
 from looprec.models.looped import LoopedTransformer
 
@@ -51,6 +51,23 @@ def test_margins_on_a_synthetic_case():
   np.testing.assert_allclose(m["margin"], [-1.5, 0.0, -1.75])
   assert m["t_star"] == 2.0 and m["hit_fraction"] == 0.5 and m["peak_loop"] == 2
   assert analysis.summarize_margins(np.asarray(margin_RxB)[:1], np.asarray(hit_RxB)[:1])["t_star"] is None
+
+
+@pytest.mark.parametrize("name", ["depth_extrap", "systematicity"])
+def test_splits_carry_the_answer_set_size(name):
+  """Evaluation splits carry the answer-set size (`n_answers`, kept by `data.take`): halt and analyze_model with
+  the default policies, the relative bound kl_entropy_rel among them, need nothing more on either task."""
+  module = experiment.load(name)
+  cfg = module.PRESETS["smoke"]()
+  task = data.make_task(cfg.data)
+  splits = {s: data.take(ex, slice(0, 16)) for s, ex in list(module.eval_splits(task, cfg.eval.max_hop).items())[:2]}
+  assert [analysis.answer_set_size(ex) for ex in splits.values()] == [task.vocab.n_entities] * 2
+  model = cfg.build_model("looped", task.vocab.size)
+  params = model.init(jax.random.PRNGKey(0))
+  got = analysis.analyze_model(model, params, splits, 2, halt_loops=2, margin_loops=2, batch_size=16)
+  assert "kl_entropy_rel" in [p.partition(":")[0] for p in got["halting"]]
+  table = analysis.halt(model, params, splits, "kl_entropy_rel", max_loops=2, batch_size=16, fixed=got["sweep"])
+  assert set(table) == set(splits) and all(1 <= row["mean_loops"] <= 2 for row in table.values())
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +128,17 @@ def test_analyze_bad_input(smoke_run, capsys, args, message):
   assert cli.main(["analyze", smoke_run, *args]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_config_error_during_the_analysis_is_a_bug(smoke_run, monkeypatch, capsys):
+  """Past the checks of the run folder and the options, a ConfigError is a bug: a traceback and exit 1."""
+  def broken(*args, **kwargs):
+    raise ConfigError("injected during the analysis")
+  monkeypatch.setattr(analysis, "analyze_model", broken)
+  assert cli.main(["analyze", smoke_run]) == 1
+  err = capsys.readouterr().err
+  assert "Traceback" in err and "experiment.Bug" in err and "injected during the analysis" in err
+  assert not any(line.startswith("error:") for line in err.splitlines())
 
 
 def test_analyze_needs_a_run_with_checkpoints(smoke_run, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""End to end through the CLI: the smoke preset trains, checkpoints, is killed, resumes and evaluates."""
+"""End to end through the CLI: the smoke preset is killed, resumes and evaluates; bad input (the smoke preset run
+straight through: tests/test_experiments_smoke.py)."""
 import json
 import os
 import signal
@@ -9,37 +10,36 @@ import time
 import pytest
 
 from conftest import ROOT, results_of, run_cli
+from looprec import analysis, cli, train
+from looprec.config import ConfigError
 
 SMALL = ["train.steps=120", "train.checkpoint_every=40", "train.eval_every=40", "models.vanilla.steps=40"]
 
 
-def check_contract(results, preset):
-  assert results["experiment"] == "depth_extrap" and results["preset"] == preset
-  assert isinstance(results["wall_seconds"], float)
-  for m in results["models"].values():
-    assert isinstance(m["n_layers"], int) and m["n_layers"] >= 1
-    assert m["train_loops"].startswith(("fixed:", "dynamic:"))
-    assert isinstance(m["trained_max_hop"], int) and isinstance(m["steps"], int)
-    for split, by_r in m["accuracy"].items():
-      assert split == "atomic" or split.endswith("hop_test")
-      assert all(k.isdigit() and 0.0 <= v <= 1.0 for k, v in by_r.items())
+def test_config_error_after_training_is_a_bug_not_bad_input(tmp_path, monkeypatch, capsys):
+  """A ConfigError raised once the run is under way (here: by the analysis after the first model trained) is not
+  the user's mistake: its traceback and exit 1, not one `error:` line and exit 2."""
+  def broken(*args, **kwargs):
+    raise ConfigError("injected after training")
+  monkeypatch.setattr(analysis, "analyze_model", broken)
+  monkeypatch.setattr(cli.compile_cache, "enable", lambda: None)
+  code = cli.main(["experiment", "depth_extrap", "--preset", "smoke", "train.steps=2", "models.vanilla.steps=1",
+                   "--runs-dir", str(tmp_path)])
+  err = capsys.readouterr().err
+  assert code == 1 and "Traceback" in err and "experiment.Bug" in err and "injected after training" in err
+  assert not any(line.startswith("error:") for line in err.splitlines())
+  assert os.listdir(tmp_path / "depth_extrap" / "latest" / "checkpoints") == ["looped"]
 
 
-def test_smoke_preset_end_to_end(tmp_path):
-  proc = run_cli("experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  path, results = results_of(proc)
-  check_contract(results, "smoke")
-  run_dir = os.path.dirname(path)
-  assert os.path.realpath(tmp_path / "depth_extrap" / "latest") == os.path.realpath(run_dir)
-  assert os.path.basename(run_dir).startswith("smoke-")
-  files = os.listdir(run_dir)
-  assert {"config.json", "results.json", "report.md", "accuracy_hop_by_loops.png", "checkpoints", "tb"} <= set(files)
-  assert os.listdir(os.path.join(run_dir, "tb", "looped"))
-  assert set(results["models"]) == {"looped", "vanilla"}
-  assert results["models"]["looped"]["steps"] == 200
-  assert len(results["models"]["looped"]["accuracy"]) == 5  # hops 1..5
-  assert len(results["models"]["looped"]["accuracy"]["3hop_test"]) == 8  # R = 1..8
+def test_checkpoint_that_does_not_fit_found_while_running_is_bad_input(tmp_path, monkeypatch, capsys):
+  """A ConfigError of training itself (restoring a checkpoint that does not fit the data) stays bad input."""
+  def refuse(*args, **kwargs):
+    raise ConfigError("checkpoint looped step 2 was trained on data with vocab_size=12, the data now has 13")
+  monkeypatch.setattr(train, "train_model", refuse)
+  monkeypatch.setattr(cli.compile_cache, "enable", lambda: None)
+  code = cli.main(["experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: checkpoint looped step 2"), err
 
 
 def _wait_for_checkpoint(ckpt_dir, proc, timeout=180):

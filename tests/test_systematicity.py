@@ -1,6 +1,5 @@
-"""Systematicity (RECIPE task A): the composition data stream, the logit lens, presets, and the experiment
-end to end (curves, stages, lens, figures, analysis, kill and resume)."""
-import json
+"""Systematicity (RECIPE task A): the composition data stream, the logit lens, presets, and kill and resume (the
+smoke preset end to end with its curves, stages, lens, figures and analysis: tests/test_experiments_smoke.py)."""
 import os
 import signal
 import subprocess
@@ -210,35 +209,6 @@ def test_presets_validate_and_compare_equal_depth(preset):
   looped, vanilla = cfg.models["looped"], cfg.models["vanilla"]
   depth = lambda run: run.n_layers * run.rec.max_loops
   assert depth(looped) == depth(vanilla) and vanilla.rec.loops == 1
-
-
-def test_smoke_end_to_end_then_analyze(tmp_path):
-  proc = run_cli("experiment", "systematicity", "--preset", "smoke", "--runs-dir", str(tmp_path))
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  path, r = results_of(proc)
-  run_dir = os.path.dirname(path)
-  assert {"grokking.png", "logit_lens.png", "report.md", "config.json"} <= set(os.listdir(run_dir))
-  assert set(r["models"]) == set(r["curves"]) == set(r["stages"]) == set(r["logit_lens"]) == {"looped", "vanilla"}
-  for name, steps in (("looped", 120), ("vanilla", 80)):
-    curves = r["curves"][name]
-    assert set(curves) == set(composition.SPLITS)
-    assert all([p[0] for p in points] == list(range(40, steps + 1, 40)) for points in curves.values())
-    assert set(r["stages"][name]) == set(composition.SPLITS)
-    assert set(r["logit_lens"][name]) == set(systematicity.TWO_HOP)
-    loops = 2 if name == "looped" else 1
-    for by_target in r["logit_lens"][name].values():
-      assert set(by_target) == {"bridge", "answer", "bridge_at_r1"}
-      assert len(by_target["bridge"]["top1"]) == len(by_target["answer"]["mrr"]) == loops
-    m = r["models"][name]
-    assert m["final"] == {s: by_r[str(loops)] for s, by_r in m["accuracy"].items()}
-    assert all(len(by_r) == 4 for by_r in m["accuracy"].values())  # R = 1..eval.max_loops
-    assert {s: pts[-1][1] for s, pts in curves.items()} == pytest.approx(m["final"])  # the last curve point
-  ana = subprocess.run([sys.executable, "-m", "looprec", "analyze", run_dir], capture_output=True, text=True, cwd=ROOT)
-  assert ana.returncode == 0, ana.stderr[-2000:]
-  with open(os.path.join(run_dir, "analysis.json")) as f:
-    analysis = json.load(f)["models"]
-  for name, m in r["models"].items():
-    assert analysis[name]["final"] == m["final"] and analysis[name]["logit_lens"] == r["logit_lens"][name]
 
 
 def test_killed_run_resumes_with_the_same_curves(tmp_path):

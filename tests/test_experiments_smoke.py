@@ -1,0 +1,169 @@
+"""Every experiment's smoke preset end to end (the experiments in `experiments/` with a `smoke` preset,
+discovered), then `python -m looprec analyze` on its run folder: the results contract, analysis.json beside it,
+and golden values.
+
+Golden values (tests/golden/<name>_smoke.json: each model's params_sum, steps, stages and every accuracy) pin
+what the code computes, so a refactor that should not move results is checked here. A change that moves them on
+purpose regenerates them with
+
+    LOOPREC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest -p no:xdist tests/test_experiments_smoke.py
+
+and commits tests/golden/ on its own, in a commit that says why the values moved.
+"""
+import importlib
+import json
+import os
+import pkgutil
+
+import pytest
+
+import experiments
+from data_gen import composition
+from looprec import cli, experiment
+
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+UPDATE = os.environ.get("LOOPREC_UPDATE_GOLDEN") == "1"
+GOLDEN_KEYS = ("params_sum", "steps", "stages", "accuracy")
+
+
+def discovered() -> list[str]:
+  """The experiment modules with a smoke preset."""
+  names = [m.name for m in pkgutil.iter_modules(experiments.__path__)]
+  return sorted(n for n in names if "smoke" in getattr(importlib.import_module(f"experiments.{n}"), "PRESETS", {}))
+
+
+def golden_of(results: dict) -> dict:
+  """The pinned part of results.json: per model its GOLDEN_KEYS (stages: the model's curriculum stages, or the
+  experiment's per-model `stages`; None where there is none)."""
+  out = {}
+  for name, m in results["models"].items():
+    stages = m["stages"] if "stages" in m else results.get("stages", {}).get(name)
+    out[name] = {"params_sum": m["params_sum"], "steps": m["steps"], "stages": stages, "accuracy": m["accuracy"]}
+  return {"experiment": results["experiment"], "preset": results["preset"], "models": out}
+
+
+def compare(got, want, path: str, errors: list):
+  """Appends `path: got X, golden Y` for every difference: params_sum to rtol 1e-6, other floats to abs 1e-9."""
+  if isinstance(want, dict) and isinstance(got, dict):
+    if set(got) != set(want):
+      errors.append(f"{path}: keys {sorted(got)}, golden {sorted(want)}")
+    for key in set(got) & set(want):
+      compare(got[key], want[key], f"{path}.{key}", errors)
+  elif isinstance(want, float) and isinstance(got, (int, float)):
+    tol = 1e-6 * abs(want) if path.endswith("params_sum") else 1e-9
+    if abs(got - want) > tol:
+      errors.append(f"{path}: got {got!r}, golden {want!r}")
+  elif got != want:
+    errors.append(f"{path}: got {got!r}, golden {want!r}")
+
+
+def check_golden(name: str, results: dict):
+  path = os.path.join(GOLDEN_DIR, f"{name}_smoke.json")
+  got = golden_of(results)
+  if UPDATE:
+    os.makedirs(GOLDEN_DIR, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(got, f, indent=1, sort_keys=True)
+      f.write("\n")
+    return
+  assert os.path.isfile(path), f"no golden values for {name!r}: run with LOOPREC_UPDATE_GOLDEN=1 and commit {path}"
+  with open(path) as f:
+    want = json.load(f)
+  errors = []
+  compare(got, want, name, errors)
+  assert not errors, (f"{len(errors)} value(s) differ from {path}:\n  " + "\n  ".join(errors[:20]) +
+                      "\nChanging a golden value is deliberate: regenerate with LOOPREC_UPDATE_GOLDEN=1 (see this "
+                      "file's docstring) and commit tests/golden/ alone, in a commit that says why the values moved.")
+
+
+def check_contract(name: str, run_dir: str, results: dict):
+  """results.json as README states it: what every experiment writes, and every model's accuracy[split][R]."""
+  cfg = experiment.read_run_config(run_dir)[3]
+  assert results["experiment"] == name and results["preset"] == "smoke"
+  assert isinstance(results["wall_seconds"], float)
+  assert set(cfg.models) <= set(results["models"])
+  splits = None
+  for model, m in results["models"].items():
+    assert isinstance(m["n_layers"], int) and m["n_layers"] >= 1, model
+    assert isinstance(m["train_loops"], str) and isinstance(m["steps"], int), model
+    assert isinstance(m["n_params"], int) and isinstance(m["params_sum"], float), model
+    splits = splits or set(m["accuracy"])
+    assert set(m["accuracy"]) == splits, model
+    for by_r in m["accuracy"].values():
+      assert list(by_r) == [str(r) for r in range(1, len(by_r) + 1)] and len(by_r) >= cfg.eval.max_loops, model
+      assert all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in by_r.values()), model
+  for model in cfg.models:
+    assert results["models"][model]["steps"] == (cfg.models[model].steps or cfg.train.steps)
+
+
+def check_analysis(run_dir: str, results: dict):
+  """analysis.json has every model of results.json, and its sweep (`sweep` or `accuracy`) agrees with it."""
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    analyses = json.load(f)["models"]
+  assert set(analyses) == set(results["models"])
+  for model, m in results["models"].items():
+    sweep = analyses[model].get("sweep") or analyses[model]["accuracy"]
+    assert {s: {r: sweep[s][r] for r in by_r} for s, by_r in m["accuracy"].items()} == m["accuracy"], model
+
+
+def check_depth_extrap(run_dir: str, results: dict):
+  assert os.path.realpath(os.path.join(os.path.dirname(run_dir), "latest")) == os.path.realpath(run_dir)
+  assert os.path.basename(run_dir).startswith("smoke-")
+  assert {"config.json", "results.json", "report.md", "accuracy_hop_by_loops.png", "checkpoints", "tb",
+          "margins.png", "halting.md"} <= set(os.listdir(run_dir))
+  assert os.listdir(os.path.join(run_dir, "tb", "looped"))
+  for m in results["models"].values():
+    assert m["train_loops"].startswith(("fixed:", "dynamic:")) and isinstance(m["trained_max_hop"], int)
+    assert len(m["accuracy"]) == 5 and all(len(by_r) == 8 for by_r in m["accuracy"].values())  # hops 1..5, R 1..8
+
+
+def check_systematicity(run_dir: str, results: dict):
+  from experiments import systematicity  # pylint: disable=import-outside-toplevel
+  assert {"grokking.png", "logit_lens.png", "report.md", "config.json"} <= set(os.listdir(run_dir))
+  r = results
+  assert set(r["models"]) == set(r["curves"]) == set(r["stages"]) == set(r["logit_lens"]) == {"looped", "vanilla"}
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    analyses = json.load(f)["models"]
+  for name, steps in (("looped", 120), ("vanilla", 80)):
+    curves = r["curves"][name]
+    assert set(curves) == set(composition.SPLITS)
+    assert all([p[0] for p in points] == list(range(40, steps + 1, 40)) for points in curves.values())
+    assert set(r["stages"][name]) == set(composition.SPLITS)
+    assert set(r["logit_lens"][name]) == set(systematicity.TWO_HOP)
+    loops = 2 if name == "looped" else 1
+    for by_target in r["logit_lens"][name].values():
+      assert set(by_target) == {"bridge", "answer", "bridge_at_r1"}
+      assert len(by_target["bridge"]["top1"]) == len(by_target["answer"]["mrr"]) == loops
+    m = r["models"][name]
+    assert m["final"] == {s: by_r[str(loops)] for s, by_r in m["accuracy"].items()}
+    assert all(len(by_r) == 4 for by_r in m["accuracy"].values())  # R = 1..eval.max_loops
+    assert {s: pts[-1][1] for s, pts in curves.items()} == pytest.approx(m["final"])  # the last curve point
+    assert analyses[name]["final"] == m["final"] and analyses[name]["logit_lens"] == r["logit_lens"][name]
+
+
+SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity}
+
+
+def test_every_experiment_implements_the_contract():
+  """The contract's members are REQUIRED or have a default, and every module of experiments/ loads under it."""
+  members = {m for m in vars(experiment.Experiment) if not m.startswith("_")} | set(
+      experiment.Experiment.__annotations__)
+  assert members == set(experiment.REQUIRED) | set(experiment.DEFAULTS)
+  for module in pkgutil.iter_modules(experiments.__path__):
+    experiment.load(module.name)
+
+
+@pytest.mark.parametrize("name", discovered())
+def test_smoke_experiment(name, tmp_path, capsys):
+  run_dir = experiment.run(name, "smoke", [], runs_root=str(tmp_path))
+  with open(os.path.join(run_dir, "results.json")) as f:
+    results = json.load(f)
+  check_golden(name, results)
+  check_contract(name, run_dir, results)
+  written = os.path.join(run_dir, "analysis.json")
+  if os.path.exists(written):
+    os.remove(written)  # analyze writes it again
+  assert cli.main(["analyze", run_dir]) == 0, capsys.readouterr().err[-3000:]
+  assert capsys.readouterr().out.strip().splitlines()[-1] == f"analysis: {run_dir}/analysis.json"
+  check_analysis(run_dir, results)
+  SPECIFIC.get(name, lambda *_: None)(run_dir, results)
