@@ -21,7 +21,7 @@ def check_contract(results, preset):
     assert m["train_loops"].startswith(("fixed:", "dynamic:"))
     assert isinstance(m["trained_max_hop"], int) and isinstance(m["steps"], int)
     for split, by_r in m["accuracy"].items():
-      assert split == "atomic" or split.endswith("hop_test")
+      assert split in ("atomic", "atomic_val") or split.endswith(("hop_test", "hop_val"))
       assert all(k.isdigit() and 0.0 <= v <= 1.0 for k, v in by_r.items())
 
 
@@ -38,7 +38,7 @@ def test_smoke_preset_end_to_end(tmp_path):
   assert os.listdir(os.path.join(run_dir, "tb", "looped"))
   assert set(results["models"]) == {"looped", "vanilla"}
   assert results["models"]["looped"]["steps"] == 200
-  assert len(results["models"]["looped"]["accuracy"]) == 5  # hops 1..5
+  assert len(results["models"]["looped"]["accuracy"]) == 10  # hops 1..5, test and validation
   assert len(results["models"]["looped"]["accuracy"]["3hop_test"]) == 8  # R = 1..8
 
 

@@ -18,6 +18,7 @@ from data_gen.io import write_dataset
 from experiments import systematicity
 from looprec import config as C, data, eval as evaluation, lens, sharding
 from looprec.config import CompositionDataConfig, ConfigError, ModelConfig
+from looprec.selection import val_split
 from looprec.models.looped import LoopedTransformer
 
 SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
@@ -91,6 +92,19 @@ def test_batch_last_is_the_official_collate():
   at_relation = model.answer_logits(params, ex["tokens"], np.where(atomic_mixed, 1, 2), 2)
   at_pad = model.answer_logits(params, ex["tokens"], ex["read_pos"], 2)
   assert not np.allclose(at_relation[atomic_mixed], at_pad[atomic_mixed], atol=1e-3)
+
+
+def test_held_out_probes_are_halved_into_test_and_validation():
+  task, whole = data.make_task(SMALL), composition.make_composition(SMALL.seed, 30, 6, 4, 0.2, 2.0, 200).probes
+  for name, facts in whole.items():
+    if not name.startswith("test_"):
+      assert len(task.probes[name]["target"]) == len(facts.tails_B)
+      continue
+    test, val = ([(int(h), tuple(map(int, r))) for h, r in zip(*decode(task, task.probes[s])[:2])]
+                 for s in (name, val_split(name)))
+    assert len(test) == (len(facts.tails_B) + 1) // 2 and len(val) == len(facts.tails_B) // 2
+    assert not set(test) & set(val)
+    assert sorted(test + val) == sorted((int(h), tuple(r)) for h, r in zip(facts.heads_B, facts.rels_BxK.tolist()))
 
 
 def test_probe_bridges_are_the_first_hops_tail():
@@ -221,9 +235,9 @@ def test_smoke_end_to_end_then_analyze(tmp_path):
   assert set(r["models"]) == set(r["curves"]) == set(r["stages"]) == set(r["logit_lens"]) == {"looped", "vanilla"}
   for name, steps in (("looped", 120), ("vanilla", 80)):
     curves = r["curves"][name]
-    assert set(curves) == set(composition.SPLITS)
+    assert set(curves) == set(composition.SPLITS) | {val_split(s) for s in composition.SPLITS if s.startswith("test_")}
     assert all([p[0] for p in points] == list(range(40, steps + 1, 40)) for points in curves.values())
-    assert set(r["stages"][name]) == set(composition.SPLITS)
+    assert set(r["stages"][name]) == set(curves)
     assert set(r["logit_lens"][name]) == set(systematicity.TWO_HOP)
     loops = 2 if name == "looped" else 1
     for by_target in r["logit_lens"][name].values():
