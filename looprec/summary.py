@@ -8,7 +8,8 @@ must be the same experiment, preset and overrides but for `seed` and `data.seed`
 (schema 1):
 
     {"schema": 1, "experiment", "preset", "overrides": ["key=value", ...] (the config against the preset's, SEEDS
-     left out), "seeds": [...], "commands": {"train": [one per run], "analyze": str, "summarize": str},
+     left out), "seeds": [...], "max_loops" (R is chosen among 1..eval.max_loops),
+     "commands": {"train": [one per run], "analyze": str, "summarize": str},
      "commit": {"train": sha or null, "analysis": sha}, "machine": {"platform", "cpu_count"},
      "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "models": {model: metrics}}],
      "aggregate": {"wall_seconds", "models": ...}}   # every number as {"mean", "min", "max"} over the seeds
@@ -33,6 +34,7 @@ from looprec.data import hop_of
 
 SCHEMA = 1
 SEEDS = ("seed", "data.seed")  # what may differ between the runs of one summary
+CODE = ("looprec", "experiments", "data_gen")  # a change here outside a commit makes the commit "-dirty"
 
 
 def _read(run_dir: str, name: str) -> dict:
@@ -66,24 +68,30 @@ def overrides(experiment_name: str, preset: str, saved: dict) -> list[str]:
   return [f"{k}={fmt(got.get(k))}" for k in keys]
 
 
-def _depth_metrics(result: dict, analysis: dict) -> dict:
-  tests = sorted((s for s in analysis["sweep"] if not selection.is_val(s)), key=hop_of)
+def _upto(accuracy: dict, max_loops: int) -> dict:
+  """accuracy[split][R] for R <= max_loops (analysis sweeps may run further, to the halting cap)."""
+  return {s: {r: a for r, a in by_r.items() if int(r) <= max_loops} for s, by_r in accuracy.items()}
+
+
+def _depth_metrics(result: dict, analysis: dict, max_loops: int) -> dict:
+  sweep = _upto(analysis["sweep"], max_loops)
+  tests = sorted((s for s in sweep if not selection.is_val(s)), key=hop_of)
   return {**{k: result.get(k) for k in ("train_loops", "n_layers", "trained_max_hop", "steps", "train_seconds")},
-          "hops": {str(hop_of(s)): selection.select(analysis["sweep"], s) for s in tests},
+          "hops": {str(hop_of(s)): selection.select(sweep, s) for s in tests},
           "halting": {pol: {str(hop_of(s)): {k: table[s][k] for k in ("accuracy", "mean_loops")} for s in tests}
                       for pol, table in analysis["halting"].items()}}
 
 
-def _composition_metrics(result: dict, analysis: dict, stages: dict) -> dict:
-  acc = analysis["accuracy"]
+def _composition_metrics(result: dict, analysis: dict, stages: dict, max_loops: int) -> dict:
+  acc = _upto(analysis["accuracy"], max_loops)
   return {**{k: result.get(k) for k in ("train_loops", "n_layers", "steps", "train_seconds")},
           "final": {s: a for s, a in analysis["final"].items() if not selection.is_val(s)},
           "stage_steps": {s: step for s, step in stages.items() if not selection.is_val(s)},
           "selected": {s: selection.select(acc, s) for s in acc if s.startswith("test_")}}
 
 
-def run_metrics(run_dir: str, results: dict, analysis: dict) -> dict:
-  """model -> metrics of one run folder (the module docstring)."""
+def run_metrics(run_dir: str, results: dict, analysis: dict, max_loops: int) -> dict:
+  """model -> metrics of one run folder (the module docstring), R chosen among 1..max_loops."""
   models = analysis.get("models")
   if not isinstance(models, dict):
     raise ConfigError(f"{os.path.join(run_dir, 'analysis.json')}: no field 'models'")
@@ -92,14 +100,14 @@ def run_metrics(run_dir: str, results: dict, analysis: dict) -> dict:
     where = os.path.join(run_dir, "analysis.json")
     try:
       result = results.get("models", {}).get(name, {})
-      out[name] = (_depth_metrics(result, a) if "sweep" in a
-                   else _composition_metrics(result, a, results.get("stages", {}).get(name, {})))
+      out[name] = (_depth_metrics(result, a, max_loops) if "sweep" in a
+                   else _composition_metrics(result, a, results.get("stages", {}).get(name, {}), max_loops))
     except KeyError as e:
       raise ConfigError(f"{where}: models.{name}: no field {e}") from None
   for path in sorted(_training_free(run_dir)):
     spec = os.path.basename(os.path.dirname(path))
     for name, a in _read(os.path.dirname(path), "analysis.json")["models"].items():
-      out[f"{name} training-free {spec}"] = _depth_metrics(results.get("models", {}).get(name, {}), a)
+      out[f"{name} training-free {spec}"] = _depth_metrics(results.get("models", {}).get(name, {}), a, max_loops)
   return out
 
 
@@ -126,8 +134,8 @@ def _git_commit() -> str | None:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, check=True)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+                           capture_output=True, text=True, check=True)
   except (OSError, subprocess.CalledProcessError):
     return None
   return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
@@ -140,7 +148,7 @@ def summarize(run_dirs: list[str], command: str, train_commit: str | None = None
     cfg, results, analysis = (_read(run_dir, f) for f in ("config.json", "results.json", "analysis.json"))
     try:
       setting = (cfg["experiment"], cfg["preset"])
-      seed = cfg["config"]["seed"]
+      seed, max_loops = cfg["config"]["seed"], cfg["config"]["eval"]["max_loops"]
       wall = results["wall_seconds"]
     except KeyError as e:
       raise ConfigError(f"{run_dir}: config.json or results.json has no field {e}") from None
@@ -155,14 +163,14 @@ def summarize(run_dirs: list[str], command: str, train_commit: str | None = None
       raise ConfigError(f"{run_dir}: seed {seed} appears twice ({' '.join(seeds) or 'the preset seeds'})")
     per_run.append({"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
                     "wall_seconds": wall,
-                    "models": run_metrics(run_dir, results, analysis), "machine": results.get("machine"),
+                    "models": run_metrics(run_dir, results, analysis, max_loops), "machine": results.get("machine"),
                     "commit": results.get("commit")})
   (name, preset), over = first
   train = f"python -m looprec experiment {name} --preset {preset}"
   machines = [r.pop("machine") for r in per_run]
   commits = [r.pop("commit") for r in per_run]
   return {"schema": SCHEMA, "experiment": name, "preset": preset, "overrides": over,
-          "seeds": [r["seed"] for r in per_run],
+          "seeds": [r["seed"] for r in per_run], "max_loops": max_loops,
           "commands": {"train": [" ".join([train, *over, *r["seed_overrides"]]) for r in per_run],
                        "analyze": "python -m looprec analyze RUN", "summarize": command},
           "commit": {"train": aggregate(commits) if any(commits) else train_commit, "analysis": _git_commit()},

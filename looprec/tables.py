@@ -51,6 +51,11 @@ def r_range(s) -> str:
   return f"R={lo}" if lo == hi else f"R={lo}–{hi}"
 
 
+def chosen(test, r) -> str:
+  """`accuracy, R=...` at the validation-chosen R, `—` where there is no validation split."""
+  return "—" if r is None else f"{stat(test)}, {r_range(r)}"
+
+
 def provenance(summary: dict, where: str) -> str:
   """The line under each table: the command per seed, n seeds, commits, machine, wall time."""
   seeds = need(summary, where, "seeds")
@@ -60,7 +65,7 @@ def provenance(summary: dict, where: str) -> str:
   varied = ", ".join(f"`{p}`" if p else "the preset's seeds" for p in per_run)
   commit = need(summary, where, "commit")
   machine = need(summary, where, "machine")
-  return (f"From `{where}`: `{base}` with {varied} (n = {len(seeds)} seeds), then "
+  return (f"From `{where}`: `{base}` with {varied} (n = {len(seeds)} seed{'s' * (len(seeds) != 1)}), then "
           f"`python -m looprec analyze RUN`; looprec {_short(commit.get('train'))} "
           f"(training), {_short(commit.get('analysis'))} (analysis); {machine.get('platform')}, "
           f"{machine.get('cpu_count')} CPUs; wall time per seed "
@@ -94,13 +99,14 @@ def depth_accuracy(summary: dict, where: str, models: tuple = ()) -> str:
     for n in names:
       trained = get(n, "trained_max_hop")
       star = " *" if int(hop) <= (trained["min"] if isinstance(trained, dict) else trained) else ""
-      cells += [f"{stat(get(n, 'hops', hop, 'test'))}, {r_range(get(n, 'hops', hop, 'r'))}{star}",
+      cells += [chosen(get(n, "hops", hop, "test"), get(n, "hops", hop, "r")) + star,
                 f"{stat(get(n, 'hops', hop, 'oracle'))}, {r_range(get(n, 'hops', hop, 'oracle_r'))}"]
     lines.append(f"| {hop} | " + " | ".join(cells) + " |")
+  r_max = need(summary, where, "max_loops")
   return "\n".join(lines + ["", provenance(summary, where) + " *Test at val-chosen R*: the test accuracy at the R "
-                            "chosen on the validation split (argmax over R, ties to the smallest R), with that R's "
-                            "range over seeds; *oracle*: the best test accuracy over R, an upper bound. `*`: hops "
-                            "every seed's model trained on."])
+                            f"chosen on the validation split (argmax over R = 1..{r_max}, ties to the smallest R), "
+                            "with that R's range over seeds; *oracle*: the best test accuracy over R, an upper "
+                            "bound. `*`: hops every seed's model trained on."])
 
 
 def depth_halting(summary: dict, where: str, models: tuple = ()) -> str:
@@ -108,11 +114,11 @@ def depth_halting(summary: dict, where: str, models: tuple = ()) -> str:
   names, get = _models(summary, where)
   names = list(models) or names
   hops = list(get(names[0], "hops"))
-  lines = ["| model | policy | " + " | ".join(f"{h} hops" for h in hops) + " |", "|---" * (2 + len(hops)) + "|"]
+  lines = ["| model | policy | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (2 + len(hops)) + "|"]
   for n in names:
     for pol in get(n, "halting"):
-      cells = [f"{stat(get(n, 'halting', pol, h, 'accuracy'))} / {stat(get(n, 'halting', pol, h, 'mean_loops'), '.1f')}"
-               for h in hops]
+      cells = [f"{stat(get(n, 'halting', pol, h, 'accuracy'))} / "
+               f"{stat(get(n, 'halting', pol, h, 'mean_loops'), '.1f')}" for h in hops]
       lines.append(f"| {n} | {pol} | " + " | ".join(cells) + " |")
   return "\n".join(lines + ["", provenance(summary, where) + " Each cell: accuracy / mean loops."])
 
@@ -130,13 +136,14 @@ def systematicity(summary: dict, where: str) -> str:
       never = step.get("missing", 0) if isinstance(step, dict) else 0
       cells += [stat(get(n, "final", split)),
                 (stat(step, ".0f") if step is not None else "never") + (f" ({never} never)" if never else ""),
-                f"{stat(get(n, 'selected', split, 'test'))}, {r_range(get(n, 'selected', split, 'r'))} "
+                f"{chosen(get(n, 'selected', split, 'test'), get(n, 'selected', split, 'r'))} "
                 f"[{stat(get(n, 'selected', split, 'oracle'))}, {r_range(get(n, 'selected', split, 'oracle_r'))}]"
                 if split in get(n, "selected") else "—"]
     lines.append(f"| {split} | " + " | ".join(cells) + " |")
   return "\n".join(lines + ["", provenance(summary, where) + " *final*: accuracy at the training R after the last "
                             "step; *>= 0.9 at step*: the first evaluated step at or above 0.9 (training curves); "
-                            "held-out splits are the even rows of each probe split, R is chosen on the odd rows."])
+                            "held-out splits are the even rows of each probe split, R "
+                            f"(1..{need(summary, where, 'max_loops')}) is chosen on the odd rows."])
 
 
 TABLES = {
