@@ -6,6 +6,9 @@
 
 A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc; TABLES maps ID to (summary
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
+Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
+models), depth_halting ((model, policy) x hop), systematicity (split x model); functools.partial picks models or
+hops.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -107,6 +110,21 @@ def depth_accuracy(summary: dict, where: str, models: tuple = ()) -> str:
                             f"chosen on the validation split (argmax over R = 1..{r_max}, ties to the smallest R), "
                             "with that R's range over seeds; *oracle*: the best test accuracy over R, an upper "
                             "bound. `*`: hops every seed's model trained on."])
+
+
+def depth_by_model(summary: dict, where: str, hops: tuple = ()) -> str:
+  """model x hop (for many models, e.g. variants): `test at val-chosen R [oracle]` per cell."""
+  names, get = _models(summary, where)
+  hops = list(hops) or list(get(names[0], "hops"))
+  lines = ["| model | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (1 + len(hops)) + "|"]
+  for n in names:
+    cells = [f"{chosen(get(n, 'hops', h, 'test'), get(n, 'hops', h, 'r'))} "
+             f"[{stat(get(n, 'hops', h, 'oracle'))}, {r_range(get(n, 'hops', h, 'oracle_r'))}]" for h in hops]
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + " Each cell: the test accuracy at the R chosen on the "
+                            f"validation split (argmax over R = 1..{need(summary, where, 'max_loops')}, ties to the "
+                            "smallest R) and that R's range over seeds; in brackets the oracle, the best test accuracy "
+                            "over R (an upper bound)."])
 
 
 def depth_halting(summary: dict, where: str, models: tuple = ()) -> str:

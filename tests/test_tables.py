@@ -17,6 +17,16 @@ def test_docs_tables_match_the_summaries():
   assert tables.run(ROOT, check=True) == []
 
 
+def test_every_renderer_reads_a_depth_summary():
+  where = os.path.join(tables.RESULTS, "depth_extrap_smoke.json")
+  with open(os.path.join(ROOT, where)) as f:
+    smoke = json.load(f)
+  by_model = tables.depth_by_model(smoke, where, hops=("4", "5"))
+  assert by_model.splitlines()[0] == "| model | hop 4 | hop 5 |" and by_model.count("\n| looped |") == 1
+  with pytest.raises(ConfigError, match="no field 'aggregate.models.looped.hops.9'"):
+    tables.depth_by_model(smoke, where, hops=("9",))
+
+
 def test_every_registered_table_is_in_a_doc():
   text = "".join(open(os.path.join(ROOT, doc)).read() for doc in tables.DOCS)
   assert [t for t in tables.TABLES if f"<!-- table: {t} -->" not in text] == []
