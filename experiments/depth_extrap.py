@@ -130,10 +130,12 @@ def validate(cfg: Config):
 
 
 def eval_splits(task, max_hop: int) -> dict:
-  """The held-out test split of every hop 1..max_hop that the task has, then their validation splits."""
+  """The held-out test split of every hop 1..max_hop that the task has, then their validation splits (an empty one,
+  possible in a data folder, left out)."""
   hops = range(1, min(max_hop, task.deepest_eval_hop) + 1)
+  vals = {selection.val_split(data.split_name(hop)): task.val_split(hop) for hop in hops}
   return {**{data.split_name(hop): task.eval_split(hop) for hop in hops},
-          **{selection.val_split(data.split_name(hop)): task.val_split(hop) for hop in hops}}
+          **{name: ex for name, ex in vals.items() if len(ex["target"])}}
 
 
 def run(cfg: Config, run_dir: str) -> dict:

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from data_gen import chains
+from experiments import depth_extrap
 from looprec import data
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig
 
@@ -131,6 +132,8 @@ def test_json_folder_source(tmp_path):
     assert tail == int(chains.follow(perms, [head], [rels])[0])
   assert len(t.eval_split(4)["hop"]) == 20
   assert len(t.val_split(4)["hop"]) == 0  # no test rows after the first n_eval, no 4-hop training rows
+  assert set(depth_extrap.eval_splits(t, 4)) == {"atomic", "2hop_test", "3hop_test", "4hop_test", "atomic_val",
+                                                 "2hop_val", "3hop_val"}  # the empty one left out
   small = task(source=str(tmp_path / "ds"), curriculum=CurriculumConfig(last_hop=3), n_eval=8)
   val, test = decode(small, small.val_split(3)), decode(small, small.eval_split(3))
   assert val == decode(small, data.take(small.test["3hop_test"], slice(8, 16))) and not set(val) & set(test)
