@@ -87,15 +87,45 @@ def validate(cfg: Config):
     analysis.training_free_configs(model_cfgs, spec)
 
 
+eval_splits = depth_extrap.eval_splits  # the held-out test and validation splits, as depth_extrap's
+
+
+def training_free_models(cfg: Config, vocab_size: int):
+  """(name, trained model it wraps, spec, model) of every training-free spec."""
+  for spec in training_free_specs(cfg):
+    for base, tf_cfg in analysis.training_free_configs({n: cfg.model_cfg(n) for n in cfg.models}, spec).items():
+      name = f"{base} training-free {tf_cfg.window} K={tf_cfg.substeps} b={tf_cfg.damping:g}"
+      yield name, base, spec, models.build(tf_cfg, vocab_size)
+
+
+def _analyzer(cfg: Config, task, mesh, max_loops: int):
+  """analyze(model, params): analysis.analyze_model on the run's splits."""
+  splits = eval_splits(task, cfg.eval.max_hop)
+  return lambda model, params: analysis.analyze_model(model, params, splits, max_loops, mesh=mesh,
+                                                      batch_size=cfg.eval.batch_size, answers=task.vocab.n_entities)
+
+
+def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None = None) -> str:
+  """`python -m looprec analyze RUN [--max-loops N]` of a variants run: every trained model and every training-free
+  spec, analyzed as `run` does after training; writes `analysis.write`'s files and returns analysis.json's path.
+  restored: model -> (params, checkpoint meta)."""
+  task = data.make_task(cfg.data)
+  analyze = _analyzer(cfg, task, sharding.loading_mesh(cfg.train.fsdp), max_loops or cfg.eval.max_loops)
+  analyses = {name: analyze(cfg.build_model(name, task.vocab.size), params) for name, (params, _) in restored.items()}
+  hops = {name: meta["stage"] for name, (_, meta) in restored.items()}
+  for name, base, _, model in training_free_models(cfg, task.vocab.size):
+    analyses[name], hops[name] = analyze(model, restored[base][0]), hops[base]
+  if jax.process_index() == 0:
+    analysis.write(run_dir, analyses, hops)
+  return os.path.join(run_dir, "analysis.json")
+
+
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains and analyzes every model, then the training-free wrappers of the trained ones; returns the `models`,
   `halting` and `margins` parts of results.json and writes report.md, the heatmaps and `analysis.write`'s files."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
-  splits = depth_extrap.eval_splits(task, cfg.eval.max_hop)
-  analyze = lambda model, params: analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,
-                                                         batch_size=cfg.eval.batch_size,
-                                                         answers=task.vocab.n_entities)
+  analyze = _analyzer(cfg, task, mesh, cfg.eval.max_loops)
   results, analyses, trained = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     trained[name] = result.params
@@ -106,13 +136,11 @@ def run(cfg: Config, run_dir: str) -> dict:
                      "params_sum": params_checksum(result.params), "train_seconds": result.wall_seconds,
                      "steps_per_second": result.steps / max(result.wall_seconds, 1e-9), "stages": result.stages,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
-  for spec in training_free_specs(cfg):
-    for base, tf_cfg in analysis.training_free_configs({n: cfg.model_cfg(n) for n in cfg.models}, spec).items():
-      name = f"{base} training-free {tf_cfg.window} K={tf_cfg.substeps} b={tf_cfg.damping:g}"
-      analyses[name] = analyze(models.build(tf_cfg, task.vocab.size), trained[base])
-      results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
-                       "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
-                       "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
+  for name, base, spec, model in training_free_models(cfg, task.vocab.size):
+    analyses[name] = analyze(model, trained[base])
+    results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
+                     "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
+                     "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   if jax.process_index() == 0:
     hops = {n: r["trained_max_hop"] for n, r in results.items()}
     plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),

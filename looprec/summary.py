@@ -3,7 +3,7 @@
     python -m looprec summarize --out results/depth_extrap_smoke.json RUN_SEED0 RUN_SEED1 [--train-commit SHA]
 
 Reads each run folder's config.json, results.json and analysis.json (`python -m looprec analyze RUN` writes it,
-also for a run trained by older code; a variants run's `training_free/*/analysis.json` are read too). Every run
+also for a run trained by older code; for a variants run it holds the training-free models too). Every run
 must be the same experiment, preset and overrides but for `seed` and `data.seed` (SEEDS), which differ. The summary
 (schema 1):
 
@@ -104,17 +104,7 @@ def run_metrics(run_dir: str, results: dict, analysis: dict, max_loops: int) -> 
                    else _composition_metrics(result, a, results.get("stages", {}).get(name, {}), max_loops))
     except KeyError as e:
       raise ConfigError(f"{where}: models.{name}: no field {e}") from None
-  for path in sorted(_training_free(run_dir)):
-    spec = os.path.basename(os.path.dirname(path))
-    for name, a in _read(os.path.dirname(path), "analysis.json")["models"].items():
-      out[f"{name} training-free {spec}"] = _depth_metrics(results.get("models", {}).get(name, {}), a, max_loops)
   return out
-
-
-def _training_free(run_dir: str) -> list[str]:
-  root = os.path.join(run_dir, "training_free")
-  return [os.path.join(root, d, "analysis.json") for d in (os.listdir(root) if os.path.isdir(root) else [])
-          if os.path.isfile(os.path.join(root, d, "analysis.json"))]
 
 
 def aggregate(values: list):

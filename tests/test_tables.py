@@ -88,15 +88,6 @@ def test_summary_selects_on_validation_and_aggregates_over_seeds(tmp_path):
   assert set(agg["hops"]) == {"1", "2"} and got["aggregate"]["wall_seconds"]["mean"] == 10.5
 
 
-def test_summary_reads_training_free_analyses_beside_the_run(tmp_path):
-  run_dir = fake_run(tmp_path, 0, 1)
-  os.makedirs(os.path.join(run_dir, "training_free", "modellooped_window0-1"))
-  shutil.copy(os.path.join(run_dir, "analysis.json"), os.path.join(run_dir, "training_free", "modellooped_window0-1"))
-  got = summary.summarize([run_dir], "cmd")["runs"][0]["models"]
-  assert list(got) == ["looped", "looped training-free modellooped_window0-1"]
-  assert got["looped training-free modellooped_window0-1"]["hops"] == got["looped"]["hops"]
-
-
 def test_summary_refuses_mixed_or_incomplete_runs(tmp_path):
   a = fake_run(tmp_path, 0, 1)
   with pytest.raises(ConfigError, match="seed 0 appears twice"):
