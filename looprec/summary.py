@@ -181,9 +181,10 @@ def _rounded(obj):
 
 
 def write(run_dirs: list[str], out: str, command: str, train_commit: str | None = None) -> str:
-  """Writes the summary of run_dirs to out (floats rounded to 6 decimals); returns out."""
+  """Writes the summary of run_dirs to out (its folder made if missing; floats rounded to 6 decimals); returns out."""
   summary = _rounded(summarize(run_dirs, command, train_commit))
   try:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     runs.write_json(out, summary)
   except OSError as e:
     raise ConfigError(f"{out}: cannot write ({e.strerror or e})") from None

@@ -99,6 +99,18 @@ def test_summary_refuses_mixed_or_incomplete_runs(tmp_path):
     summary.summarize([a], "cmd")
 
 
+def test_summarize_command(tmp_path, capsys):
+  out = tmp_path / "results" / "x.json"
+  runs = [fake_run(tmp_path, 0, 1), fake_run(tmp_path, 1, 2)]
+  assert cli.main(["summarize", "--out", str(out), *runs, "--train-commit", "abc"]) == 0
+  assert capsys.readouterr().out == f"summary: {out}\n"
+  got = json.loads(out.read_text())
+  assert got["commands"]["summarize"] == f"python -m looprec summarize --out {out} {' '.join(runs)}"
+  assert got["aggregate"]["models"]["looped"]["hops"]["2"]["r"] == {"mean": 1.5, "min": 1, "max": 2}
+  assert cli.main(["summarize", "--out", str(out), str(tmp_path / "nowhere")]) == 2
+  assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere' / 'config.json'}: missing\n"
+
+
 @pytest.fixture
 def docs_copy(tmp_path, monkeypatch):
   """A copy of the docs and results/ in tmp_path, the working directory."""
