@@ -7,7 +7,7 @@ PRESET ?=
 ARGS ?=
 RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment analyze test test-slow test-torch notebooks notebooks-sync clean-venv
+.PHONY: experiment analyze test test-slow test-torch notebooks notebooks-sync tables clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(VENV)/.stamp-dev
 
 test-slow: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -m slow
+
+# Rewrites the results tables of README.md and docs/ (between <!-- table: ID --> markers) from results/*.json.
+tables: $(VENV)/.stamp-run
+	$(PY) -m looprec tables
 
 # Executes every notebook headless with SMOKE on (nbclient, this venv's python as the kernel); fails on any error
 # or a missing figure. Executed copies go to runs/notebooks/.

@@ -97,14 +97,37 @@ def distinct_train_chains(seed: int, n_entities: int, n_relations: int, hop: int
   n_draw = max(n, 1)
   while True:
     heads, rels = train_chains(seed, n_entities, n_relations, hop, np.arange(n_draw), test_fraction)
-    _, first = np.unique(np.column_stack([heads, rels]), axis=0, return_index=True)
+    first = _first_distinct(heads, rels)
     if first.size >= n:
-      keep = np.sort(first)[:n]
+      keep = first[:n]
       return heads[keep], rels[keep]
     if n_draw >= _MAX_DRAW_FACTOR * n:
       raise ValueError(f"only {first.size} distinct training {hop}-hop chains in {n_draw} draws, "
                        f"{n} wanted; ask for fewer or enlarge the graph")
     n_draw *= 2
+
+
+def _first_distinct(heads_B, rels_BxK) -> np.ndarray:
+  """Indices of the first occurrence of each distinct chain, in order."""
+  return np.sort(np.unique(np.column_stack([heads_B, rels_BxK]), axis=0, return_index=True)[1])
+
+
+def val_chains(seed: int, n_entities: int, n_relations: int, hop: int, n: int, test_fraction: float):
+  """The validation chains of a hop, disjoint from held_out_chains(..., n) (the test chains): held-out chains
+  n..2n-1 of its order, topped up to n, where the held-out class has fewer than 2n chains, with the hop's first
+  distinct training-class chains in chain-id order (chains of a trained hop may have been trained on; beyond the
+  curriculum none were). Hop 1 (atomic facts, all trained): facts n..2n-1 of the sample, topped up with other facts
+  in id order, so with fewer than 2n atomic facts validation and test share facts (with at most n, val = test).
+  Returns heads_B, rels_BxK."""
+  heads, rels = held_out_chains(seed, n_entities, n_relations, hop, 2 * n, test_fraction)
+  heads, rels, need = heads[n:], rels[n:], n - len(heads[n:])
+  if need > 0:
+    more_h, more_r = train_chains(seed, n_entities, n_relations, hop, np.arange(_MAX_DRAW_FACTOR * need),
+                                  test_fraction)
+    taken = set(map(tuple, np.column_stack([heads, rels]).tolist()))
+    keep = [i for i in _first_distinct(more_h, more_r) if (more_h[i], *more_r[i]) not in taken][:need]
+    heads, rels = np.concatenate([heads, more_h[keep]]), np.concatenate([rels, more_r[keep]])
+  return heads.astype(np.int32), rels.astype(np.int32).reshape(len(heads), hop)
 
 
 def chain_space(n_entities: int, n_relations: int, hop: int) -> int:

@@ -18,7 +18,7 @@ import jax
 
 from data_gen.composition import SPLITS
 from looprec import config as C
-from looprec import data, eval as evaluation, experiment, lens, plots, report as md, runs, sharding
+from looprec import data, eval as evaluation, experiment, lens, plots, report as md, runs, selection, sharding
 from looprec.config import CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
@@ -134,14 +134,15 @@ def stage_steps(curves: dict, level: float = STAGE_ACCURACY) -> dict:
 
 
 def evaluate_model(cfg: Config, task, name: str, params, mesh, max_loops: int | None = None) -> dict:
-  """Accuracy of every probe split for R = 1..max_loops (default eval.max_loops), `final` at the training R, and
-  the logit lens over the training loops."""
+  """Accuracy of every probe split (test and validation halves) for R = 1..max_loops (default eval.max_loops),
+  `final` at the training R, and the logit lens of the test splits over the training loops."""
   model = cfg.build_model(name, task.vocab.size)
   loops = cfg.models[name].rec.max_loops
   max_loops = max(max_loops or cfg.eval.max_loops, loops)
   accuracy = evaluation.sweep(model, params, task.probes, max_loops, mesh, cfg.eval.batch_size)
+  tests = {s: ex for s, ex in task.probes.items() if not selection.is_val(s)}
   return {"accuracy": accuracy, "final": {s: by_r[str(loops)] for s, by_r in accuracy.items()},
-          "logit_lens": lens.logit_lens(model, params, task.probes, loops, mesh, cfg.eval.batch_size)}
+          "logit_lens": lens.logit_lens(model, params, tests, loops, mesh, cfg.eval.batch_size)}
 
 
 def run(cfg: Config, run_dir: str) -> dict:
@@ -198,6 +199,14 @@ def report(cfg: Config, models: dict, stages: dict, lenses: dict) -> str:
   for split in [s for s in SPLITS if s in stages[names[0]]]:  # a data folder may lack the mixed splits
     cells = [f"{models[n]['final'][split]:.2f} ({stages[n][split] or '-'})" for n in names]
     lines.append(f"| {split} | " + " | ".join(cells) + " |")
+  lines += ["", ("Held-out splits (`test_*`) are the even rows of each probe split; their odd rows (`val_*`) choose R "
+                 "after training. Test accuracy at the R chosen on validation (argmax over R = 1..%d, ties to the "
+                 "smallest R), and in brackets the oracle, the best test accuracy over R (an upper bound):"
+                 % cfg.eval.max_loops), "",
+            f"| split | {head} |", "|---" * (len(names) + 1) + "|"]
+  for split in [s for s in SPLITS if s.startswith("test_") and s in models[names[0]]["accuracy"]]:
+    lines.append(f"| {split} | " + " | ".join(selection.text(selection.select(models[n]["accuracy"], split))
+                                               for n in names) + " |")
   lines += ["", "Training: " + "; ".join(f"{n} {m['steps']} steps, {m['train_seconds']:.0f} s"
                                           for n, m in models.items()), "",
             "## Logit lens", "",

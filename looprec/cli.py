@@ -1,7 +1,8 @@
 """`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
 [--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`, and
-`python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`.
+`python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`,
+`python -m looprec summarize --out results/NAME.json RUN [RUN ...]`, and `python -m looprec tables [--check]`.
 
 Bad input (unknown experiment, preset or key, ill-typed or impossible values, missing data, a runs folder that
 cannot be written, a checkpoint that does not fit the data) stops with one line `error: ...` and exit code 2,
@@ -68,9 +69,16 @@ def main(argv=None) -> int:
   imp.add_argument("--model", default="looped", help="which of the preset's models the checkpoint is")
   imp.add_argument("--trained-hop", type=int, default=0, help="the curriculum hop it reached (default: the last)")
   imp.add_argument("--out", required=True, help="the run folder to create")
+  summ = sub.add_parser("summarize", help="a results summary (results/*.json) from run folders, one per seed")
+  summ.add_argument("runs", nargs="+")
+  summ.add_argument("--out", required=True)
+  summ.add_argument("--train-commit", default=None, help="the looprec commit that trained the runs")
+  tab = sub.add_parser("tables", help="regenerate the results tables of README.md and docs/ from results/")
+  tab.add_argument("--check", action="store_true", help="exit 1 naming each table that differs; write nothing")
   try:
     args, extra = parser.parse_known_args(argv)
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command == "analyze"]
+    no_overrides = args.command in ("analyze", "summarize", "tables")
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or no_overrides]
     if stray:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
@@ -81,6 +89,15 @@ def main(argv=None) -> int:
       out = importer.import_run(args.path, args.experiment, args.preset, extra, args.out, args.model,
                                 args.trained_hop)
       print(f"run: {out}")
+    if args.command == "summarize":
+      from looprec import summary  # pylint: disable=import-outside-toplevel
+      command = " ".join(["python -m looprec summarize --out", args.out, *args.runs])
+      print(f"summary: {summary.write(args.runs, args.out, command, args.train_commit)}")
+    if args.command == "tables":
+      from looprec import tables  # pylint: disable=import-outside-toplevel
+      differing = tables.run(check=args.check)
+      print("\n".join(("differs: " if args.check else "rewrote: ") + d for d in differing) or "tables: up to date")
+      return 1 if differing and args.check else 0
     if args.command == "analyze":
       from looprec import analysis  # pylint: disable=import-outside-toplevel  (jax is slow to import)
       path = analysis.analyze(args.run, args.max_loops, args.policy, args.halt_loops, args.margin_loops,

@@ -24,6 +24,7 @@ from data_gen import chains, composition
 from data_gen.facts import Facts
 from data_gen.vocab import Vocab
 from looprec.config import ChainDataConfig, CompositionDataConfig, ConfigError
+from looprec.selection import val_split
 
 _MAX_STEPS = 1 << 40
 _SALT_HOP = 0x686F70
@@ -40,7 +41,8 @@ def split_name(hop: int) -> str:
 
 
 def hop_of(split: str) -> int:
-  return 1 if split == "atomic" else int(split.removesuffix("hop_test"))
+  """The hop count of a test or validation split (`atomic`, `atomic_val`, `{k}hop_test`, `{k}hop_val`)."""
+  return 1 if split.startswith("atomic") else int(split.removesuffix("hop_test").removesuffix("hop_val"))
 
 
 def encode(vocab: Vocab, heads_B, rels_BxK, tails_B, seq_len: int, answer_at: str, hops_B=None, pad_hop=0) -> dict:
@@ -185,6 +187,15 @@ class ChainTask:
     return with_answer_set(encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at),
                            self.vocab)
 
+  def val_split(self, hop: int) -> dict:
+    """The validation chains of one hop, disjoint from eval_split's (`chains.val_chains`: the next n_eval
+    held-out chains, topped up with training-class chains where too few are held out)."""
+    c = self.cfg
+    self.eval_split(hop)  # the same seq_len check
+    heads, rels = chains.val_chains(c.seed, c.n_entities, c.n_relations, hop, c.n_eval, c.test_fraction)
+    return with_answer_set(encode(self.vocab, heads, rels, self._tails(heads, rels), c.seq_len, c.answer_at),
+                           self.vocab)
+
   def monitor_splits(self, stage: int) -> dict:
     return monitor_hops(self, stage)
 
@@ -238,18 +249,30 @@ class JsonChainTask:
     pick = chains.hash_columns(self.cfg.seed ^ stage, np.asarray(ids_B)) % np.uint64(len(rows))
     return take(self.train, rows[pick.astype(np.int64)])
 
-  def eval_split(self, hop: int) -> dict:
+  def _held_out(self, hop: int) -> dict:
+    """Every test row of one hop (hop 1 without atomic test rows: the atomic training rows, all trained)."""
     name = "atomic_facts" if hop == 1 else f"{hop}hop_test"
     if name in self.test:
       ex = self.test[name]
-    elif hop == 1:  # no atomic probe: atomic facts are all trained
+    elif hop == 1:
       ex = take(self.train, np.flatnonzero(self.train["hop"] == 1))
     else:
       raise ConfigError(f"data folder {self.cfg.source!r} has no test rows of type {name!r}")
-    ex = take(ex, slice(0, self.cfg.n_eval))
     if not len(ex["hop"]):
       raise ConfigError(f"data folder {self.cfg.source!r}: split {name!r} is empty")
     return with_answer_set(ex, self.vocab)
+
+  def eval_split(self, hop: int) -> dict:
+    """The first n_eval test rows of one hop."""
+    return take(self._held_out(hop), slice(0, self.cfg.n_eval))
+
+  def val_split(self, hop: int) -> dict:
+    """Test rows n_eval..2 n_eval - 1 of one hop, topped up to n_eval with the hop's training rows in file order
+    (the rule of `chains.val_chains`)."""
+    n = self.cfg.n_eval
+    rest = take(self._held_out(hop), slice(n, 2 * n))
+    more = take(self.train, np.flatnonzero(self.train["hop"] == hop)[:n - len(rest["hop"])])
+    return concat([rest, with_answer_set(more, self.vocab)])
 
   def monitor_splits(self, stage: int) -> dict:
     return monitor_hops(self, stage)
@@ -263,8 +286,9 @@ def monitor_hops(task, stage: int) -> dict:
 @dataclasses.dataclass
 class CompositionTask:
   """RECIPE task A: a finite training set (all atomic facts + the training 2-hop facts) streamed in epochs,
-  each a fresh grain shuffle of the rows, and fixed probe splits (`composition.SPLITS`). Probe examples of
-  2-hop facts carry `bridge`, the entity after the first hop (token id), for the logit lens."""
+  each a fresh grain shuffle of the rows, and fixed probe splits (`composition.SPLITS`, each held-out one halved
+  into test and `val_*`: `halves`). Probe examples of 2-hop facts carry `bridge`, the entity after the first hop
+  (token id), for the logit lens."""
 
   cfg: CompositionDataConfig
   deepest_eval_hop = 2
@@ -288,7 +312,8 @@ class CompositionTask:
       where = (f"the graph is too small for it (data.n_entities={c.n_entities}, data.out_degree={c.out_degree}, "
                f"data.ood_ratio={c.ood_ratio})" if c.source == "generate" else f"in {c.source}/test.json")
       raise ConfigError(f"probe split {empty[0]!r} is empty: {where}")
-    self.probes = {name: with_answer_set(self._encode(f, with_bridge=True), self.vocab) for name, f in probes.items()}
+    self.probes = halves({name: with_answer_set(self._encode(f, with_bridge=True), self.vocab)
+                          for name, f in probes.items()})
     self.order = grain.MapDataset.range(len(self.train["target"])).shuffle(seed=c.seed).repeat()
 
   def _encode(self, facts: Facts, with_bridge: bool) -> dict:
@@ -308,6 +333,15 @@ class CompositionTask:
   def monitor_splits(self, stage: int) -> dict:
     del stage
     return self.probes
+
+
+def halves(probes: dict) -> dict:
+  """Each held-out probe split (`test_*`) as two deterministic halves: its even rows keep the name (test), its odd
+  rows become `val_*` (validation, for choices made after training); training splits stay whole."""
+  out = {name: take(ex, slice(0, None, 2)) if name.startswith("test_") else ex for name, ex in probes.items()}
+  out.update({val_split(name): take(ex, slice(1, None, 2)) for name, ex in probes.items()
+              if name.startswith("test_") and len(ex["target"]) > 1})
+  return out
 
 
 def _batch_last(ex: dict) -> dict:

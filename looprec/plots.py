@@ -9,11 +9,13 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from looprec import runs  # pylint: disable=wrong-import-position
 from looprec.data import hop_of  # pylint: disable=wrong-import-position
+from looprec.selection import is_val  # pylint: disable=wrong-import-position
 
 
 def accuracy_grid(accuracy: dict):
-  """accuracy[split][R] (from eval.sweep) -> (hops, loops, grid hops x loops)."""
-  splits = sorted(accuracy, key=hop_of)
+  """accuracy[split][R] (from eval.sweep) -> (hops, loops, grid hops x loops) of the test splits (validation
+  splits are left out)."""
+  splits = sorted((s for s in accuracy if not is_val(s)), key=hop_of)
   loops = sorted({int(r) for s in splits for r in accuracy[s]})
   grid = np.array([[accuracy[s].get(str(r), np.nan) for r in loops] for s in splits])
   return [hop_of(s) for s in splits], loops, grid
@@ -38,11 +40,11 @@ def heatmaps(models: dict, path: str, trained_hops: dict | None = None):
 
 def grokking(curves: dict, path: str):
   """Accuracy vs training step (log scale), one panel per model, one line per split;
-  curves: model -> split -> [[step, accuracy], ...]."""
+  curves: model -> split -> [[step, accuracy], ...] (validation splits are left out)."""
   names = list(curves)
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), squeeze=False, sharey=True)
   for ax, name in zip(axes[0], names):
-    for split, points in curves[name].items():
+    for split, points in ((s, p) for s, p in curves[name].items() if not is_val(s)):
       steps, accs = np.array(points, float).T
       ax.plot(steps, accs, label=split, lw=1.5 if "inferred" in split else 1.0,
               ls="--" if "_first" in split or "_second" in split else "-")
@@ -81,11 +83,11 @@ def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred
 
 
 def margins(margins_by_model: dict, path: str):
-  """Margin vs loop, one line per hop, a dashed vertical line at each hop's mean t*, the zero line."""
+  """Margin vs loop, one line per hop (test splits), a dashed vertical line at each hop's mean t*, the zero line."""
   names = list(margins_by_model)
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
   for ax, name in zip(axes[0], names):
-    splits = sorted(margins_by_model[name], key=hop_of)
+    splits = sorted((s for s in margins_by_model[name] if not is_val(s)), key=hop_of)
     colors = plt.cm.viridis(np.linspace(0, 0.95, len(splits)))
     for split, color in zip(splits, colors):
       m = margins_by_model[name][split]

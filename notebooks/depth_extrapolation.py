@@ -126,7 +126,7 @@ def hop(split):
 
 fig, axes = plt.subplots(1, len(results["models"]), figsize=(4.5 * len(results["models"]), 3.8), squeeze=False)
 for ax, (name, res) in zip(axes[0], results["models"].items()):
-  splits = sorted(res["accuracy"], key=hop)
+  splits = sorted((s for s in res["accuracy"] if not s.endswith("_val")), key=hop)  # test splits (val ones choose R)
   loops = sorted(int(r) for r in res["accuracy"][splits[0]])
   grid = np.array([[res["accuracy"][s][str(r)] for r in loops] for s in splits])
   image = ax.imshow(grid, vmin=0, vmax=1, origin="lower", aspect="auto",

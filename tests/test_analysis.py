@@ -85,7 +85,7 @@ def test_experiment_reports_halting_and_margins(smoke_run):
   for name in ("looped", "vanilla"):
     assert set(results["halting"][name]) == {str(halting.parse_policy(p)) for p in halting.RULES if p != "gate"}
     for table in results["halting"][name].values():
-      assert set(table) == {"atomic", "2hop_test", "3hop_test"}
+      assert set(table) == {"atomic", "2hop_test", "3hop_test", "atomic_val", "2hop_val", "3hop_val"}
       assert all(set(row) == {"accuracy", "mean_loops", "median_loops"} for row in table.values())
     for curve in results["margins"][name].values():
       assert len(curve["margin"]) == analysis.MARGIN_LOOPS and 1 <= curve["peak_loop"] <= analysis.MARGIN_LOOPS

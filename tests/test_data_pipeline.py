@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from data_gen import chains
+from experiments import depth_extrap
 from looprec import data
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig
 
@@ -48,6 +49,25 @@ def test_held_out_chains_never_trained(pool):
     held = set(decode(t, t.eval_split(hop)))
     assert held and not held & train
   assert len({x for x in train if len(x[1]) == 2}) <= (pool or 10**9)
+
+
+def test_validation_chains_are_the_next_held_out_ones_topped_up_with_training_chains():
+  n = 20
+  t = task(n_eval=n, test_fraction=0.2)
+  for hop in (1, 2, 3, 4, 5):
+    test, val = decode(t, t.eval_split(hop)), decode(t, t.val_split(hop))
+    pool = list(zip(*chains.held_out_chains(0, 12, 3, hop, 10**6, 0.2)))
+    held = [(int(h), tuple(map(int, r))) for h, r in pool]
+    assert [x[:2] for x in test] == held[:n]  # the test split is the first n held-out chains, as before
+    assert len(val) == n and len(set(val)) == n
+    if hop == 1:  # 36 atomic facts: the 16 after the test sample, then the others in id order
+      others = [(h, (r,)) for h in range(12) for r in range(3) if (h, (r,)) not in held[n:]]
+      assert [x[:2] for x in val] == held[n:] + others[:n - len(held[n:])]
+      continue
+    assert [x[:2] for x in val[:len(held[n:2 * n])]] == held[n:2 * n] and not set(test) & set(val)
+    rest = val[len(held[n:2 * n]):]
+    assert not chains.is_held_out(0, [h for h, _, _ in rest], [r for _, r, _ in rest], 0.2).reshape(-1).any() \
+        if rest else len(held) >= 2 * n
 
 
 def test_stage_never_trains_deeper_hops():
@@ -111,6 +131,13 @@ def test_json_folder_source(tmp_path):
   for head, rels, tail in decode(t, ex):
     assert tail == int(chains.follow(perms, [head], [rels])[0])
   assert len(t.eval_split(4)["hop"]) == 20
+  assert len(t.val_split(4)["hop"]) == 0  # no test rows after the first n_eval, no 4-hop training rows
+  assert set(depth_extrap.eval_splits(t, 4)) == {"atomic", "2hop_test", "3hop_test", "4hop_test", "atomic_val",
+                                                 "2hop_val", "3hop_val"}  # the empty one left out
+  small = task(source=str(tmp_path / "ds"), curriculum=CurriculumConfig(last_hop=3), n_eval=8)
+  val, test = decode(small, small.val_split(3)), decode(small, small.eval_split(3))
+  assert val == decode(small, data.take(small.test["3hop_test"], slice(8, 16))) and not set(val) & set(test)
+  assert len(decode(small, small.val_split(1))) == 8  # atomic: no atomic test rows, training rows 8..15
 
 
 def test_missing_json_folder():

@@ -19,7 +19,7 @@ import pytest
 
 import experiments
 from data_gen import composition
-from looprec import cli, experiment
+from looprec import cli, experiment, selection
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = os.environ.get("LOOPREC_UPDATE_GOLDEN") == "1"
@@ -114,7 +114,8 @@ def check_depth_extrap(run_dir: str, results: dict):
   assert os.listdir(os.path.join(run_dir, "tb", "looped"))
   for m in results["models"].values():
     assert m["train_loops"].startswith(("fixed:", "dynamic:")) and isinstance(m["trained_max_hop"], int)
-    assert len(m["accuracy"]) == 5 and all(len(by_r) == 8 for by_r in m["accuracy"].values())  # hops 1..5, R 1..8
+    assert len(m["accuracy"]) == 10 and all(len(by_r) == 8 for by_r in m["accuracy"].values())  # hops 1..5, R 1..8
+    assert {selection.val_split(s) for s in m["accuracy"] if not selection.is_val(s)} <= set(m["accuracy"])
 
 
 def check_systematicity(run_dir: str, results: dict):
@@ -126,9 +127,10 @@ def check_systematicity(run_dir: str, results: dict):
     analyses = json.load(f)["models"]
   for name, steps in (("looped", 120), ("vanilla", 80)):
     curves = r["curves"][name]
-    assert set(curves) == set(composition.SPLITS)
+    held_out = {selection.val_split(s) for s in composition.SPLITS if s.startswith("test_")}
+    assert set(composition.SPLITS) <= set(curves) and set(curves) - set(composition.SPLITS) <= held_out
     assert all([p[0] for p in points] == list(range(40, steps + 1, 40)) for points in curves.values())
-    assert set(r["stages"][name]) == set(composition.SPLITS)
+    assert set(r["stages"][name]) == set(curves)
     assert set(r["logit_lens"][name]) == set(systematicity.TWO_HOP)
     loops = 2 if name == "looped" else 1
     for by_target in r["logit_lens"][name].values():

@@ -17,6 +17,7 @@ from data_gen.io import write_dataset
 from experiments import systematicity
 from looprec import config as C, data, eval as evaluation, lens, sharding
 from looprec.config import CompositionDataConfig, ConfigError, ModelConfig
+from looprec.selection import val_split
 from looprec.models.looped import LoopedTransformer
 
 SMALL = CompositionDataConfig(n_entities=30, n_relations=6, out_degree=4, ood_ratio=0.2, phi=2.0, n_probe=200)
@@ -90,6 +91,19 @@ def test_batch_last_is_the_official_collate():
   at_relation = model.answer_logits(params, ex["tokens"], np.where(atomic_mixed, 1, 2), 2)
   at_pad = model.answer_logits(params, ex["tokens"], ex["read_pos"], 2)
   assert not np.allclose(at_relation[atomic_mixed], at_pad[atomic_mixed], atol=1e-3)
+
+
+def test_held_out_probes_are_halved_into_test_and_validation():
+  task, whole = data.make_task(SMALL), composition.make_composition(SMALL.seed, 30, 6, 4, 0.2, 2.0, 200).probes
+  for name, facts in whole.items():
+    if not name.startswith("test_"):
+      assert len(task.probes[name]["target"]) == len(facts.tails_B)
+      continue
+    test, val = ([(int(h), tuple(map(int, r))) for h, r in zip(*decode(task, task.probes[s])[:2])]
+                 for s in (name, val_split(name)))
+    assert len(test) == (len(facts.tails_B) + 1) // 2 and len(val) == len(facts.tails_B) // 2
+    assert not set(test) & set(val)
+    assert sorted(test + val) == sorted((int(h), tuple(r)) for h, r in zip(facts.heads_B, facts.rels_BxK.tolist()))
 
 
 def test_probe_bridges_are_the_first_hops_tail():

@@ -1,0 +1,191 @@
+"""A results summary: one small JSON per results table, from run folders of one setting and several seeds.
+
+    python -m looprec summarize --out results/depth_extrap_smoke.json RUN_SEED0 RUN_SEED1 [--train-commit SHA]
+
+Reads each run folder's config.json, results.json and analysis.json (`python -m looprec analyze RUN` writes it,
+also for a run trained by older code; for a variants run it holds the training-free models too). Every run
+must be the same experiment, preset and overrides but for `seed` and `data.seed` (SEEDS), which differ. The summary
+(schema 1):
+
+    {"schema": 1, "experiment", "preset", "overrides": ["key=value", ...] (the config against the preset's, SEEDS
+     left out), "seeds": [...], "max_loops" (R is chosen among 1..eval.max_loops),
+     "commands": {"train": [one per run], "analyze": str, "summarize": str},
+     "commit": {"train": sha or null, "analysis": sha}, "machine": {"platform", "cpu_count"},
+     "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "models": {model: metrics}}],
+     "aggregate": {"wall_seconds", "models": ...}}   # every number as {"mean", "min", "max"} over the seeds
+
+Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layers", "trained_max_hop", "steps",
+"train_seconds", "hops": {hop: selection.select (r, test, val, oracle_r, oracle)}, "halting": {policy: {hop:
+{"accuracy", "mean_loops"}}}. Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
+{split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
+results.json), "selected": {test split: selection.select}. commit.analysis is this checkout's commit (the code
+that summarizes, assumed to have analyzed); machine is this machine unless results.json records one.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+from looprec import config as C
+from looprec import runs, selection
+from looprec.config import ConfigError
+from looprec.data import hop_of
+
+SCHEMA = 1
+SEEDS = ("seed", "data.seed")  # what may differ between the runs of one summary
+CODE = ("looprec", "experiments", "data_gen")  # a change here outside a commit makes the commit "-dirty"
+
+
+def _read(run_dir: str, name: str) -> dict:
+  path = os.path.join(run_dir, name)
+  if not os.path.isfile(path):
+    hint = f" (run `python -m looprec analyze {run_dir}`)" if name.endswith("analysis.json") else ""
+    raise ConfigError(f"{path}: missing{hint}")
+  try:
+    return runs.read_json(path)
+  except ValueError as e:
+    raise ConfigError(f"{path}: not JSON ({e})") from None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+  return out
+
+
+def overrides(experiment_name: str, preset: str, saved: dict) -> list[str]:
+  """`key=value` for every config value of a run that differs from its preset's, sorted; the SEEDS keys among
+  them come last."""
+  from looprec import experiment  # pylint: disable=import-outside-toplevel  (imports jax)
+  module = experiment.load(experiment_name)
+  if preset not in module.PRESETS:
+    raise ConfigError(f"preset {preset!r} of {experiment_name!r} no longer exists")
+  base, got = _flat(C.to_dict(module.PRESETS[preset]())), _flat(saved)
+  fmt = lambda v: v if isinstance(v, str) else "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+  keys = sorted((k for k in base.keys() | got.keys() if base.get(k) != got.get(k)), key=lambda k: (k in SEEDS, k))
+  return [f"{k}={fmt(got.get(k))}" for k in keys]
+
+
+def _upto(accuracy: dict, max_loops: int) -> dict:
+  """accuracy[split][R] for R <= max_loops (analysis sweeps may run further, to the halting cap)."""
+  return {s: {r: a for r, a in by_r.items() if int(r) <= max_loops} for s, by_r in accuracy.items()}
+
+
+def _depth_metrics(result: dict, analysis: dict, max_loops: int) -> dict:
+  sweep = _upto(analysis["sweep"], max_loops)
+  tests = sorted((s for s in sweep if not selection.is_val(s)), key=hop_of)
+  return {**{k: result.get(k) for k in ("train_loops", "n_layers", "trained_max_hop", "steps", "train_seconds")},
+          "hops": {str(hop_of(s)): selection.select(sweep, s) for s in tests},
+          "halting": {pol: {str(hop_of(s)): {k: table[s][k] for k in ("accuracy", "mean_loops")} for s in tests}
+                      for pol, table in analysis["halting"].items()}}
+
+
+def _composition_metrics(result: dict, analysis: dict, stages: dict, max_loops: int) -> dict:
+  acc = _upto(analysis["accuracy"], max_loops)
+  return {**{k: result.get(k) for k in ("train_loops", "n_layers", "steps", "train_seconds")},
+          "final": {s: a for s, a in analysis["final"].items() if not selection.is_val(s)},
+          "stage_steps": {s: step for s, step in stages.items() if not selection.is_val(s)},
+          "selected": {s: selection.select(acc, s) for s in acc if s.startswith("test_")}}
+
+
+def run_metrics(run_dir: str, results: dict, analysis: dict, max_loops: int) -> dict:
+  """model -> metrics of one run folder (the module docstring), R chosen among 1..max_loops."""
+  models = analysis.get("models")
+  if not isinstance(models, dict):
+    raise ConfigError(f"{os.path.join(run_dir, 'analysis.json')}: no field 'models'")
+  out = {}
+  for name, a in models.items():
+    where = os.path.join(run_dir, "analysis.json")
+    try:
+      result = results.get("models", {}).get(name, {})
+      out[name] = (_depth_metrics(result, a, max_loops) if "sweep" in a
+                   else _composition_metrics(result, a, results.get("stages", {}).get(name, {}), max_loops))
+    except KeyError as e:
+      raise ConfigError(f"{where}: models.{name}: no field {e}") from None
+  return out
+
+
+def aggregate(values: list):
+  """Over seeds: numbers -> {"mean", "min", "max"} (None values left out, counted in "missing"), dicts key by key,
+  anything else the common value (or the list of values where they differ)."""
+  if all(isinstance(v, dict) for v in values):
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    return {k: aggregate([v.get(k) for v in values]) for k in keys}
+  nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  if nums and len(nums) + values.count(None) == len(values):
+    stats = {"mean": sum(nums) / len(nums), "min": min(nums), "max": max(nums)}
+    return {**stats, "missing": values.count(None)} if None in values else stats
+  return values[0] if all(v == values[0] for v in values) else values
+
+
+def _git_commit() -> str | None:
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+                           capture_output=True, text=True, check=True)
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def summarize(run_dirs: list[str], command: str, train_commit: str | None = None) -> dict:
+  """The summary of run folders of one setting, one per seed (the module docstring)."""
+  per_run, first = [], None
+  for run_dir in run_dirs:
+    cfg, results, analysis = (_read(run_dir, f) for f in ("config.json", "results.json", "analysis.json"))
+    try:
+      setting = (cfg["experiment"], cfg["preset"])
+      seed, max_loops = cfg["config"]["seed"], cfg["config"]["eval"]["max_loops"]
+      wall = results["wall_seconds"]
+    except KeyError as e:
+      raise ConfigError(f"{run_dir}: config.json or results.json has no field {e}") from None
+    over = overrides(*setting, cfg["config"])
+    seeds = [o for o in over if o.partition("=")[0] in SEEDS]
+    over = over[:len(over) - len(seeds)]
+    first = first or (setting, over)
+    if (setting, over) != first:
+      raise ConfigError(f"{run_dir}: experiment, preset or overrides {setting + tuple(over)} differ from the first "
+                        f"run's {first[0] + tuple(first[1])}")
+    if any(r["seed_overrides"] == seeds for r in per_run):
+      raise ConfigError(f"{run_dir}: seed {seed} appears twice ({' '.join(seeds) or 'the preset seeds'})")
+    per_run.append({"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
+                    "wall_seconds": wall,
+                    "models": run_metrics(run_dir, results, analysis, max_loops), "machine": results.get("machine"),
+                    "commit": results.get("commit")})
+  (name, preset), over = first
+  train = f"python -m looprec experiment {name} --preset {preset}"
+  machines = [r.pop("machine") for r in per_run]
+  commits = [r.pop("commit") for r in per_run]
+  return {"schema": SCHEMA, "experiment": name, "preset": preset, "overrides": over,
+          "seeds": [r["seed"] for r in per_run], "max_loops": max_loops,
+          "commands": {"train": [" ".join([train, *over, *r["seed_overrides"]]) for r in per_run],
+                       "analyze": "python -m looprec analyze RUN", "summarize": command},
+          "commit": {"train": aggregate(commits) if any(commits) else train_commit, "analysis": _git_commit()},
+          "machine": aggregate(machines) if any(machines) else {"platform": platform.platform(),
+                                                                 "cpu_count": os.cpu_count()},
+          "runs": per_run,
+          "aggregate": {"wall_seconds": aggregate([r["wall_seconds"] for r in per_run]),
+                        "models": aggregate([r["models"] for r in per_run])}}
+
+
+def _rounded(obj):
+  """Floats to 6 decimals, all through a JSON tree (stable, short files)."""
+  if isinstance(obj, dict):
+    return {k: _rounded(v) for k, v in obj.items()}
+  if isinstance(obj, list):
+    return [_rounded(v) for v in obj]
+  return round(obj, 6) if isinstance(obj, float) else obj
+
+
+def write(run_dirs: list[str], out: str, command: str, train_commit: str | None = None) -> str:
+  """Writes the summary of run_dirs to out (its folder made if missing; floats rounded to 6 decimals); returns out."""
+  summary = _rounded(summarize(run_dirs, command, train_commit))
+  try:
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    runs.write_json(out, summary)
+  except OSError as e:
+    raise ConfigError(f"{out}: cannot write ({e.strerror or e})") from None
+  return out

@@ -1,0 +1,219 @@
+"""Results tables in the docs, generated from the summaries in results/ (`looprec.summary`).
+
+    python -m looprec tables            # rewrites every marked table of DOCS from results/
+    python -m looprec tables --check    # exit 1, naming each table that differs; nothing written
+    make tables
+
+A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc; TABLES maps ID to (summary
+file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
+Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
+models), depth_halting ((model, policy) x hop), systematicity (split x model); functools.partial picks models or
+hops.
+A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+
+from data_gen.io import write_text_atomic
+from looprec.config import ConfigError
+
+DOCS = ("README.md", "docs/reproducing.md")
+RESULTS = "results"
+MARKER = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def need(obj, where: str, *keys):
+  """obj[k0][k1]...; ConfigError naming the file and the dotted field when one is missing."""
+  for i, k in enumerate(keys):
+    try:
+      obj = obj[k]
+    except (KeyError, IndexError, TypeError):
+      raise ConfigError(f"{where}: no field {'.'.join(map(str, keys[:i + 1]))!r}") from None
+  return obj
+
+
+def stat(s, fmt: str = ".2f") -> str:
+  """`mean (min–max)` of an aggregate, `mean` where min = max, `—` for none."""
+  if s is None or isinstance(s, dict) and s.get("mean") is None:
+    return "—"
+  if not isinstance(s, dict):
+    return format(s, fmt)
+  text = format(s["mean"], fmt)
+  return text if s["min"] == s["max"] else f"{text} ({s['min']:{fmt}}–{s['max']:{fmt}})"
+
+
+def r_range(s) -> str:
+  """`R=a` or `R=a–b` of an aggregate R."""
+  if s is None or isinstance(s, dict) and s.get("mean") is None:
+    return "R —"
+  lo, hi = (s["min"], s["max"]) if isinstance(s, dict) else (s, s)
+  return f"R={lo}" if lo == hi else f"R={lo}–{hi}"
+
+
+def chosen(test, r) -> str:
+  """`accuracy, R=...` at the validation-chosen R, `—` where there is no validation split."""
+  return "—" if r is None else f"{stat(test)}, {r_range(r)}"
+
+
+def provenance(summary: dict, where: str) -> str:
+  """The line under each table: the command per seed, n seeds, commits, machine, wall time."""
+  seeds = need(summary, where, "seeds")
+  train = need(summary, where, "commands", "train")
+  per_run = [" ".join(need(summary, where, "runs", i, "seed_overrides")) for i in range(len(seeds))]
+  base = train[0].removesuffix(" " + per_run[0]).strip()
+  varied = ", ".join(f"`{p}`" if p else "the preset's seeds" for p in per_run)
+  commit = need(summary, where, "commit")
+  machine = need(summary, where, "machine")
+  return (f"From `{where}`: `{base}` with {varied} (n = {len(seeds)} seed{'s' * (len(seeds) != 1)}), then "
+          f"`python -m looprec analyze RUN`; looprec {_short(commit.get('train'))} "
+          f"(training), {_short(commit.get('analysis'))} (analysis); {machine.get('platform')}, "
+          f"{machine.get('cpu_count')} CPUs; wall time per seed "
+          f"{stat(need(summary, where, 'aggregate', 'wall_seconds'), '.0f')} s. Mean (min–max) over seeds.")
+
+
+def _short(commit) -> str:
+  if not commit:
+    return "unknown"
+  if not isinstance(commit, str):
+    return "several commits"
+  return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _models(summary: dict, where: str):
+  """(model names, get: keys under aggregate.models -> value, naming the field when missing)."""
+  if need(summary, where, "schema") != 1:
+    raise ConfigError(f"{where}: field 'schema' is {summary['schema']!r}, this code reads 1")
+  return list(need(summary, where, "aggregate", "models")), lambda *k: need(summary, where, "aggregate", "models", *k)
+
+
+def depth_accuracy(summary: dict, where: str, models: tuple = ()) -> str:
+  """hop x model: the test accuracy at the R chosen on validation beside the oracle."""
+  names, get = _models(summary, where)
+  names = list(models) or names
+  hops = list(get(names[0], "hops"))
+  lines = ["| hop | " + " | ".join(f"{n}: test at val-chosen R | {n}: oracle" for n in names) + " |",
+           "|---" * (1 + 2 * len(names)) + "|"]
+  for hop in hops:
+    cells = []
+    for n in names:
+      trained = get(n, "trained_max_hop")
+      star = " *" if int(hop) <= (trained["min"] if isinstance(trained, dict) else trained) else ""
+      cells += [chosen(get(n, "hops", hop, "test"), get(n, "hops", hop, "r")) + star,
+                f"{stat(get(n, 'hops', hop, 'oracle'))}, {r_range(get(n, 'hops', hop, 'oracle_r'))}"]
+    lines.append(f"| {hop} | " + " | ".join(cells) + " |")
+  r_max = need(summary, where, "max_loops")
+  return "\n".join(lines + ["", provenance(summary, where) + " *Test at val-chosen R*: the test accuracy at the R "
+                            f"chosen on the validation split (argmax over R = 1..{r_max}, ties to the smallest R), "
+                            "with that R's range over seeds; *oracle*: the best test accuracy over R, an upper "
+                            "bound. `*`: hops every seed's model trained on."])
+
+
+def depth_by_model(summary: dict, where: str, hops: tuple = ()) -> str:
+  """model x hop (for many models, e.g. variants): `test at val-chosen R [oracle]` per cell."""
+  names, get = _models(summary, where)
+  hops = list(hops) or list(get(names[0], "hops"))
+  lines = ["| model | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (1 + len(hops)) + "|"]
+  for n in names:
+    cells = [f"{chosen(get(n, 'hops', h, 'test'), get(n, 'hops', h, 'r'))} "
+             f"[{stat(get(n, 'hops', h, 'oracle'))}, {r_range(get(n, 'hops', h, 'oracle_r'))}]" for h in hops]
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + " Each cell: the test accuracy at the R chosen on the "
+                            f"validation split (argmax over R = 1..{need(summary, where, 'max_loops')}, ties to the "
+                            "smallest R) and that R's range over seeds; in brackets the oracle, the best test accuracy "
+                            "over R (an upper bound)."])
+
+
+def depth_halting(summary: dict, where: str, models: tuple = ()) -> str:
+  """(model, policy) x hop: halting accuracy / mean loops."""
+  names, get = _models(summary, where)
+  names = list(models) or names
+  hops = list(get(names[0], "hops"))
+  lines = ["| model | policy | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (2 + len(hops)) + "|"]
+  for n in names:
+    for pol in get(n, "halting"):
+      cells = [f"{stat(get(n, 'halting', pol, h, 'accuracy'))} / "
+               f"{stat(get(n, 'halting', pol, h, 'mean_loops'), '.1f')}" for h in hops]
+      lines.append(f"| {n} | {pol} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + " Each cell: accuracy / mean loops."])
+
+
+def systematicity(summary: dict, where: str) -> str:
+  """split x model: final accuracy at the training R, the first step >= 0.9, and the held-out halves' test accuracy
+  at the R chosen on their validation halves beside the oracle."""
+  names, get = _models(summary, where)
+  lines = ["| split | " + " | ".join(f"{n}: final | {n}: >= 0.9 at step | {n}: test at val-chosen R [oracle]"
+                                      for n in names) + " |", "|---" * (1 + 3 * len(names)) + "|"]
+  for split in get(names[0], "final"):
+    cells = []
+    for n in names:
+      step = get(n, "stage_steps").get(split)
+      never = step.get("missing", 0) if isinstance(step, dict) else 0
+      cells += [stat(get(n, "final", split)),
+                (stat(step, ".0f") if step is not None else "never") + (f" ({never} never)" if never else ""),
+                f"{chosen(get(n, 'selected', split, 'test'), get(n, 'selected', split, 'r'))} "
+                f"[{stat(get(n, 'selected', split, 'oracle'))}, {r_range(get(n, 'selected', split, 'oracle_r'))}]"
+                if split in get(n, "selected") else "—"]
+    lines.append(f"| {split} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + " *final*: accuracy at the training R after the last "
+                            "step; *>= 0.9 at step*: the first evaluated step at or above 0.9 (training curves); "
+                            "held-out splits are the even rows of each probe split, R "
+                            f"(1..{need(summary, where, 'max_loops')}) is chosen on the odd rows."])
+
+
+TABLES = {
+    "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
+    "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
+}
+
+
+def render(table_id: str, root: str = ".") -> str:
+  """The markdown of one registered table from its summary file."""
+  if table_id not in TABLES:
+    raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {', '.join(TABLES)})")
+  name, renderer = TABLES[table_id]
+  where = os.path.join(RESULTS, name)
+  path = os.path.join(root, where)
+  if not os.path.isfile(path):
+    raise ConfigError(f"{where}: missing (needed by table {table_id!r})")
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+  except ValueError as e:
+    raise ConfigError(f"{where}: not JSON ({e})") from None
+  return renderer(summary, where)
+
+
+def regenerate(text: str, doc: str, root: str = ".") -> tuple[str, list[str]]:
+  """(the doc with every marked table rendered, the IDs of the tables that changed)."""
+  changed = []
+
+  def fill(m):
+    try:
+      body = render(m.group(2), root) + "\n"
+    except ConfigError as e:
+      raise ConfigError(f"{doc}: {e}") from None
+    if body != m.group(3):
+      changed.append(m.group(2))
+    return m.group(1) + body + m.group(4)
+
+  return MARKER.sub(fill, text), changed
+
+
+def run(root: str = ".", check: bool = False) -> list[str]:
+  """Regenerates (or, with check, compares) the tables of every doc; returns `doc: table ID` of each that
+  differed. Every table is rendered before any doc is written: a bad summary leaves the docs as they were."""
+  differing, rewrites = [], {}
+  for doc in DOCS:
+    path = os.path.join(root, doc)
+    with open(path) as f:
+      text, changed = regenerate(f.read(), doc, root)
+    differing += [f"{doc}: {t}" for t in changed]
+    if changed:
+      rewrites[path] = text
+  for path, text in rewrites.items() if not check else ():
+    write_text_atomic(path, text)
+  return differing
