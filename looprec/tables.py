@@ -167,6 +167,8 @@ def systematicity(summary: dict, where: str) -> str:
 TABLES = {
     "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
+    "depth_extrap_cpu/accuracy": ("depth_extrap_cpu.json", depth_accuracy),
+    "depth_extrap_cpu/halting": ("depth_extrap_cpu.json", functools.partial(depth_halting, models=("looped",))),
 }
 
 
