@@ -45,12 +45,17 @@ notebooks: $(VENV)/.stamp-dev
 notebooks-sync: $(VENV)/.stamp-dev
 	$(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/*.py
 
-# The official-checkpoint import against PyTorch. Installs the pinned torch extra, torch's CPU build from
-# TORCH_INDEX (192 MB; PyPI alone serves the 2.8 GB CUDA build), falling back to pip's other indexes where
-# TORCH_INDEX is unreachable; fails, rather than skips, when torch does not import.
+# The official-checkpoint import against PyTorch. Installs the pinned torch extra with torch's CPU build from
+# TORCH_INDEX (192 MB; PyPI alone serves the CUDA build, 2.8 GB with its nvidia-* wheels) when that answers, else
+# from pip's configured indexes; fails, rather than skips, when torch does not import.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 $(VENV)/.stamp-torch: pyproject.toml $(VENV)/.stamp-dev
-	$(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) -e ".[torch]"
+	if $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
+	  $(PY) -m pip install -q --extra-index-url $(TORCH_INDEX) -e ".[torch]"; \
+	else \
+	  echo "$(TORCH_INDEX) does not answer: torch from pip's configured indexes"; \
+	  $(PY) -m pip install -q -e ".[torch]"; \
+	fi
 	touch $@
 
 test-torch: $(VENV)/.stamp-torch
