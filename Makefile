@@ -1,4 +1,5 @@
-# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`, `make notebooks`; each sets up .venv when missing or stale.
+# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`, `make test-torch`, `make notebooks`,
+# `make test-slow`; each sets up .venv when missing or stale (`make venv` only that). CI runs the tests: .ci/run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +8,7 @@ PRESET ?=
 ARGS ?=
 RUN ?= runs/$(NAME)/latest
 
-.PHONY: experiment analyze test test-slow test-torch notebooks notebooks-sync tables clean-venv
+.PHONY: venv experiment analyze test test-slow test-torch notebooks notebooks-sync tables clean-venv
 
 $(VENV)/.stamp-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,8 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-run
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+venv: $(VENV)/.stamp-dev
+
 experiment: $(VENV)/.stamp-run
 	$(PY) -m looprec experiment $(NAME) $(if $(PRESET),--preset $(PRESET)) $(if $(RESUME),--resume $(RESUME)) $(ARGS)
 
@@ -28,8 +31,10 @@ analyze: $(VENV)/.stamp-run
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# The science tier (tests/test_science.py: one test per headline phenomenon at the smallest scale that shows it)
+# and the end-to-end fault, layout and variants tests; test files spread over 2 workers.
 test-slow: $(VENV)/.stamp-dev
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=0
 
 # Rewrites the results tables of README.md and docs/ (between <!-- table: ID --> markers) from results/*.json.
 tables: $(VENV)/.stamp-run
@@ -44,8 +49,15 @@ notebooks: $(VENV)/.stamp-dev
 notebooks-sync: $(VENV)/.stamp-dev
 	$(VENV)/bin/jupytext --quiet --update --to ipynb notebooks/*.py
 
-test-torch: $(VENV)/.stamp-dev  # the official-checkpoint import against PyTorch (installs the torch extra)
+# The official-checkpoint import against PyTorch: installs the pinned torch extra (pip's configured indexes; on this
+# project's machines a find-links folder holds torch's CPU build, elsewhere PyPI's build) and fails, rather than
+# skips, when torch does not import.
+$(VENV)/.stamp-torch: pyproject.toml $(VENV)/.stamp-dev
 	$(PY) -m pip install -q -e ".[torch]"
+	touch $@
+
+test-torch: $(VENV)/.stamp-torch
+	$(PY) -c "import torch, transformers, safetensors"
 	$(PY) -m pytest -q -p no:xdist tests/test_torch_import.py
 
 clean-venv:
