@@ -169,6 +169,8 @@ TABLES = {
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
     "depth_extrap_cpu/accuracy": ("depth_extrap_cpu.json", depth_accuracy),
     "depth_extrap_cpu/halting": ("depth_extrap_cpu.json", functools.partial(depth_halting, models=("looped",))),
+    "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
+    "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
 }
 
 
