@@ -452,8 +452,9 @@ def test_canonical_spellings_agree():
                                      "make experiment NAME=variants PRESET=smoke RESUME=r ARGS='seed=1 train.steps=5'"])
 def test_make_runs_the_cli_call_that_canonical_writes(command):
   """`make -n` prints the CLI call a make target runs (after setting up .venv, if it would)."""
-  proc = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=ROOT, capture_output=True, text=True,
-                        timeout=60)
+  env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+  proc = subprocess.run(["make", "-n", "--no-print-directory", *shlex.split(command)[1:]], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=60)
   assert key(shlex.split(proc.stdout.splitlines()[-1])) == key(shlex.split(command)), proc.stdout
 
 
