@@ -19,7 +19,7 @@ from transformers import GPT2Config  # pylint: disable=wrong-import-position
 from transformers.models.gpt2.modeling_gpt2 import GPT2Block  # pylint: disable=wrong-import-position
 
 from conftest import ROOT  # pylint: disable=wrong-import-position
-from looprec import checkpoint, importer, models  # pylint: disable=wrong-import-position
+from looprec import checkpoint, importer, models, selection  # pylint: disable=wrong-import-position
 from looprec.config import ModelConfig  # pylint: disable=wrong-import-position
 
 
@@ -140,4 +140,5 @@ def test_import_cli_then_analyze(tmp_path):
                          "--halt-loops", "8"], cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr
   looped = json.loads((out / "analysis.json").read_text())["models"]["looped"]
-  assert set(looped["sweep"]) == {"atomic", "2hop_test", "3hop_test", "4hop_test"} and looped["halting"]
+  held_out = {"atomic", "2hop_test", "3hop_test", "4hop_test"}
+  assert set(looped["sweep"]) == held_out | {selection.val_split(s) for s in held_out} and looped["halting"]
