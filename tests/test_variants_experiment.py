@@ -30,7 +30,7 @@ def test_every_kind_and_the_training_free_wrappers_are_reported(smoke):
   assert list(models) == list(KINDS) + TRAINING_FREE
   for name, kind in KINDS.items():
     assert models[name]["kind"] == kind and models[name]["steps"] == 40 and models[name]["steps_per_second"] > 0
-    assert len(models[name]["accuracy"]) == 5 and len(models[name]["accuracy"]["4hop_test"]) == 6
+    assert len(models[name]["accuracy"]) == 10 and len(models[name]["accuracy"]["4hop_test"]) == 6  # hops 1..5, test and val
   for name in TRAINING_FREE:
     assert models[name]["kind"] == "training_free" and models[name]["n_params"] == models["vanilla"]["n_params"]
   # K = 1: one loop of the window is the vanilla model itself
