@@ -72,7 +72,9 @@ def main(argv=None) -> int:
   summ = sub.add_parser("summarize", help="a results summary (results/*.json) from run folders, one per seed")
   summ.add_argument("runs", nargs="+")
   summ.add_argument("--out", required=True)
-  summ.add_argument("--train-commit", default=None, help="the looprec commit that trained the runs")
+  summ.add_argument("--train-commit", default=None,
+                    help="the looprec commit that trained runs whose results.json records none")
+  summ.add_argument("--extend", default=None, help="an earlier summary of the same setting whose runs to keep")
   tab = sub.add_parser("tables", help="regenerate the results tables of README.md and docs/ from results/")
   tab.add_argument("--check", action="store_true", help="exit 1 naming each table that differs; write nothing")
   try:
@@ -91,8 +93,9 @@ def main(argv=None) -> int:
       print(f"run: {out}")
     if args.command == "summarize":
       from looprec import summary  # pylint: disable=import-outside-toplevel
-      command = " ".join(["python -m looprec summarize --out", args.out, *args.runs])
-      print(f"summary: {summary.write(args.runs, args.out, command, args.train_commit)}")
+      command = " ".join(["python -m looprec summarize --out", args.out,
+                          *(["--extend", args.extend] if args.extend else []), *args.runs])
+      print(f"summary: {summary.write(args.runs, args.out, command, args.train_commit, args.extend)}")
     if args.command == "tables":
       from looprec import tables  # pylint: disable=import-outside-toplevel
       differing = tables.run(check=args.check)

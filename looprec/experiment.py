@@ -252,5 +252,6 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
     body = module.run(cfg, run_dir)
   if main_process:
     runs.write_json(os.path.join(run_dir, "results.json"),
-                    {"experiment": name, "preset": preset, "wall_seconds": time.time() - start, **body})
+                    {"experiment": name, "preset": preset, "wall_seconds": time.time() - start,
+                     "commit": runs.code_commit(), "machine": runs.machine(), **body})
   return run_dir

@@ -5,10 +5,32 @@ import contextlib
 import errno
 import json
 import os
+import platform
+import subprocess
 import time
 
 from data_gen.io import write_json_atomic
 from looprec.config import ConfigError
+
+
+CODE = ("looprec", "experiments", "data_gen")  # a change here outside a commit makes the commit "-dirty"
+
+
+def code_commit() -> str | None:
+  """The commit of this checkout's code, "-dirty" when CODE differs from it; None outside a git checkout."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+                           capture_output=True, text=True, check=True)
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine() -> dict:
+  """What results depend on besides the code: the platform and the CPU count."""
+  return {"platform": platform.platform(), "cpu_count": os.cpu_count()}
 
 
 def run_dir_name(root: str, name: str, preset: str, when: float, index: int = 0) -> str:

@@ -1,6 +1,7 @@
 """A results summary: one small JSON per results table, from run folders of one setting and several seeds.
 
     python -m looprec summarize --out results/depth_extrap_smoke.json RUN_SEED0 RUN_SEED1 [--train-commit SHA]
+    python -m looprec summarize --out results/X.json --extend results/X.json RUN_SEED3   # seeds added later
 
 Reads each run folder's config.json, results.json and analysis.json (`python -m looprec analyze RUN` writes it,
 also for a run trained by older code; for a variants run it holds the training-free models too). Every run
@@ -10,22 +11,24 @@ must be the same experiment, preset and overrides but for `seed` and `data.seed`
     {"schema": 1, "experiment", "preset", "overrides": ["key=value", ...] (the config against the preset's, SEEDS
      left out), "seeds": [...], "max_loops" (R is chosen among 1..eval.max_loops),
      "commands": {"train": [one per run], "analyze": str, "summarize": str},
-     "commit": {"train": sha or null, "analysis": sha}, "machine": {"platform", "cpu_count"},
-     "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "models": {model: metrics}}],
+     "commit": {"train": sha, null or [one per run], "analysis": sha}, "machine": {"platform", "cpu_count"} or [...],
+     "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "commit", "machine",
+               "models": {model: metrics}}],
      "aggregate": {"wall_seconds", "models": ...}}   # every number as {"mean", "min", "max"} over the seeds
 
 Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layers", "trained_max_hop", "steps",
 "train_seconds", "hops": {hop: selection.select (r, test, val, oracle_r, oracle)}, "halting": {policy: {hop:
 {"accuracy", "mean_loops"}}}. Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
 {split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
-results.json), "selected": {test split: selection.select}. commit.analysis is this checkout's commit (the code
-that summarizes, assumed to have analyzed); machine is this machine unless results.json records one.
+results.json), "selected": {test split: selection.select}. A run's commit and machine are what its results.json
+records (`runs.code_commit`, `runs.machine`); runs trained before it recorded them take --train-commit and this
+machine. commit.analysis is this checkout's commit (the code that summarizes, assumed to have analyzed). --extend
+keeps an earlier summary's runs (same setting, other seeds) ahead of the new ones, so seeds can be added without
+the earlier run folders.
 """
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 
 from looprec import config as C
 from looprec import runs, selection
@@ -34,7 +37,6 @@ from looprec.data import hop_of
 
 SCHEMA = 1
 SEEDS = ("seed", "data.seed")  # what may differ between the runs of one summary
-CODE = ("looprec", "experiments", "data_gen")  # a change here outside a commit makes the commit "-dirty"
 
 
 def _read(run_dir: str, name: str) -> dict:
@@ -120,52 +122,68 @@ def aggregate(values: list):
   return values[0] if all(v == values[0] for v in values) else values
 
 
-def _git_commit() -> str | None:
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _run_entry(run_dir: str, train_commit: str | None) -> tuple[tuple, dict]:
+  """((experiment, preset), overrides without SEEDS) and the summary's entry of one run folder; train_commit where
+  its results.json records no commit (runs trained before it did)."""
+  cfg, results, analysis = (_read(run_dir, f) for f in ("config.json", "results.json", "analysis.json"))
   try:
-    sha = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", *CODE],
-                           capture_output=True, text=True, check=True)
-  except (OSError, subprocess.CalledProcessError):
-    return None
-  return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    setting = (cfg["experiment"], cfg["preset"])
+    seed, max_loops = cfg["config"]["seed"], cfg["config"]["eval"]["max_loops"]
+    wall = results["wall_seconds"]
+  except KeyError as e:
+    raise ConfigError(f"{run_dir}: config.json or results.json has no field {e}") from None
+  over = overrides(*setting, cfg["config"])
+  seeds = [o for o in over if o.partition("=")[0] in SEEDS]
+  entry = {"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
+           "wall_seconds": wall, "max_loops": max_loops, "commit": results.get("commit") or train_commit,
+           "machine": results.get("machine") or runs.machine(), "models": run_metrics(run_dir, results, analysis, max_loops)}
+  return (setting, over[:len(over) - len(seeds)]), entry
 
 
-def summarize(run_dirs: list[str], command: str, train_commit: str | None = None) -> dict:
-  """The summary of run folders of one setting, one per seed (the module docstring)."""
-  per_run, first = [], None
+def _common(values: list):
+  """The one value all runs share, or the list of their values."""
+  return values[0] if all(v == values[0] for v in values) else values
+
+
+def _earlier_runs(path: str) -> tuple[tuple, list[dict]]:
+  """The setting and the runs of an earlier summary, each run given that summary's training commit and machine
+  where it records none of its own (schema-1 summaries written before runs carried them)."""
+  old = _read(os.path.dirname(path) or ".", os.path.basename(path))
+  try:
+    setting = ((old["experiment"], old["preset"]), old["overrides"])
+    entries = [{"max_loops": old["max_loops"], "machine": old["machine"], "commit": old["commit"]["train"], **r}
+               for r in old["runs"]]
+  except (KeyError, TypeError) as e:
+    raise ConfigError(f"{path}: no field {e}") from None
+  return setting, entries
+
+
+def summarize(run_dirs: list[str], command: str, train_commit: str | None = None, extend: str | None = None) -> dict:
+  """The summary of run folders of one setting, one per seed (the module docstring); with extend, the runs of
+  that earlier summary of the same setting come first (seeds added to a table without its old run folders)."""
+  first, per_run = _earlier_runs(extend) if extend else (None, [])
   for run_dir in run_dirs:
-    cfg, results, analysis = (_read(run_dir, f) for f in ("config.json", "results.json", "analysis.json"))
-    try:
-      setting = (cfg["experiment"], cfg["preset"])
-      seed, max_loops = cfg["config"]["seed"], cfg["config"]["eval"]["max_loops"]
-      wall = results["wall_seconds"]
-    except KeyError as e:
-      raise ConfigError(f"{run_dir}: config.json or results.json has no field {e}") from None
-    over = overrides(*setting, cfg["config"])
-    seeds = [o for o in over if o.partition("=")[0] in SEEDS]
-    over = over[:len(over) - len(seeds)]
-    first = first or (setting, over)
-    if (setting, over) != first:
-      raise ConfigError(f"{run_dir}: experiment, preset or overrides {setting + tuple(over)} differ from the first "
-                        f"run's {first[0] + tuple(first[1])}")
-    if any(r["seed_overrides"] == seeds for r in per_run):
-      raise ConfigError(f"{run_dir}: seed {seed} appears twice ({' '.join(seeds) or 'the preset seeds'})")
-    per_run.append({"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
-                    "wall_seconds": wall,
-                    "models": run_metrics(run_dir, results, analysis, max_loops), "machine": results.get("machine"),
-                    "commit": results.get("commit")})
+    setting, entry = _run_entry(run_dir, train_commit)
+    first = first or setting
+    if setting != first:
+      raise ConfigError(f"{run_dir}: experiment, preset or overrides {setting[0] + tuple(setting[1])} differ from "
+                        f"the first run's {first[0] + tuple(first[1])}")
+    if any(r["seed_overrides"] == entry["seed_overrides"] for r in per_run):
+      raise ConfigError(f"{run_dir}: seed {entry['seed']} appears twice "
+                        f"({' '.join(entry['seed_overrides']) or 'the preset seeds'})")
+    per_run.append(entry)
+  max_loops = {r.pop("max_loops") for r in per_run}
+  if len(max_loops) > 1:
+    raise ConfigError(f"{run_dirs[-1]}: eval.max_loops differs between the runs ({sorted(max_loops)})")
   (name, preset), over = first
   train = f"python -m looprec experiment {name} --preset {preset}"
-  machines = [r.pop("machine") for r in per_run]
-  commits = [r.pop("commit") for r in per_run]
+  commits, machines = [r["commit"] for r in per_run], [r["machine"] for r in per_run]
   return {"schema": SCHEMA, "experiment": name, "preset": preset, "overrides": over,
-          "seeds": [r["seed"] for r in per_run], "max_loops": max_loops,
+          "seeds": [r["seed"] for r in per_run], "max_loops": max_loops.pop(),
           "commands": {"train": [" ".join([train, *over, *r["seed_overrides"]]) for r in per_run],
                        "analyze": "python -m looprec analyze RUN", "summarize": command},
-          "commit": {"train": aggregate(commits) if any(commits) else train_commit, "analysis": _git_commit()},
-          "machine": aggregate(machines) if any(machines) else {"platform": platform.platform(),
-                                                                 "cpu_count": os.cpu_count()},
+          "commit": {"train": _common(commits), "analysis": runs.code_commit()},
+          "machine": _common(machines),
           "runs": per_run,
           "aggregate": {"wall_seconds": aggregate([r["wall_seconds"] for r in per_run]),
                         "models": aggregate([r["models"] for r in per_run])}}
@@ -180,9 +198,11 @@ def _rounded(obj):
   return round(obj, 6) if isinstance(obj, float) else obj
 
 
-def write(run_dirs: list[str], out: str, command: str, train_commit: str | None = None) -> str:
-  """Writes the summary of run_dirs to out (its folder made if missing; floats rounded to 6 decimals); returns out."""
-  summary = _rounded(summarize(run_dirs, command, train_commit))
+def write(run_dirs: list[str], out: str, command: str, train_commit: str | None = None,
+          extend: str | None = None) -> str:
+  """Writes the summary of run_dirs (after extend's runs) to out (its folder made if missing; floats rounded to 6
+  decimals); returns out."""
+  summary = _rounded(summarize(run_dirs, command, train_commit, extend))
   try:
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     runs.write_json(out, summary)

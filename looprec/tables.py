@@ -69,18 +69,31 @@ def provenance(summary: dict, where: str) -> str:
   commit = need(summary, where, "commit")
   machine = need(summary, where, "machine")
   return (f"From `{where}`: `{base}` with {varied} (n = {len(seeds)} seed{'s' * (len(seeds) != 1)}), then "
-          f"`python -m looprec analyze RUN`; looprec {_short(commit.get('train'))} "
-          f"(training), {_short(commit.get('analysis'))} (analysis); {machine.get('platform')}, "
-          f"{machine.get('cpu_count')} CPUs; wall time per seed "
+          f"`python -m looprec analyze RUN`; looprec {_commits(commit.get('train'), seeds)} "
+          f"(training), {_short(commit.get('analysis'))} (analysis); {_machines(machine)}; wall time per seed "
           f"{stat(need(summary, where, 'aggregate', 'wall_seconds'), '.0f')} s. Mean (min–max) over seeds.")
 
 
 def _short(commit) -> str:
   if not commit:
     return "unknown"
-  if not isinstance(commit, str):
-    return "several commits"
   return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def _machines(machine) -> str:
+  """`platform, n CPUs`, for each distinct machine."""
+  each = machine if isinstance(machine, list) else [machine]
+  return " / ".join(dict.fromkeys(f"{m.get('platform')}, {m.get('cpu_count')} CPUs" for m in each))
+
+
+def _commits(commit, seeds: list) -> str:
+  """One short commit, or each commit with the seeds it trained where they differ."""
+  if not isinstance(commit, list):
+    return _short(commit)
+  by = {}
+  for c, seed in zip(commit, seeds):
+    by.setdefault(_short(c), []).append(str(seed))
+  return ", ".join(f"{c} (seed{'s' * (len(s) > 1)} {', '.join(s)})" for c, s in by.items())
 
 
 def _models(summary: dict, where: str):

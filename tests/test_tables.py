@@ -88,6 +88,31 @@ def test_summary_selects_on_validation_and_aggregates_over_seeds(tmp_path):
   assert set(agg["hops"]) == {"1", "2"} and got["aggregate"]["wall_seconds"]["mean"] == 10.5
 
 
+def test_extend_adds_seeds_to_an_earlier_summary_keeping_its_commit(tmp_path, capsys):
+  old = tmp_path / "old.json"
+  assert cli.main(["summarize", "--out", str(old), fake_run(tmp_path, 0, 1), "--train-commit", "abc"]) == 0
+  new = fake_run(tmp_path, 1, 2)
+  with open(os.path.join(new, "results.json")) as f:
+    results = json.load(f)
+  results.update(commit="def1234", machine={"platform": "elsewhere", "cpu_count": 8})
+  with open(os.path.join(new, "results.json"), "w") as f:
+    json.dump(results, f)
+  out = tmp_path / "x.json"
+  assert cli.main(["summarize", "--out", str(out), "--extend", str(old), new, "--train-commit", "ignored"]) == 0
+  got = json.loads(out.read_text())
+  assert got["seeds"] == [0, 1] and got["commit"]["train"] == ["abc", "def1234"]
+  assert got["runs"][0]["machine"] == json.loads(old.read_text())["machine"] and got["machine"][1]["cpu_count"] == 8
+  assert got["aggregate"]["models"]["looped"]["hops"]["2"]["r"] == {"mean": 1.5, "min": 1, "max": 2}
+  assert got["commands"]["summarize"] == f"python -m looprec summarize --out {out} --extend {old} {new}"
+  assert "looprec abc (seed 0), def1234 (seed 1) (training)" in tables.provenance(got, "x.json")
+  assert "elsewhere, 8 CPUs" in tables.provenance(got, "x.json")
+  capsys.readouterr()
+  assert cli.main(["summarize", "--out", str(out), "--extend", str(old), fake_run(tmp_path, 2, 1, ())]) == 2
+  assert "differ from the first run's" in capsys.readouterr().err
+  assert cli.main(["summarize", "--out", str(out), "--extend", str(tmp_path / "none.json"), new]) == 2
+  assert capsys.readouterr().err == f"error: {tmp_path / 'none.json'}: missing\n"
+
+
 def test_summary_refuses_mixed_or_incomplete_runs(tmp_path):
   a = fake_run(tmp_path, 0, 1)
   with pytest.raises(ConfigError, match="seed 0 appears twice"):
