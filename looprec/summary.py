@@ -20,7 +20,8 @@ Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layer
 "train_seconds", "hops": {hop: selection.select (r, test, val, oracle_r, oracle)}, "halting": {policy: {hop:
 {"accuracy", "mean_loops"}}}. Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
 {split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
-results.json), "selected": {test split: selection.select}. A run's commit and machine are what its results.json
+results.json), "selected": {test split: selection.select}, "lens": {split of LENS_SPLITS: {reading (answer,
+bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit and machine are what its results.json
 records (`runs.code_commit`, `runs.machine`); runs trained before it recorded them take --train-commit and this
 machine. commit.analysis is this checkout's commit (the code that summarizes, assumed to have analyzed). --extend
 keeps an earlier summary's runs (same setting, other seeds) ahead of the new ones, so seeds can be added without
@@ -37,6 +38,7 @@ from looprec.data import hop_of
 
 SCHEMA = 1
 SEEDS = ("seed", "data.seed")  # what may differ between the runs of one summary
+LENS_SPLITS = ("test_inferred_iid", "test_inferred_ood")  # the logit lens kept in a systematicity summary
 
 
 def _read(run_dir: str, name: str) -> dict:
@@ -89,7 +91,10 @@ def _composition_metrics(result: dict, analysis: dict, stages: dict, max_loops: 
   return {**{k: result.get(k) for k in ("train_loops", "n_layers", "steps", "train_seconds")},
           "final": {s: a for s, a in analysis["final"].items() if not selection.is_val(s)},
           "stage_steps": {s: step for s, step in stages.items() if not selection.is_val(s)},
-          "selected": {s: selection.select(acc, s) for s in acc if s.startswith("test_")}}
+          "selected": {s: selection.select(acc, s) for s in acc if s.startswith("test_")},
+          "lens": {s: {reading: {str(i + 1): top1 for i, top1 in enumerate(sum(r["top1_by_layer"], []))}
+                       for reading, r in readings.items()}
+                   for s, readings in analysis["logit_lens"].items() if s in LENS_SPLITS}}
 
 
 def run_metrics(run_dir: str, results: dict, analysis: dict, max_loops: int) -> dict:

@@ -7,8 +7,8 @@
 A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc; TABLES maps ID to (summary
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
-models), depth_halting ((model, policy) x hop), systematicity (split x model); functools.partial picks models or
-hops.
+models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
+x layer); functools.partial picks models, hops or the split.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -175,6 +175,23 @@ def systematicity(summary: dict, where: str) -> str:
                             "step; *>= 0.9 at step*: the first evaluated step at or above 0.9 (training curves); "
                             "held-out splits are the even rows of each probe split, R "
                             f"(1..{need(summary, where, 'max_loops')}) is chosen on the odd rows."])
+
+
+def systematicity_lens(summary: dict, where: str, split: str = "test_inferred_iid") -> str:
+  """(model, reading) x unrolled layer: the logit lens's top-1 rate on one held-out split."""
+  names, get = _models(summary, where)
+  width = max(len(get(n, "lens", split, "answer")) for n in names)
+  lines = ["| model | reading | " + " | ".join(f"after {i}" for i in range(1, width + 1)) + " |",
+           "|---" * (2 + width) + "|"]
+  for n in names:
+    loops = get(n, "train_loops")
+    for reading, by_layer in get(n, "lens", split).items():
+      cells = [stat(by_layer.get(str(i))) for i in range(1, width + 1)]
+      lines.append(f"| {n} (L={stat(get(n, 'n_layers'), '.0f')}, {loops}) | {reading} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + f" Each cell: the top-1 rate on `{split}` of the entity "
+                            "read through the final norm and the tied head after the n-th layer of the unrolled "
+                            "depth (loop after loop), at the training R: *answer* and *bridge* at the answer "
+                            "position, *bridge_at_r1* at the first relation's token."])
 
 
 TABLES = {

@@ -19,7 +19,7 @@ import pytest
 
 import experiments
 from data_gen import composition
-from looprec import cli, experiment, selection
+from looprec import cli, experiment, runs, selection, summary, tables
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = os.environ.get("LOOPREC_UPDATE_GOLDEN") == "1"
@@ -80,7 +80,8 @@ def check_contract(name: str, run_dir: str, results: dict):
   """results.json as README states it: what every experiment writes, and every model's accuracy[split][R]."""
   cfg = experiment.read_run_config(run_dir)[3]
   assert results["experiment"] == name and results["preset"] == "smoke"
-  assert isinstance(results["wall_seconds"], float)
+  assert isinstance(results["wall_seconds"], float) and results["machine"] == runs.machine()
+  assert results["commit"] == runs.code_commit()
   assert set(cfg.models) <= set(results["models"])
   splits = None
   for model, m in results["models"].items():
@@ -143,6 +144,18 @@ def check_systematicity(run_dir: str, results: dict):
     assert analyses[name]["final"] == m["final"] and analyses[name]["logit_lens"] == r["logit_lens"][name]
 
 
+def check_summary(run_dir: str, results: dict):
+  """The run summarizes (results/ schema) and every results-table renderer of its kind renders the summary."""
+  got = summary.summarize([run_dir], "cmd")
+  assert got["commit"]["train"] == results["commit"] and set(got["aggregate"]["models"]) >= set(results["models"])
+  composition_ = all("final" in m for m in got["aggregate"]["models"].values())
+  renderers = ((tables.systematicity, tables.systematicity_lens) if composition_
+               else (tables.depth_accuracy, tables.depth_by_model, tables.depth_halting))
+  for render in renderers:
+    text = render(got, "results/x.json")
+    assert text.startswith("| ") and "From `results/x.json`" in text, render.__name__
+
+
 SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity}
 
 
@@ -168,4 +181,5 @@ def test_smoke_experiment(name, tmp_path, capsys):
   assert cli.main(["analyze", run_dir]) == 0, capsys.readouterr().err[-3000:]
   assert capsys.readouterr().out.strip().splitlines()[-1] == f"analysis: {run_dir}/analysis.json"
   check_analysis(run_dir, results)
+  check_summary(run_dir, results)
   SPECIFIC.get(name, lambda *_: None)(run_dir, results)
