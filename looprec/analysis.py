@@ -109,11 +109,11 @@ def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
   """{"sweep": accuracy[split][R] for R = 1..max(max_loops, halt_loops), "halting": policy -> split -> row,
   "margins": split -> curve} for one model. The sweep and the margins come from one scan per batch (one
   compile), the halting of every policy from one compiled while_loop. policies: default every policy that
-  applies to the model (`halting.applicable`); `gate` is skipped for a model without an exit gate."""
+  applies to the model (`halting.applicable`); a given policy that does not apply is skipped (`halting.applies`)."""
   mesh = mesh or sharding.make_mesh()
   pols = [p if isinstance(p, halting.Policy) else halting.parse_policy(p)
           for p in (policies or halting.applicable(model))]
-  pols = [p for p in pols if p.name != "gate" or model.has_exit_gate]
+  pols = [p for p in pols if halting.applies(p.name, model)]
   sweep_loops = max(max_loops, halt_loops)
   acc, curves = {}, {}
   for name, examples in splits.items():
@@ -192,8 +192,9 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
   built = {name: models.build(model_cfg, task.vocab.size) for name, (model_cfg, _) in entries.items()}
-  if pols and all(p.name == "gate" for p in pols) and not any(m.has_exit_gate for m in built.values()):
-    raise C.ConfigError("halting policy 'gate' needs a model with an exit gate (model.kind=exit_gate); the run has none")
+  if pols and not any(halting.applies(p.name, m) for p in pols for m in built.values()):
+    raise C.ConfigError(f"halting policy {', '.join(map(str, pols))} applies to no model of the run ('gate' needs a "
+                        "model with an exit gate, model.kind=exit_gate)")
   with experiment.inputs_checked():
     analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
                                     margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}

@@ -101,9 +101,14 @@ def policy(name: str, **params) -> Policy:
   return Policy(name, tuple((k, int(v) if k == "n" else float(v)) for k, v in merged.items()))
 
 
+def applies(rule: str, model) -> bool:
+  """Whether a halting rule can run on a model: `gate` needs an exit gate, the others any model."""
+  return rule != "gate" or model.has_exit_gate
+
+
 def applicable(model) -> list[str]:
-  """The policies of RULES that apply to a model: all but `gate` unless it has an exit gate."""
-  return [name for name in RULES if name != "gate" or model.has_exit_gate]
+  """The rules of RULES that apply to a model (`applies`)."""
+  return [name for name in RULES if applies(name, model)]
 
 
 def parse_policy(spec: str) -> Policy:

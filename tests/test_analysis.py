@@ -115,7 +115,7 @@ BAD = [
     (["--max-loops", "0"], "max_loops=0 must be >= 1"),
     (["--margin-loops", "x"], "invalid int value"),
     (["--policy", "gate:q=2"], "q=2.0 must be in [0, 1]"),
-    (["--policy", "gate"], "halting policy 'gate' needs a model with an exit gate"),
+    (["--policy", "gate"], "halting policy gate:q=0.5 applies to no model of the run ('gate' needs a model with an exit gate"),
     (["--training-free", "window=1:5,model=vanilla"], "model.window='1:5' is outside the model's 2 layers"),
     (["--training-free", "window=0:3"], "--training-free 'window=0:3' fits no model of the run"),
     (["--training-free", "window=0:1,model=nope"], "model='nope' is not a model of the run"),
