@@ -9,8 +9,9 @@ import numpy as np
 
 from data_gen import chains, composition
 from data_gen.facts import Facts
-from data_gen.io import OneLineParser, facts_to_rows, write_dataset
+from data_gen.io import facts_to_rows, write_dataset
 from data_gen.vocab import Vocab
+from looprec.files import OneLineParser
 
 
 

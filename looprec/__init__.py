@@ -21,22 +21,19 @@ For notebooks and scripts (see notebooks/):
 """
 import importlib
 
-from looprec.config import (ChainDataConfig, CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun,
-                            Recurrence, TrainConfig)
-from looprec.models import LoopedModel, build as build_model
-from looprec.models.looped import LoopedTransformer
-
-__all__ = ["ChainDataConfig", "CompositionDataConfig", "ConfigError", "EvalConfig", "HALTING_RULES", "LoopedModel",
-           "LoopedTransformer", "ModelConfig", "ModelRun", "Recurrence", "TrainConfig", "build_model", "halt",
-           "logit_lens", "make_mesh", "make_task", "margins", "on_eval", "sweep"]
-
-
-# name -> (module, attribute): imported on first use, since these modules pull in matplotlib, orbax and grain,
-# which the CLI's error paths should not wait for.
-LAZY = {"sweep": ("looprec.analysis", "sweep"), "halt": ("looprec.analysis", "halt"),
-        "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
-        "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
-        "make_task": ("looprec.data", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
+# name -> (module, attribute): imported on first use, so that `import looprec.files` (data_gen's writer and parser)
+# pulls in no jax, and the CLI's error paths do not wait for matplotlib, orbax and grain.
+LAZY = {
+    **{name: ("looprec.config", name) for name in ("ChainDataConfig", "CompositionDataConfig", "ConfigError",
+                                                   "EvalConfig", "ModelConfig", "ModelRun", "Recurrence",
+                                                   "TrainConfig")},
+    "LoopedModel": ("looprec.models", "LoopedModel"), "build_model": ("looprec.models", "build"),
+    "LoopedTransformer": ("looprec.models.looped", "LoopedTransformer"),
+    "sweep": ("looprec.analysis", "sweep"), "halt": ("looprec.analysis", "halt"),
+    "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
+    "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
+    "make_task": ("looprec.data", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
+__all__ = sorted(LAZY)
 
 
 def __getattr__(name):

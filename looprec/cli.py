@@ -18,7 +18,7 @@ import signal
 import sys
 import traceback
 
-from data_gen.io import OneLineParser, UsageError
+from looprec.files import OneLineParser, UsageError
 from looprec import config as C
 from looprec import compile_cache, experiment
 

@@ -1,7 +1,7 @@
 """Markdown in a run folder: atomic writes, and the tables experiments share."""
 from __future__ import annotations
 
-from data_gen.io import write_text_atomic
+from looprec.files import write_text_atomic
 from looprec import selection
 from looprec.data import hop_of
 

@@ -9,7 +9,7 @@ import platform
 import subprocess
 import time
 
-from data_gen.io import write_json_atomic
+from looprec.files import write_json_atomic
 from looprec.config import ConfigError
 
 
@@ -80,7 +80,7 @@ def index_of(run_dir: str) -> int:
 def atomic_path(path: str):
   """Yields a temporary path beside `path` (same suffix, so writers that go by the extension work, such as
   matplotlib's savefig) and renames it to `path` when the block succeeds: a reader or a kill never leaves half
-  a file (text and JSON: data_gen.io.write_text_atomic)."""
+  a file (text and JSON: looprec.files.write_text_atomic)."""
   head, tail = os.path.split(path)
   stem, ext = os.path.splitext(tail)
   tmp = os.path.join(head, f".{stem}.tmp-{os.getpid()}{ext}")

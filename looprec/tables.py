@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from data_gen.io import write_text_atomic
+from looprec.files import write_text_atomic
 from looprec.config import ConfigError
 
 DOCS = ("README.md", "docs/reproducing.md")
