@@ -168,7 +168,7 @@ def run(cfg: Config, run_dir: str) -> dict:
 def write_figures(run_dir: str, curves: dict | None, lenses: dict):
   if curves:
     plots.grokking(curves, os.path.join(run_dir, "grokking.png"))
-  plots.logit_lens(lenses, os.path.join(run_dir, "logit_lens.png"))
+  plots.lens_curves(lenses, os.path.join(run_dir, "logit_lens.png"))
 
 
 def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None = None) -> str:

@@ -29,7 +29,7 @@ LAZY = {
                                                    "TrainConfig")},
     "LoopedModel": ("looprec.models", "LoopedModel"), "build_model": ("looprec.models", "build"),
     "LoopedTransformer": ("looprec.models.looped", "LoopedTransformer"),
-    "sweep": ("looprec.analysis", "sweep"), "halt": ("looprec.analysis", "halt"),
+    "sweep": ("looprec.eval", "sweep"), "halt": ("looprec.analysis", "halt"),
     "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
     "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
     "make_task": ("looprec.data", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}

@@ -11,6 +11,7 @@ import numpy as np
 from looprec import eval as evaluation, experiment, halting, plots, report, runs, sharding
 from looprec import config as C
 from looprec import models
+from looprec.eval import sweep  # the accuracy[split][R] sweep, part of this module's API
 from looprec.models import training_free
 
 MARGIN_LOOPS = 50
@@ -19,16 +20,6 @@ MARGIN_LOOPS = 50
 def _check_loops(value: int, what: str):
   if value < 1:
     raise C.ConfigError(f"{what}={value} must be >= 1")
-
-
-def sweep(model, params, splits: dict, max_loops: int, mesh=None, batch_size: int = 256) -> dict:
-  """accuracy[split][str(R)] for R = 1..max_loops, read after every loop of one scan: one compile for all R.
-
-      acc = sweep(model, params, {"3hop_test": task.eval_split(3)}, max_loops=20)
-      acc["3hop_test"]["7"]  # accuracy after 7 loops
-  """
-  _check_loops(max_loops, "max_loops")
-  return evaluation.sweep(model, params, splits, max_loops, mesh or sharding.make_mesh(), batch_size)
 
 
 def answer_set_size(examples: dict) -> int | None:
@@ -132,7 +123,7 @@ def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
   runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
   plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
                  os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
-  plots.margins({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
+  plots.margin_curves({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
   report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses))
 
 

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
       print(f"summary: {summary.write(args.runs, args.out, command, args.train_commit, args.extend)}")
     if args.command == "tables":
       from looprec import tables  # pylint: disable=import-outside-toplevel
-      differing = tables.run(check=args.check)
+      differing = tables.update_docs(check=args.check)
       print("\n".join(("differs: " if args.check else "rewrote: ") + d for d in differing) or "tables: up to date")
       return 1 if differing and args.check else 0
     if args.command == "analyze":

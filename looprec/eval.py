@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from looprec import sharding
+from looprec.config import ConfigError
 
 
 def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos", "target")):
@@ -50,8 +51,15 @@ def per_loop(model, params, examples: dict, n_loops: int, mesh, batch_size: int 
   return tuple(np.concatenate([out[i][:, :size] for out, size in parts], 1) for i in range(2))
 
 
-def sweep(model, params, splits: dict, max_loops: int, mesh, batch_size: int = 256) -> dict:
-  """accuracy[split][R] for R = 1..max_loops, keys of the inner dict are str(R)."""
+def sweep(model, params, splits: dict, max_loops: int, mesh=None, batch_size: int = 256) -> dict:
+  """accuracy[split][str(R)] for R = 1..max_loops, read after every loop of one scan: one compile for all R.
+
+      acc = sweep(model, params, {"3hop_test": task.eval_split(3)}, max_loops=20)
+      acc["3hop_test"]["7"]  # accuracy after 7 loops
+  """
+  if max_loops < 1:
+    raise ConfigError(f"max_loops={max_loops} must be >= 1")
+  mesh = mesh or sharding.make_mesh()
   result = {}
   for name, examples in splits.items():
     acc_R = per_loop(model, params, examples, max_loops, mesh, batch_size)[1].mean(axis=1)

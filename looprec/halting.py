@@ -166,7 +166,7 @@ def _start(batch: int, vocab: int, d_model: int) -> dict:
           "answer": zeros_B}
 
 
-def run(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
+def halt_batch(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
   """Loops until every example halts by `thresholds` (Policy.thresholds()) or max_loops loops have run (both
   may be traced). Returns (loops_B: the loop each example halted at, answer_B: its answer there, executed: the
   loops the batch actually ran)."""
@@ -202,8 +202,8 @@ def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None, answers:
 
 @functools.lru_cache(maxsize=None)
 def compiled(model, mesh):
-  """jit of `run` for a model: policy thresholds and cap are arguments, so one compile serves all of them; params
-  in their own layout (replicated, or split by `sharding.state_shardings`)."""
+  """jit of `halt_batch` for a model: policy thresholds and cap are arguments, so one compile serves all of them;
+  params in their own layout (replicated, or split by `sharding.state_shardings`)."""
   data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
-  return jax.jit(functools.partial(run, model), in_shardings=(None, data, data, rep, rep),
+  return jax.jit(functools.partial(halt_batch, model), in_shardings=(None, data, data, rep, rep),
                  out_shardings=(rep, rep, rep))  # replicated: every process reads all (multi-host)

@@ -57,7 +57,7 @@ def grokking(curves: dict, path: str):
   plt.close(fig)
 
 
-def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred_iid", "test_inferred_ood")):
+def lens_curves(lenses: dict, path: str, splits=("train_inferred", "test_inferred_iid", "test_inferred_ood")):
   """Top-1 rate of the answer (solid) and of the bridge at the answer position (dashed) and at the first relation
   (dotted) after every layer of every loop, one panel per model, one colour per 2-hop split; lenses: model ->
   split -> lens name -> summary (looprec.lens)."""
@@ -82,7 +82,7 @@ def logit_lens(lenses: dict, path: str, splits=("train_inferred", "test_inferred
   plt.close(fig)
 
 
-def margins(margins_by_model: dict, path: str):
+def margin_curves(margins_by_model: dict, path: str):
   """Margin vs loop, one line per hop (test splits), a dashed vertical line at each hop's mean t*, the zero line."""
   names = list(margins_by_model)
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)

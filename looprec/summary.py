@@ -21,9 +21,9 @@ Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layer
 {"accuracy", "mean_loops"}}}. Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
 {split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
 results.json), "selected": {test split: selection.select}, "lens": {split of LENS_SPLITS: {reading (answer,
-bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit and machine are what its results.json
-records (`runs.code_commit`, `runs.machine`); runs trained before it recorded them take --train-commit and this
-machine. commit.analysis is this checkout's commit (the code that summarizes, assumed to have analyzed). --extend
+bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit
+and machine are what its results.json records (`runs.code_commit`, `runs.machine`); runs trained before it
+recorded them take --train-commit and this machine. commit.analysis is this checkout's commit (the code that summarizes, assumed to have analyzed). --extend
 keeps an earlier summary's runs (same setting, other seeds) ahead of the new ones, so seeds can be added without
 the earlier run folders.
 """
@@ -141,7 +141,8 @@ def _run_entry(run_dir: str, train_commit: str | None) -> tuple[tuple, dict]:
   seeds = [o for o in over if o.partition("=")[0] in SEEDS]
   entry = {"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
            "wall_seconds": wall, "max_loops": max_loops, "commit": results.get("commit") or train_commit,
-           "machine": results.get("machine") or runs.machine(), "models": run_metrics(run_dir, results, analysis, max_loops)}
+           "machine": results.get("machine") or runs.machine(),
+           "models": run_metrics(run_dir, results, analysis, max_loops)}
   return (setting, over[:len(over) - len(seeds)]), entry
 
 

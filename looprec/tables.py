@@ -237,7 +237,7 @@ def regenerate(text: str, doc: str, root: str = ".") -> tuple[str, list[str]]:
   return MARKER.sub(fill, text), changed
 
 
-def run(root: str = ".", check: bool = False) -> list[str]:
+def update_docs(root: str = ".", check: bool = False) -> list[str]:
   """Regenerates (or, with check, compares) the tables of every doc; returns `doc: table ID` of each that
   differed. Every table is rendered before any doc is written: a bad summary leaves the docs as they were."""
   differing, rewrites = [], {}
