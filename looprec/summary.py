@@ -23,9 +23,9 @@ Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layer
 results.json), "selected": {test split: selection.select}, "lens": {split of LENS_SPLITS: {reading (answer,
 bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit
 and machine are what its results.json records (`runs.code_commit`, `runs.machine`); runs trained before it
-recorded them take --train-commit and this machine. commit.analysis is this checkout's commit (the code that summarizes, assumed to have analyzed). --extend
-keeps an earlier summary's runs (same setting, other seeds) ahead of the new ones, so seeds can be added without
-the earlier run folders.
+recorded them take --train-commit and this machine. commit.analysis is this checkout's commit (the code that
+summarizes, assumed to have analyzed). --extend keeps an earlier summary's runs (same setting, other seeds) ahead
+of the new ones, so seeds can be added without the earlier run folders.
 """
 from __future__ import annotations
 
