@@ -7,9 +7,11 @@ targets with the live shardings; an unreadable newest step falls back to the nex
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+import logging
 import os
 import sys
 
@@ -21,6 +23,25 @@ from looprec import sharding
 from looprec.config import ConfigError
 
 ITEMS = ("state", "data", "meta")
+# what orbax logs, as absl warnings, on every read-only restore of some of a checkpoint's items: expected, not news
+EXPECTED_LOGS = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
+                 "was found in the checkpoint, but could not be restored")
+
+
+class _DropExpected(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in EXPECTED_LOGS)
+
+
+@contextlib.contextmanager
+def _expected_logs_dropped():
+  """While active, the absl logger drops EXPECTED_LOGS (other warnings pass)."""
+  log, drop = logging.getLogger("absl"), _DropExpected()
+  log.addFilter(drop)
+  try:
+    yield
+  finally:
+    log.removeFilter(drop)
 
 
 def fingerprint(vocab_size: int, seq_len: int, data_config: dict) -> dict:
@@ -193,10 +214,15 @@ def restore_params(directory: str, data_fingerprint: dict | None = None, mesh=No
   left, or any other failure to read: ConfigError); nothing on disk is changed."""
   if not os.path.isdir(directory):
     return None
-  mesh = mesh or sharding.make_mesh()
+  with _expected_logs_dropped():
+    return _restore_params(directory, data_fingerprint, mesh or sharding.make_mesh())
+
+
+def _restore_params(directory: str, data_fingerprint: dict | None, mesh):
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=handlers)
+
   def read_state(step, meta):
     del meta
     target = jax.tree_util.tree_map(

@@ -104,6 +104,19 @@ def test_analysis_restore_falls_back_too(tmp_path, capsys):
   assert "step 2 is unreadable" in capsys.readouterr().err
 
 
+def test_analysis_restore_logs_no_expected_orbax_warnings(tmp_path, caplog):
+  """A read-only restore of params and meta (the data item left on disk) is routine: orbax's warnings about it are
+  dropped, and a warning of any other kind still passes."""
+  import logging
+  from looprec import checkpoint
+  directory = str(tmp_path / "ck")
+  _save_steps(directory)
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    assert checkpoint.restore_params(directory) is not None
+    logging.getLogger("absl").warning("something else")
+  assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["something else"]
+
+
 def test_no_readable_step_is_one_error(tmp_path):
   from looprec import checkpoint
   from looprec.config import ConfigError
