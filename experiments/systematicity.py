@@ -228,17 +228,17 @@ def report(cfg: Config, models: dict, stages: dict, lenses: dict) -> str:
 
 def summary(stages: dict, final: dict, lenses: dict) -> str:
   """One sentence per model: when it memorised and generalised, how far OOD got, what the lens saw."""
-  step = lambda split: f"step {stages[split]}" if stages.get(split) is not None else "never"
+  step = lambda split: f"at step {stages[split]}" if stages.get(split) is not None else "never"
   acc = lambda split: f"{final[split]:.2f}" if split in final else "n/a"
-  text = (f"training 2-hop facts >= {STAGE_ACCURACY} at {step('train_inferred')}, ID test at "
-          f"{step('test_inferred_iid')}, OOD test at {step('test_inferred_ood')} (final OOD "
+  text = (f"accuracy >= {STAGE_ACCURACY}: training 2-hop facts {step('train_inferred')}, ID test "
+          f"{step('test_inferred_iid')}, OOD test {step('test_inferred_ood')} (final OOD "
           f"{acc('test_inferred_ood')}; first hop OOD {acc('test_inferred_ood_first')}, second hop OOD "
           f"{acc('test_inferred_ood_second')})")
   if "test_inferred_iid" in lenses:
     lens_ = lenses["test_inferred_iid"]
-    a, b, b1 = lens_["answer"], lens_["bridge"], lens_["bridge_at_r1"]
-    text += (f"; logit lens on ID test facts: the answer's top-1 rate peaks at {a['peak_top1']:.2f} after layer "
-             f"{a['peak_layer']} of {len(a['top1']) * a['n_layers']} (all loops), the bridge's at r1 at "
-             f"{b1['peak_top1']:.2f} after layer {b1['peak_layer']}, the bridge's at the answer position at "
-             f"{b['peak_top1']:.2f}")
+    depth = len(lens_["answer"]["top1"]) * lens_["answer"]["n_layers"]
+    peak = lambda s: (f"peaks at {s['peak_top1']:.2f} after layer {s['peak_layer']} of {depth}" if s["peak_top1"] > 0
+                      else "is never top-1")
+    text += (f"; logit lens on ID test facts: the answer's top-1 rate {peak(lens_['answer'])}, the bridge's at r1 "
+             f"{peak(lens_['bridge_at_r1'])}, the bridge's at the answer position {peak(lens_['bridge'])}")
   return text + "."

@@ -269,3 +269,19 @@ def test_bad_input_one_line_error_and_nothing_written(tmp_path, args, message):
 def test_empty_probe_split_is_a_one_line_error():
   with pytest.raises(ConfigError, match="probe split 'test_inferred_ood' is empty: the graph is too small"):
     data.make_task(CompositionDataConfig(n_entities=12, n_relations=3, out_degree=2, phi=1.0, n_probe=32))
+
+
+@pytest.mark.parametrize("case", ["reached", "never, all zeros"])
+def test_report_sentence_reads_right_in_every_branch(case):
+  from experiments.systematicity import summary
+  reached = case == "reached"
+  stages = {s: (250 if reached else None) for s in ("train_inferred", "test_inferred_iid", "test_inferred_ood")}
+  read = lambda top1: {"top1": [top1] * 2, "n_layers": 2, "peak_top1": top1, "peak_layer": 3}
+  lenses = {"test_inferred_iid": {k: read(0.5 if reached else 0.0) for k in ("answer", "bridge", "bridge_at_r1")}}
+  text = summary(stages, {"test_inferred_ood": 0.0}, lenses)
+  if reached:
+    assert text.startswith("accuracy >= 0.9: training 2-hop facts at step 250, ID test at step 250, OOD test at step 250")
+    assert "the answer's top-1 rate peaks at 0.50 after layer 3 of 4," in text
+  else:
+    assert text.startswith("accuracy >= 0.9: training 2-hop facts never, ID test never, OOD test never (final OOD 0.00")
+    assert "at never" not in text and "peaks at 0.00" not in text and "is never top-1" in text
