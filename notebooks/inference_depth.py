@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Inference-time depth: how many loops does a question need?
 # A looped model can run any number of loops at test time. This notebook takes a trained depth-extrapolation
-# model and measures accuracy for every loop count in one compiled pass, lets five halting rules decide per
+# model and measures accuracy for every loop count in one compiled pass, lets every halting rule decide per
 # example when to stop, follows the logit margin far past the useful depth (overthinking), and writes a new
 # halting rule in a few lines.
 #
@@ -120,10 +120,10 @@ ax.legend(fontsize="small", ncol=2)
 plt.show()
 
 # %% [markdown]
-# ## Five halting rules, side by side
+# ## Every halting rule, side by side
 # Each rule stops an example at the first loop where its tests pass (KL between consecutive loops, entropy,
 # relative change of the hidden state, a stable argmax), inside a `lax.while_loop` that stops once the whole
-# batch has halted (a model with a learned exit gate adds a sixth, `gate`). The paper's entropy bound (3 nats) was
+# batch has halted (`gate` only for a model with a learned exit gate). The paper's entropy bound (3 nats) was
 # set for 200 entities; it is scaled here by ln(#entities) / ln(200). Each rule is one point (mean over the
 # splits); the line is fixed R = 1..cap.
 
