@@ -42,8 +42,8 @@ def stat(s, fmt: str = ".2f") -> str:
     return "—"
   if not isinstance(s, dict):
     return format(s, fmt)
-  text = format(s["mean"], fmt)
-  return text if s["min"] == s["max"] else f"{text} ({s['min']:{fmt}}–{s['max']:{fmt}})"
+  text, low, high = (format(s[k], fmt) for k in ("mean", "min", "max"))
+  return text if low == high else f"{text} ({low}–{high})"
 
 
 def r_range(s) -> str:
@@ -199,6 +199,10 @@ TABLES = {
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
     "depth_extrap_cpu/accuracy": ("depth_extrap_cpu.json", depth_accuracy),
     "depth_extrap_cpu/halting": ("depth_extrap_cpu.json", functools.partial(depth_halting, models=("looped",))),
+    "systematicity_cpu/accuracy": ("systematicity_cpu.json", systematicity),
+    "systematicity_cpu/lens": ("systematicity_cpu.json", systematicity_lens),
+    "systematicity_cpu/lens_ood": ("systematicity_cpu.json",
+                                   functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
 }

@@ -81,6 +81,9 @@ COVERED = {
     "looprec analyze RUN": ANALYZE,
     "looprec summarize --out results/depth_extrap_smoke.json RUN_SEED0 RUN_SEED1":
         By("tests/test_tables.py::test_summarize_command", "two hand-made run folders, into a temporary file"),
+    "looprec summarize --out results/depth_extrap_smoke.json --extend results/depth_extrap_smoke.json RUN_SEED2":
+        By("tests/test_tables.py::test_extend_adds_seeds_to_an_earlier_summary_keeping_its_commit",
+           "hand-made run folders, into temporary files"),
     "make tables": By("tests/test_tables.py::test_check_names_a_differing_table_and_tables_rewrites_it",
                       "on a copy of the docs; test_docs_tables_match_the_summaries checks the committed docs"),
 }
