@@ -1,8 +1,8 @@
 """The model kinds compared on depth extrapolation (issue 13): each trainable kind at matched unrolled depth and
 matched step budget, plus training-free looping of the vanilla model after training.
 
-    make experiment NAME=variants                  # cpu preset (default; 1,344 s on a shared 2-core CPU, 2026-12-02)
-    make experiment NAME=variants PRESET=smoke     # about a minute, used by the tests
+    make experiment NAME=variants                  # cpu preset (default; 590–740 s per seed on 2 cores, 2026-12-02)
+    make experiment NAME=variants PRESET=smoke     # about 1.5 minutes, used by the tests
     make experiment NAME=variants ARGS="models.hyperloop.model=kind=hyperloop,n_prelude=1,n_coda=1,n_streams=4"
 
 The task, curriculum, evaluation splits, sweeps and halting are those of `depth_extrap`; each entry of `models`
