@@ -86,7 +86,8 @@ class Kind:
   model: type
 
 
-# model.kind -> Kind, filled by each kind's module as it is imported (looprec.models imports the built-in ones)
+# model.kind -> Kind, filled by each kind's module as it is imported (looprec.models imports the built-in ones); the
+# first registered is the default kind
 KINDS: dict[str, Kind] = {}
 
 
@@ -115,7 +116,7 @@ class ModelConfig:
   kind shares are here; a kind's own hyperparameters are `options` (its registered KindOptions), given, read and
   saved flat beside these fields, as `n_streams=2` rather than `options.n_streams`."""
 
-  kind: str = "looped"  # the model kind, a name registered in KINDS (the built-in ones: looprec.models)
+  kind: str = ""  # the model kind, a name registered in KINDS; "" = the first registered (looprec.models')
   d_model: int = 64
   n_heads: int = 4
   n_layers: int = 1  # L, layers in the looped block
@@ -146,6 +147,7 @@ class ModelConfig:
     its default, is kept in `unowned` (a later change of kind may own it; validate refuses it)."""
     for f in dataclasses.fields(self):
       object.__setattr__(self, f.name, values.pop(f.name, f.default))
+    object.__setattr__(self, "kind", self.kind or next(iter(KINDS), ""))
     options = KINDS[self.kind].options if self.kind in KINDS else KindOptions
     own = _option_names(options)
     given = {**{k: getattr(self.options, k) for k in _option_names(type(self.options)) if k in own},
@@ -364,7 +366,7 @@ class ModelRun:
   n_layers: int = 1
   recurrence: str = "dynamic:4,2,8"
   steps: int = 0
-  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=hyperloop,n_streams=2")
+  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=NAME,OPTION=2")
 
   def model_overrides(self) -> list[str]:
     return [item for item in self.model.split(",") if item]
@@ -503,7 +505,7 @@ def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
 
 def _model_from_dict(data: dict, filled: list | None, prefix: str) -> ModelConfig:
   """from_dict of a flat model config: to_dict's (the kind's options only) or an older run's (every kind's)."""
-  kind = data.get("kind", ModelConfig.kind)
+  kind = data.get("kind") or next(iter(KINDS), "")
   keys = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("options", "unowned")]
   keys += _option_names(KINDS[kind].options) if kind in KINDS else []
   unknown = [k for k in data if k not in keys and not _option_defaults(k)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from looprec.config import KINDS, ConfigError, ModelConfig
 from looprec.models.base import LoopedBase, LoopedModel, count_params, gather_positions, params_checksum
-# the built-in kinds, registered on import (this order is KINDS' order):
+# the built-in kinds, registered on import in this order (KINDS' order; the first is the default kind)
 from looprec.models import looped  # the paper's: embed -> (L layers) x R -> final norm -> tied head
 from looprec.models import prelude_core_coda  # non-looped begin / end layers around the loop
 from looprec.models import hyperloop  # n residual streams mixed by per-loop gates, merged before the end

@@ -93,7 +93,8 @@ class TrainingFree(LoopedTransformer):
 
   def embed(self, params, tokens_BxT):
     """Token embeddings through the layers below the window: the window's input."""
-    return self._layers(params, 0, self.cfg.options.window_layers()[0], super().embed(params, tokens_BxT), tokens_BxT)[0]
+    a = self.cfg.options.window_layers()[0]
+    return self._layers(params, 0, a, super().embed(params, tokens_BxT), tokens_BxT)[0]
 
   def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
     del rng  # inference only
