@@ -116,7 +116,7 @@ class ModelConfig:
   kind shares are here; a kind's own hyperparameters are `options` (its registered KindOptions), given, read and
   saved flat beside these fields, as `n_streams=2` rather than `options.n_streams`."""
 
-  kind: str = ""  # the model kind, a name registered in KINDS; "" = the first registered (looprec.models')
+  kind: str = ""  # the model kind, a name registered in KINDS ("" = the first registered)
   d_model: int = 64
   n_heads: int = 4
   n_layers: int = 1  # L, layers in the looped block
@@ -160,11 +160,12 @@ class ModelConfig:
         (k, v) for k, v in given.items() if k not in own and v not in _option_defaults(k).values())))
 
   def __getattr__(self, name: str):
-    """The kind's options read flat: cfg.n_streams is cfg.options.n_streams."""
-    options = self.__dict__.get("options")
-    if options is None or name.startswith("__") or not hasattr(options, name):
-      raise AttributeError(f"ModelConfig of model.kind={self.__dict__.get('kind')!r} has no attribute {name!r}")
-    return getattr(options, name)
+    """Options read flat, as `settable` has them: cfg.n_streams is cfg.options.n_streams; another kind's option is
+    the value set here (which validate refuses) or its default, as when every kind's options were fields here."""
+    values = self.settable() if "options" in self.__dict__ and not name.startswith("__") else {}
+    if name not in values:
+      raise AttributeError(f"ModelConfig has no attribute {name!r}")
+    return values[name]
 
   def flat(self) -> dict:
     """The fields, the kind's options and any unowned ones in one flat dict (config.json's `model`)."""
@@ -172,8 +173,9 @@ class ModelConfig:
     return {**common, **dataclasses.asdict(self.options), **dict(self.unowned)}
 
   def settable(self) -> dict:
-    """Every key an override may set -> its value here, or for another kind's option its default."""
-    others = {k: v for kind in KINDS.values() for k, v in dataclasses.asdict(kind.options()).items()}
+    """Every key an override may set -> its value here, or for another kind's option its default (the first
+    registered kind's that has it)."""
+    others = {k: v for kind in reversed(KINDS.values()) for k, v in dataclasses.asdict(kind.options()).items()}
     return {**others, **self.flat()}
 
   @property

@@ -72,7 +72,6 @@ def test_cpu_preset_matches_depth_and_budget():
   depth = {}
   for name, run in cfg.models.items():
     mcfg = cfg.model_cfg(name)
-    blocks = getattr(mcfg.options, "n_prelude", 0) + getattr(mcfg.options, "n_coda", 0)  # kinds with begin/end
-    depth[name] = blocks + mcfg.n_layers * run.rec.max_loops
+    depth[name] = mcfg.n_prelude + mcfg.n_layers * run.rec.max_loops + mcfg.n_coda
   assert set(depth.values()) == {4}, depth
   assert [s.split(",")[:2] for s in variants.training_free_specs(cfg)] == [["model=vanilla", "window=1:3"]] * 2
