@@ -65,10 +65,58 @@ class Recurrence:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The recurrent-depth transformer: embed -> (block of n_layers) x R -> final norm -> tied head."""
+class KindOptions:
+  """A model kind's own hyperparameters. A kind subclasses it in its own module (a frozen dataclass whose fields
+  have defaults; each is read and set flat: `cfg.n_streams`, `model.n_streams=2`), checks them in `validate`, and
+  registers it with its model class (`register_kind`). The base class is the options of a kind that has none."""
 
-  kind: str = "looped"  # the model kind (looprec.models.KINDS)
+  # the kind's loss reads every loop, so it needs a static loop count: train.loop_programs=one is refused
+  reads_every_loop: typing.ClassVar[bool] = False
+
+  def validate(self, cfg: ModelConfig):
+    """ConfigError, one line naming the key, for a bad value; cfg is the whole model config."""
+    del cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """A registered model kind: its options (a KindOptions subclass) and its model class, `model(cfg, vocab_size)`."""
+
+  options: type
+  model: type
+
+
+# model.kind -> Kind, filled by each kind's module as it is imported (looprec.models imports the built-in ones); the
+# first registered is the default kind
+KINDS: dict[str, Kind] = {}
+
+
+def register_kind(name: str, options: type = KindOptions):
+  """Class decorator: registers the decorated model class as `model.kind=name`, with its options class."""
+  def register(model):
+    if name in KINDS and KINDS[name].model is not model:
+      raise ValueError(f"model.kind={name!r} is already registered (by {KINDS[name].model.__qualname__})")
+    KINDS[name] = Kind(options, model)
+    return model
+  return register
+
+
+def _option_names(options: type) -> list[str]:
+  return [f.name for f in dataclasses.fields(options)]
+
+
+def _option_defaults(key: str) -> dict:
+  """kind -> the default of option `key`, for every registered kind whose options have it."""
+  return {name: f.default for name, kind in KINDS.items() for f in dataclasses.fields(kind.options) if f.name == key}
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ModelConfig:
+  """The recurrent-depth transformer: embed -> (block of n_layers) x R -> final norm -> tied head. The fields every
+  kind shares are here; a kind's own hyperparameters are `options` (its registered KindOptions), given, read and
+  saved flat beside these fields, as `n_streams=2` rather than `options.n_streams`."""
+
+  kind: str = ""  # the model kind, a name registered in KINDS ("" = the first registered)
   d_model: int = 64
   n_heads: int = 4
   n_layers: int = 1  # L, layers in the looped block
@@ -87,25 +135,54 @@ class ModelConfig:
   resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   attention: str = "einsum"  # einsum (softmax in float32, dropout on probs) | dot_product (jax.nn.dot_product_attention)
-  # begin / end blocks around the looped one (prelude_core_coda, hyperloop, exit_gate): layers run once
-  n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
-  n_coda: int = 0  # layers after the loop, before the final norm
-  n_streams: int = 1  # hyperloop: parallel residual streams
-  gate_sets: int = 4  # hyperloop: per-loop gate sets; loop t >= gate_sets uses the last
-  exit_beta: float = 0.1  # exit_gate: weight of the exit distribution's entropy in the loss
-  window: str = ""  # training_free: "a:b", layers a..b-1 (0-based) of the trained stack are looped
-  substeps: int = 6  # training_free: damped sub-steps K per loop
-  damping: float = 0.5  # training_free: beta, the loop's output is beta g(h_in) + (1 - beta) h_K
+  options: KindOptions = KindOptions()  # the kind's own hyperparameters (KINDS[kind].options)
+  unowned: tuple = ()  # sorted (key, value): other kinds' options set here to non-defaults; validate refuses them
 
   # a key of older run folders -> the fields that replaced it (from_dict reads old config.json files)
   RENAMED = {"dropout": ("embed_dropout", "attn_dropout", "resid_dropout")}
+
+  def __init__(self, **values):
+    """The fields above, and any registered kind's options flat (`n_streams=2`). When the kind changes, the options
+    the new kind has carry over and the others are dropped; an option of another kind, given at a value other than
+    its default, is kept in `unowned` (a later change of kind may own it; validate refuses it)."""
+    for f in dataclasses.fields(self):
+      object.__setattr__(self, f.name, values.pop(f.name, f.default))
+    object.__setattr__(self, "kind", self.kind or next(iter(KINDS), ""))
+    options = KINDS[self.kind].options if self.kind in KINDS else KindOptions
+    own = _option_names(options)
+    given = {**{k: getattr(self.options, k) for k in _option_names(type(self.options)) if k in own},
+             **dict(self.unowned), **values}
+    for key, value in given.items():
+      if key not in own and not _option_defaults(key):
+        raise TypeError(f"ModelConfig got an unexpected keyword argument {key!r}")
+    object.__setattr__(self, "options", options(**{k: v for k, v in given.items() if k in own}))
+    object.__setattr__(self, "unowned", tuple(sorted(
+        (k, v) for k, v in given.items() if k not in own and v not in _option_defaults(k).values())))
+
+  def __getattr__(self, name: str):
+    """Options read flat, as `settable` has them: cfg.n_streams is cfg.options.n_streams; another kind's option is
+    the value set here (which validate refuses) or its default, as when every kind's options were fields here."""
+    values = self.settable() if "options" in self.__dict__ and not name.startswith("__") else {}
+    if name not in values:
+      raise AttributeError(f"ModelConfig has no attribute {name!r}")
+    return values[name]
+
+  def flat(self) -> dict:
+    """The fields, the kind's options and any unowned ones in one flat dict (config.json's `model`)."""
+    common = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("options", "unowned")}
+    return {**common, **dataclasses.asdict(self.options), **dict(self.unowned)}
+
+  def settable(self) -> dict:
+    """Every key an override may set -> its value here, or for another kind's option its default (the first
+    registered kind's that has it)."""
+    others = {k: v for kind in reversed(KINDS.values()) for k, v in dataclasses.asdict(kind.options()).items()}
+    return {**others, **self.flat()}
 
   @property
   def any_dropout(self) -> bool:
     return bool(self.embed_dropout or self.attn_dropout or self.resid_dropout)
 
   def validate(self):
-    from looprec.models import KINDS  # pylint: disable=import-outside-toplevel  (models import this module)
     _check(self.kind in KINDS, f"model.kind={self.kind!r} is not one of {', '.join(KINDS)}")
     _check(self.d_model % max(self.n_heads, 1) == 0 and self.n_heads >= 1,
            f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
@@ -126,34 +203,10 @@ class ModelConfig:
     _check(self.attention in ("einsum", "dot_product"), f"model.attention={self.attention!r} is not einsum or dot_product")
     _check(self.attention == "einsum" or self.attn_dropout == 0.0,
            "model.attention=dot_product has no dropout on attention probabilities: set model.attn_dropout=0 or use einsum")
-    blocks = ("prelude_core_coda", "hyperloop", "exit_gate")
-    for name in ("n_prelude", "n_coda"):
-      size = getattr(self, name)
-      _check(size >= 0, f"model.{name}={size} must be >= 0")
-      _check(size == 0 or self.kind in blocks,
-             f"model.{name}={size}: model.kind={self.kind!r} has no begin/end blocks (only {', '.join(blocks)})")
-    _check(not self.any_dropout or self.n_prelude == self.n_coda == 0,
-           "model.embed/attn/resid_dropout: the begin/end blocks run without dropout (set model.n_prelude/n_coda=0)")
-    _check(self.n_streams >= 1, f"model.n_streams={self.n_streams} must be >= 1")
-    _check(self.n_streams == 1 or self.kind == "hyperloop",
-           f"model.n_streams={self.n_streams}: only model.kind=hyperloop has several residual streams")
-    _check(self.gate_sets >= 1, f"model.gate_sets={self.gate_sets} must be >= 1")
-    _check(self.exit_beta >= 0, f"model.exit_beta={self.exit_beta} must be >= 0")
-    if self.kind == "training_free":
-      a, b = self.window_layers()
-      _check(0 <= a < b <= self.n_layers,
-             f"model.window={self.window!r} is outside the model's {self.n_layers} layers (need 0 <= a < b <= "
-             f"{self.n_layers})")
-      _check(self.substeps >= 1, f"model.substeps={self.substeps} must be >= 1")
-      _check(0.0 <= self.damping <= 1.0, f"model.damping={self.damping} must be in [0, 1]")
-      _check(not self.any_dropout, "model.embed/attn/resid_dropout: model.kind=training_free is inference only")
-
-  def window_layers(self) -> tuple[int, int]:
-    """model.window "a:b" as (a, b): layers a..b-1 are looped (training_free)."""
-    m = re.fullmatch(r"(\d+):(\d+)", self.window)
-    if m is None:
-      raise ConfigError(f"model.window={self.window!r} is not 'a:b' (loop layers a..b-1, 0-based)")
-    return int(m.group(1)), int(m.group(2))
+    for key, value in self.unowned:
+      raise ConfigError(f"model.{key}={value!r}: model.kind={self.kind!r} has no {key} (an option of "
+                        f"{', '.join(_option_defaults(key))})")
+    self.options.validate(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +368,7 @@ class ModelRun:
   n_layers: int = 1
   recurrence: str = "dynamic:4,2,8"
   steps: int = 0
-  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=hyperloop,n_streams=2")
+  model: str = ""  # this model's changes to the shared model config, "key=value,..." (e.g. "kind=NAME,OPTION=2")
 
   def model_overrides(self) -> list[str]:
     return [item for item in self.model.split(",") if item]
@@ -345,9 +398,10 @@ def validate_experiment(cfg):
       cfg.model_cfg(name).validate()
     except ConfigError as e:
       raise ConfigError(f"models.{name}: {e}") from None
-    _check(cfg.train.loop_programs != "one" or cfg.model_cfg(name).kind != "exit_gate",
-           f"train.loop_programs={cfg.train.loop_programs}: models.{name} (model.kind=exit_gate) reads every loop; "
-           "use per_r or ahead")
+    model_cfg = cfg.model_cfg(name)
+    _check(cfg.train.loop_programs != "one" or not model_cfg.options.reads_every_loop,
+           f"train.loop_programs={cfg.train.loop_programs}: models.{name} (model.kind={model_cfg.kind}) reads every "
+           "loop; use per_r or ahead")
     _check(run.rec.max_loops <= cfg.eval.max_loops,
            f"eval.max_loops={cfg.eval.max_loops} is below models.{name}'s largest training R")
 
@@ -381,10 +435,11 @@ def _parse_value(text: str, like, path: str):
 def _replace(node, keys: list[str], text: str, path: str):
   key, rest = keys[0], keys[1:]
   if dataclasses.is_dataclass(node):
-    names = {f.name for f in dataclasses.fields(node)}
-    if key not in names:
+    values = node.settable() if isinstance(node, ModelConfig) else {f.name: getattr(node, f.name)
+                                                                     for f in dataclasses.fields(node)}
+    if key not in values:
       raise ConfigError(f"unknown config key {path!r}")
-    old = getattr(node, key)
+    old = values[key]
     new = _replace(old, rest, text, path) if rest else _parse_value(text, old, path)
     return dataclasses.replace(node, **{key: new})
   if isinstance(node, dict):
@@ -407,7 +462,9 @@ def override(cfg, assignments: typing.Iterable[str]):
 
 
 def to_dict(cfg) -> dict:
-  """Plain JSON-able dict of a config tree."""
+  """Plain JSON-able dict of a config tree (a model config flat: ModelConfig.flat)."""
+  if isinstance(cfg, ModelConfig):
+    return cfg.flat()
   if dataclasses.is_dataclass(cfg):
     return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
   if isinstance(cfg, dict):
@@ -421,10 +478,12 @@ def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
   is appended to `filled` (an older run folder, saved before the field existed)."""
   if not isinstance(data, dict):
     raise ConfigError(f"config {prefix.rstrip('.') or 'root'}: expected a mapping, got {data!r}")
-  hints = typing.get_type_hints(cls)
   for old, new in getattr(cls, "RENAMED", {}).items():
     if old in data:
       data = {**{k: data[old] for k in new}, **{k: v for k, v in data.items() if k != old}}
+  if cls is ModelConfig:
+    return _model_from_dict(data, filled, prefix)
+  hints = typing.get_type_hints(cls)
   fields = {f.name for f in dataclasses.fields(cls)}
   unknown = [k for k in data if k not in fields]
   if unknown:
@@ -444,6 +503,19 @@ def from_dict(cls, data: dict, filled: list | None = None, prefix: str = ""):
         value = {k: from_dict(item_type, v, filled, f"{prefix}{f.name}.{k}.") for k, v in value.items()}
     kwargs[f.name] = value
   return cls(**kwargs)
+
+
+def _model_from_dict(data: dict, filled: list | None, prefix: str) -> ModelConfig:
+  """from_dict of a flat model config: to_dict's (the kind's options only) or an older run's (every kind's)."""
+  kind = data.get("kind") or next(iter(KINDS), "")
+  keys = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("options", "unowned")]
+  keys += _option_names(KINDS[kind].options) if kind in KINDS else []
+  unknown = [k for k in data if k not in keys and not _option_defaults(k)]
+  if unknown:
+    raise ConfigError(f"unknown config key {prefix + unknown[0]!r}")
+  if filled is not None:
+    filled.extend(prefix + k for k in keys if k not in data)
+  return ModelConfig(**data)
 
 
 def from_saved(cls, data: dict, where: str):

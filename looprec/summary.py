@@ -66,7 +66,8 @@ def overrides(experiment_name: str, preset: str, saved: dict) -> list[str]:
   module = experiment.load(experiment_name)
   if preset not in module.PRESETS:
     raise ConfigError(f"preset {preset!r} of {experiment_name!r} no longer exists")
-  base, got = _flat(C.to_dict(module.PRESETS[preset]())), _flat(saved)
+  # saved read back and written again: an older run's model config lists every kind's options, a newer one its own
+  base, got = _flat(C.to_dict(module.PRESETS[preset]())), _flat(C.to_dict(C.from_dict(module.Config, saved)))
   fmt = lambda v: v if isinstance(v, str) else "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
   keys = sorted((k for k in base.keys() | got.keys() if base.get(k) != got.get(k)), key=lambda k: (k in SEEDS, k))
   return [f"{k}={fmt(got.get(k))}" for k in keys]

@@ -220,10 +220,12 @@ def test_training_free_defaults_and_sweeps():
 
 @pytest.mark.parametrize("kw, message", [
     ({"kind": "mamba"}, "model.kind='mamba' is not one of looped, prelude_core_coda"),
-    ({"kind": "looped", "n_prelude": 1}, "model.n_prelude=1: model.kind='looped' has no begin/end blocks"),
+    ({"kind": "looped", "n_prelude": 1}, "model.n_prelude=1: model.kind='looped' has no n_prelude (an option of "
+                                         "prelude_core_coda, hyperloop, exit_gate)"),
     ({"kind": "prelude_core_coda", "n_coda": -1}, "model.n_coda=-1 must be >= 0"),
     ({"kind": "prelude_core_coda", "n_prelude": 1, "resid_dropout": 0.1}, "the begin/end blocks run without dropout"),
-    ({"kind": "looped", "n_streams": 2}, "model.n_streams=2: only model.kind=hyperloop"),
+    ({"kind": "looped", "n_streams": 2}, "model.n_streams=2: model.kind='looped' has no n_streams (an option of "
+                                         "hyperloop)"),
     ({"kind": "hyperloop", "n_streams": 0}, "model.n_streams=0 must be >= 1"),
     ({"kind": "exit_gate", "exit_beta": -0.1}, "model.exit_beta=-0.1 must be >= 0"),
     ({"kind": "training_free", "n_layers": 3, "window": "1:4"}, "model.window='1:4' is outside the model's 3 layers"),

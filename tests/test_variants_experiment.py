@@ -53,7 +53,7 @@ def test_analyze_reloads_every_kind(smoke):
 
 @pytest.mark.parametrize("override, message", [
     ("models.hyperloop.model=kind=mamba", "models.hyperloop: model.kind='mamba' is not one of"),
-    ("models.looped.model=n_prelude=1", "models.looped: model.n_prelude=1: model.kind='looped' has no begin/end"),
+    ("models.looped.model=n_prelude=1", "models.looped: model.n_prelude=1: model.kind='looped' has no n_prelude"),
     ("models.exit_gate.model=kind=exit_gate,exit_beta=-1", "models.exit_gate: model.exit_beta=-1.0 must be >= 0"),
     ("models.hyperloop.model=kind=hyperloop,colour=red", "models.hyperloop.model: unknown config key 'colour'"),
     ("training_free=model=vanilla,window=1:7", "model.window='1:7' is outside the model's 3 layers"),

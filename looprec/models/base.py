@@ -5,7 +5,7 @@ state entering loop 1 and the weight-tied step applied once per loop), `final_hi
 identity for the paper's model, end layers or a stream merge for others) and `head` (final norm and tied head).
 `LoopedBase` derives from them the one forward pass (`forward`: a scan with a readout after every loop) and
 everything eval, halting, lens and analysis read: `apply`, `answer_logits`, `loop_logits`, `layer_logits`,
-`trace`. A new kind subclasses `LoopedBase`, implements the four, and adds one line to `looprec.models.KINDS`.
+`trace`. A new kind subclasses `LoopedBase`, implements the four, and registers itself (`looprec.models`).
 """
 from __future__ import annotations
 

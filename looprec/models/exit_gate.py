@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from looprec import loop
-from looprec.config import ModelConfig
+from looprec.config import ConfigError, ModelConfig, register_kind
+from looprec.models import prelude_core_coda
 from looprec.models.base import answer_cross_entropy
-from looprec.models.prelude_core_coda import PreludeCoreCoda
 
 
 def exit_distribution(lam_RxB):
@@ -31,7 +31,21 @@ def exit_distribution(lam_RxB):
 
 
 @dataclasses.dataclass(frozen=True)
-class ExitGate(PreludeCoreCoda):
+class Options(prelude_core_coda.Options):
+  """prelude_core_coda's, and the weight of the exit entropy."""
+
+  exit_beta: float = 0.1  # weight of the exit distribution's entropy in the loss
+  reads_every_loop = True  # the loss reads the exit probability and the answer after every loop
+
+  def validate(self, cfg: ModelConfig):
+    super().validate(cfg)
+    if self.exit_beta < 0:
+      raise ConfigError(f"model.exit_beta={self.exit_beta} must be >= 0")
+
+
+@register_kind("exit_gate", Options)
+@dataclasses.dataclass(frozen=True)
+class ExitGate(prelude_core_coda.PreludeCoreCoda):
   cfg: ModelConfig
   vocab_size: int
 
@@ -63,8 +77,6 @@ class ExitGate(PreludeCoreCoda):
     p_RxB = exit_distribution(lam_RxB)
     loss_RxB = answer_cross_entropy(logits_RxBxV, batch["target"], label_smoothing)
     entropy_B = -jnp.sum(jnp.where(p_RxB > 0, p_RxB * jnp.log(jnp.maximum(p_RxB, 1e-30)), 0.0), axis=0)
-    loss = jnp.mean(jnp.sum(p_RxB * loss_RxB, axis=0) - self.cfg.exit_beta * entropy_B)
+    loss = jnp.mean(jnp.sum(p_RxB * loss_RxB, axis=0) - self.cfg.options.exit_beta * entropy_B)
     return loss, jnp.mean(jnp.argmax(logits_RxBxV[-1], -1) == batch["target"])
 
-
-Model = ExitGate

@@ -22,14 +22,29 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from looprec.config import ModelConfig
-from looprec.models.prelude_core_coda import PreludeCoreCoda
+from looprec.config import ConfigError, ModelConfig, register_kind
+from looprec.models import prelude_core_coda
 
 DYNAMIC_SCALE_INIT = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
-class Hyperloop(PreludeCoreCoda):
+class Options(prelude_core_coda.Options):
+  """prelude_core_coda's, and the streams and their gates."""
+
+  n_streams: int = 1  # parallel residual streams
+  gate_sets: int = 4  # per-loop gate sets; loop t >= gate_sets uses the last
+
+  def validate(self, cfg: ModelConfig):
+    super().validate(cfg)
+    for name in ("n_streams", "gate_sets"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+
+
+@register_kind("hyperloop", Options)
+@dataclasses.dataclass(frozen=True)
+class Hyperloop(prelude_core_coda.PreludeCoreCoda):
   """State {"h": B x T x n x D streams, "tokens": B x T}; `final_hidden` merges the streams and runs the coda."""
 
   cfg: ModelConfig
@@ -37,7 +52,7 @@ class Hyperloop(PreludeCoreCoda):
 
   def init(self, rng, seq_len: int = 8) -> dict:
     params = super().init(rng, seq_len)
-    n, d, g = self.cfg.n_streams, self.cfg.d_model, self.cfg.gate_sets
+    n, d, g = self.cfg.options.n_streams, self.cfg.d_model, self.cfg.options.gate_sets
     params["hyper"] = {
         "pre": jax.nn.one_hot(jnp.arange(g) % n, n), "post": jnp.ones((g, n)), "res": jnp.tile(jnp.eye(n), (g, 1, 1)),
         "w_pre": jnp.zeros((g, n * d, n)), "w_post": jnp.zeros((g, n * d, n)), "w_res": jnp.zeros((g, n * d, n * n)),
@@ -46,7 +61,7 @@ class Hyperloop(PreludeCoreCoda):
 
   def gates(self, params, t, y_BxTxNxD):
     """(pre B x T x n, post B x T x n, res B x T x n x n) of loop t for the streams y."""
-    g = jax.tree_util.tree_map(lambda a: a[jnp.minimum(t, self.cfg.gate_sets - 1)], params["hyper"])
+    g = jax.tree_util.tree_map(lambda a: a[jnp.minimum(t, self.cfg.options.gate_sets - 1)], params["hyper"])
     b, t_len, n, d = y_BxTxNxD.shape
     z_BxTxE = y_BxTxNxD.reshape(b, t_len, n * d).astype(jnp.float32)
     z_BxTxE = z_BxTxE * jax.lax.rsqrt(jnp.mean(z_BxTxE ** 2, -1, keepdims=True) + 1e-6)
@@ -57,7 +72,7 @@ class Hyperloop(PreludeCoreCoda):
     """prelude_core_coda's step (injection and the core block) on the streams' read-out, written back through
     the gates."""
     state, core = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer)
-    y_BxTxNxD = jnp.repeat(state["h"][:, :, None], self.cfg.n_streams, axis=2)
+    y_BxTxNxD = jnp.repeat(state["h"][:, :, None], self.cfg.options.n_streams, axis=2)
 
     def step(state, t, key):
       y_BxTxNxD = state["h"]
@@ -74,5 +89,3 @@ class Hyperloop(PreludeCoreCoda):
   def final_hidden(self, params, state):
     return super().final_hidden(params, {"h": state["h"].mean(axis=2), "tokens": state["tokens"]})
 
-
-Model = Hyperloop

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from looprec.config import ModelConfig
+from looprec.config import ModelConfig, register_kind
 from looprec.models.base import LoopedBase
 
 
@@ -117,6 +117,7 @@ class Block(nn.Module):
     return x_BxTxD, (jnp.stack(outs) if per_layer else None)
 
 
+@register_kind("looped")
 @dataclasses.dataclass(frozen=True)
 class LoopedTransformer(LoopedBase):
   """The paper's model (`model.kind=looped`): pure functions of a params pytree. `vocab_size` comes from the data."""
@@ -198,5 +199,3 @@ class LoopedTransformer(LoopedBase):
     del params
     return state
 
-
-Model = LoopedTransformer

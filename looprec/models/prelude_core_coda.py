@@ -14,10 +14,27 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from looprec.config import ModelConfig
+from looprec.config import ConfigError, KindOptions, ModelConfig, register_kind
 from looprec.models.looped import Block, LoopedTransformer, attention_mask
 
 
+@dataclasses.dataclass(frozen=True)
+class Options(KindOptions):
+  """The sizes of the non-looped blocks."""
+
+  n_prelude: int = 0  # layers before the loop (their output is the state entering loop 1 and the injection)
+  n_coda: int = 0  # layers after the loop, before the final norm
+
+  def validate(self, cfg: ModelConfig):
+    for name in ("n_prelude", "n_coda"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 0")
+    if cfg.any_dropout and (self.n_prelude or self.n_coda):
+      raise ConfigError("model.embed/attn/resid_dropout: the begin/end blocks run without dropout (set "
+                        "model.n_prelude/n_coda=0)")
+
+
+@register_kind("prelude_core_coda", Options)
 @dataclasses.dataclass(frozen=True)
 class PreludeCoreCoda(LoopedTransformer):
   """The paper's model with non-looped begin and end blocks. The state carried between loops is
@@ -27,21 +44,21 @@ class PreludeCoreCoda(LoopedTransformer):
   vocab_size: int
 
   def _stack(self, name: str) -> Block:
-    return Block(dataclasses.replace(self.cfg, n_layers=getattr(self.cfg, name)))
+    return Block(dataclasses.replace(self.cfg, n_layers=getattr(self.cfg.options, name)))
 
   def init(self, rng, seq_len: int = 8) -> dict:
     params = super().init(rng, seq_len)
     x = jnp.zeros((1, seq_len, self.cfg.d_model))
     mask = attention_mask(jnp.ones((1, seq_len), jnp.int32), self.cfg.attn_window)
     for i, name in enumerate(("n_prelude", "n_coda")):
-      if getattr(self.cfg, name):
+      if getattr(self.cfg.options, name):
         key = jax.random.fold_in(rng, i + 1)
         params[name[2:]] = self._stack(name).init(key, x, mask, self._rope(seq_len))["params"]
     return params
 
   def _run(self, name: str, params, h_BxTxD, tokens_BxT):
     """The begin or end block (no-op when it has no layers)."""
-    if not getattr(self.cfg, name):
+    if not getattr(self.cfg.options, name):
       return h_BxTxD
     mask, rope = attention_mask(tokens_BxT, self.cfg.attn_window), self._rope(tokens_BxT.shape[1])
     return self._stack(name).apply({"params": params[name[2:]]}, h_BxTxD, mask, rope)[0]
@@ -63,5 +80,3 @@ class PreludeCoreCoda(LoopedTransformer):
   def final_hidden(self, params, state):
     return self._run("n_coda", params, state["h"], state["tokens"])
 
-
-Model = PreludeCoreCoda

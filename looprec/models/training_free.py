@@ -15,13 +15,43 @@ No input injection, no dropout. The per-layer outputs a loop reports are those o
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 
-from looprec.config import ConfigError, ModelConfig
+from looprec.config import ConfigError, KindOptions, ModelConfig, register_kind
 from looprec.models.looped import Block, LoopedTransformer, attention_mask
 
-KEYS = {"window": str, "substeps": int, "damping": float}
+
+@dataclasses.dataclass(frozen=True)
+class Options(KindOptions):
+  """The looped window of the trained stack and its damped update."""
+
+  window: str = ""  # "a:b", layers a..b-1 (0-based) of the trained stack are looped
+  substeps: int = 6  # damped sub-steps K per loop
+  damping: float = 0.5  # beta: the loop's output is beta g(h_in) + (1 - beta) h_K
+
+  def window_layers(self) -> tuple[int, int]:
+    """model.window "a:b" as (a, b): layers a..b-1 are looped."""
+    m = re.fullmatch(r"(\d+):(\d+)", self.window)
+    if m is None:
+      raise ConfigError(f"model.window={self.window!r} is not 'a:b' (loop layers a..b-1, 0-based)")
+    return int(m.group(1)), int(m.group(2))
+
+  def validate(self, cfg: ModelConfig):
+    a, b = self.window_layers()
+    if not 0 <= a < b <= cfg.n_layers:
+      raise ConfigError(f"model.window={self.window!r} is outside the model's {cfg.n_layers} layers (need 0 <= a < b "
+                        f"<= {cfg.n_layers})")
+    if self.substeps < 1:
+      raise ConfigError(f"model.substeps={self.substeps} must be >= 1")
+    if not 0.0 <= self.damping <= 1.0:
+      raise ConfigError(f"model.damping={self.damping} must be in [0, 1]")
+    if cfg.any_dropout:
+      raise ConfigError("model.embed/attn/resid_dropout: model.kind=training_free is inference only")
+
+
+KEYS = {f.name: type(f.default) for f in dataclasses.fields(Options)}  # what wrap's spec may set
 
 
 def wrap(cfg: ModelConfig, spec: str) -> ModelConfig:
@@ -44,6 +74,7 @@ def wrap(cfg: ModelConfig, spec: str) -> ModelConfig:
   return out
 
 
+@register_kind("training_free", Options)
 @dataclasses.dataclass(frozen=True)
 class TrainingFree(LoopedTransformer):
   """State {"h": B x T x D, "tokens": B x T}; params are those of the trained `looped` model."""
@@ -62,12 +93,13 @@ class TrainingFree(LoopedTransformer):
 
   def embed(self, params, tokens_BxT):
     """Token embeddings through the layers below the window: the window's input."""
-    return self._layers(params, 0, self.cfg.window_layers()[0], super().embed(params, tokens_BxT), tokens_BxT)[0]
+    a = self.cfg.options.window_layers()[0]
+    return self._layers(params, 0, a, super().embed(params, tokens_BxT), tokens_BxT)[0]
 
   def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
     del rng  # inference only
-    a, b = self.cfg.window_layers()
-    k, beta = self.cfg.substeps, self.cfg.damping
+    a, b = self.cfg.options.window_layers()
+    k, beta = self.cfg.options.substeps, self.cfg.options.damping
 
     def step(state, t, key):
       del t, key
@@ -80,7 +112,5 @@ class TrainingFree(LoopedTransformer):
     return {"h": self.embed(params, tokens_BxT), "tokens": tokens_BxT}, step
 
   def final_hidden(self, params, state):
-    return self._layers(params, self.cfg.window_layers()[1], self.cfg.n_layers, state["h"], state["tokens"])[0]
+    return self._layers(params, self.cfg.options.window_layers()[1], self.cfg.n_layers, state["h"], state["tokens"])[0]
 
-
-Model = TrainingFree
