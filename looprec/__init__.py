@@ -1,7 +1,7 @@
 """looprec: recurrent-depth (looped) transformers in JAX.
 
     from looprec import ModelConfig, build_model, sweep, halt, margins, logit_lens
-    model = build_model(ModelConfig(kind="looped", d_model=64, n_layers=1), vocab_size=32)  # looprec.models.KINDS
+    model = build_model(ModelConfig(kind="looped", d_model=64, n_layers=1), vocab_size=32)  # config.KINDS
     params = model.init(jax.random.PRNGKey(0))
     logits_BxTxV = model.apply(params, tokens_BxT, n_loops=8)
     per_loop_BxV = model.loop_logits(params, tokens_BxT, read_pos_B, n_loops=16)   # R x B x V
