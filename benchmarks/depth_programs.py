@@ -82,7 +82,7 @@ def part_compile(s: Setup):
 
 
 def part_memory(s: Setup):
-  modes = {"off": loop.PLAIN, "remat=loop": loop.Scan(remat="loop"), "backprop_loops=4": loop.Scan(last_loops=4)}
+  modes = {"off": loop.PLAIN, "remat=loop": loop.Scan(remat="loop"), "backprop_loops=4": loop.Scan(backprop_loops=4)}
   print(f"{'compiled memory, MiB':>22} | " + " | ".join(f"R={r:<2d} peak   temp" for r in (4, 16, 64)))
   for name, bp in modes.items():
     cells = []

@@ -54,8 +54,8 @@ def test_unrolled_scan_gives_the_same_loss_and_gradients(unroll):
   """Partly (2 of 5), fully (5) and over-unrolled (9 > R) scans equal the rolled one, also under remat and
   truncation, and in the one-program mode."""
   assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll=unroll)), grads(PARAMS, 5), atol=1e-6)
-  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll, "loop", 2)), grads(PARAMS, 5, scan=loop.Scan(last_loops=2)),
-               atol=1e-6)
+  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll, "loop", 2)),
+               grads(PARAMS, 5, scan=loop.Scan(backprop_loops=2)), atol=1e-6)
   assert_close(grads(PARAMS, 5, jnp.int32(3), scan=loop.Scan(unroll=unroll)), grads(PARAMS, 3), atol=2e-6)
 
 
@@ -77,18 +77,18 @@ def reference_truncated(params, n_loops, k):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_backprop_equals_the_explicit_stop_gradient_reference(k):
-  got = grads(PARAMS, 5, scan=loop.Scan(last_loops=k))
+  got = grads(PARAMS, 5, scan=loop.Scan(backprop_loops=k))
   assert_close(got, reference_truncated(PARAMS, 5, k), atol=1e-6)
   full = grads(PARAMS, 5)
   assert np.isclose(float(got[0]), float(full[0]))  # the forward pass is unchanged
   assert not np.allclose(got[1]["block"]["layer_0"]["fc"]["kernel"], full[1]["block"]["layer_0"]["fc"]["kernel"])
-  with_remat = grads(PARAMS, 5, scan=loop.Scan(remat="loop", last_loops=k))
+  with_remat = grads(PARAMS, 5, scan=loop.Scan(remat="loop", backprop_loops=k))
   assert_close(with_remat, got, atol=1e-6)
 
 
 def test_truncation_at_or_beyond_r_is_full_backprop():
-  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=3)), grads(PARAMS, 3), atol=0)
-  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=9)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(backprop_loops=3)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(backprop_loops=9)), grads(PARAMS, 3), atol=0)
 
 
 def temp_bytes(n_loops, scan):
@@ -102,7 +102,8 @@ def temp_bytes(n_loops, scan):
 def test_remat_and_truncation_flatten_activation_memory_in_r():
   """Compiled temp memory from R=4 to R=64: grows with R by default, much less with remat, not with truncation."""
   grow = {name: temp_bytes(64, bp) / temp_bytes(4, bp)
-          for name, bp in {"off": loop.PLAIN, "loop": loop.Scan(remat="loop"), "k=2": loop.Scan(last_loops=2)}.items()}
+          for name, bp in {"off": loop.PLAIN, "loop": loop.Scan(remat="loop"),
+                           "k=2": loop.Scan(backprop_loops=2)}.items()}
   assert grow["off"] > 5
   assert grow["loop"] < grow["off"] / 3
   assert grow["k=2"] < 1.2
