@@ -30,7 +30,7 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {e.run_dir}",
           file=sys.stderr)
-    return 128 + (train.STOP.signum or signal.SIGINT)
+    return 128 + (e.signum or signal.SIGINT)
   except KeyboardInterrupt:
     print("interrupted: a second Ctrl-C, stopped at once without a checkpoint; --resume the run folder to "
           "continue from its last checkpoint", file=sys.stderr)

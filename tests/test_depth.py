@@ -114,20 +114,20 @@ def test_one_program_train_steps_match_per_r_steps():
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(TrainConfig(warmup_steps=2))
   runs = {}
-  for name, max_loops in (("per_r", 0), ("one", 4)):
-    fns = train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=max_loops)
+  b = sharding.put_batch(jax.device_get(batch()), mesh)
+  for name in ("per_r", "one"):
+    fns = train.make_programs(TrainConfig(loop_programs=name), MODEL, tx, mesh, max_loops=4)
     state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
     losses = []
     for r in (2, 4, 3):
-      state, m, _ = fns(r)(state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(r), r,
-                           train.HEALTHY)
+      state, m = fns.step(state, b, r)
       losses.append(float(m["loss"]))
-    runs[name] = (losses, state["params"], len(fns._cache))  # pylint: disable=protected-access
+    runs[name] = (losses, state.params, len(fns._cache))  # pylint: disable=protected-access
   np.testing.assert_allclose(runs["one"][0], runs["per_r"][0], atol=1e-6)
   assert_close(runs["one"][1], runs["per_r"][1], atol=1e-5)
   assert (runs["per_r"][2], runs["one"][2]) == (3, 1)
   with pytest.raises(ValueError, match="outside 1..4"):
-    train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=4)(5)
+    fns.step(state, b, 5)
 
 
 def test_steps_compiled_ahead_equal_lazily_compiled_ones():
@@ -138,21 +138,20 @@ def test_steps_compiled_ahead_equal_lazily_compiled_ones():
   b = sharding.put_batch(jax.device_get(batch()), mesh)
   runs = {}
   for ahead in (False, True):
-    fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+    fns = (train.AheadPrograms if ahead else train.Programs)(MODEL, tx, mesh, 0.0)
     state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
-    if ahead:
-      fns.precompile([3, 2], (state, b, jax.random.PRNGKey(0), 0, train.HEALTHY))
+    fns.prepare(state, lambda: (b, [3, 2]))
     losses = []
-    for step, r in enumerate((2, 3, 2)):
-      state, m, _ = fns(r)(state, b, jax.random.PRNGKey(r), step, train.HEALTHY)
+    for r in (2, 3, 2):
+      state, m = fns.step(state, b, r)
       losses.append(float(m["loss"]))
     cache = fns._cache  # pylint: disable=protected-access
-    programs = {k: isinstance(v, jax.stages.Compiled) for k, v in cache.items()}
-    runs[ahead] = (losses, state["params"], programs, fns.n_programs)
+    programs = {k[:2]: isinstance(v, jax.stages.Compiled) for k, v in cache.items()}
+    runs[ahead] = (losses, state.params, programs, fns.n_programs)
     fns.close()
   assert runs[False][0] == runs[True][0]
   chex.assert_trees_all_equal(runs[False][1], runs[True][1])
-  assert runs[True][2] == {(2, False, False): True, (3, False, False): True} and not any(runs[False][2].values())
+  assert runs[True][2] == {(2, False): True, (3, False): True} and not any(runs[False][2].values())
   assert runs[False][3] == 2 and runs[True][3] <= 2  # waits for a compile: the rates of the progress bar restart
 
 
@@ -160,10 +159,9 @@ def test_close_cancels_the_compiles_not_started():
   """Closing (as training does when it stops) cancels queued compiles: at most the pool's threads finish theirs."""
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(TrainConfig(warmup_steps=2))
-  fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+  fns = train.AheadPrograms(MODEL, tx, mesh, 0.0)
   state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
-  fns.precompile(range(1, 17), (state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(0), 0,
-                                train.HEALTHY))
+  fns.prepare(state, lambda: (sharding.put_batch(jax.device_get(batch()), mesh), range(1, 17)))
   fns.close()
   compiles = list(fns._cache.values())  # pylint: disable=protected-access
   started = [f for f in compiles if not f.cancelled()]
