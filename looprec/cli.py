@@ -44,7 +44,8 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   return 0
 
 
-def main(argv=None) -> int:
+def make_parser() -> OneLineParser:
+  """The command line: experiment, analyze, import-checkpoint, summarize, tables."""
   parser = OneLineParser(prog="looprec", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   exp = sub.add_parser("experiment", help="resolve a preset, apply overrides, train and evaluate")
@@ -75,6 +76,11 @@ def main(argv=None) -> int:
   summ.add_argument("--train-commit", default=None, help="the looprec commit that trained the runs")
   tab = sub.add_parser("tables", help="regenerate the results tables of README.md and docs/ from results/")
   tab.add_argument("--check", action="store_true", help="exit 1 naming each table that differs; write nothing")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = make_parser()
   try:
     args, extra = parser.parse_known_args(argv)
     no_overrides = args.command in ("analyze", "summarize", "tables")
