@@ -34,18 +34,16 @@ def check(dtype: str, args) -> dict:
                               "read_pos": np.full(b, t - 1, np.int32),
                               "target": r.integers(1, vocab, b).astype(np.int32)}, mesh)
   state = train.init_state(model, tx, jax.random.PRNGKey(0), t, mesh)
-  steps = train.StepFunctions(model, tx, mesh, 0.0, max_loops=8)
+  steps = train.OneProgram(model, tx, mesh, 0.0, max_loops=8)
   start = time.perf_counter()
-  compiled = steps.compiled(8, True, False, state).lower(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY,
-                                                         jnp.int32(n_loops)).compile()
+  compiled = steps.program(train.train_step, 8, True, state).lower(state, batch, jnp.int32(n_loops)).compile()
   compile_s = time.perf_counter() - start
   mem = compiled.memory_analysis()
-  step = steps(n_loops)
-  state, m, _ = step(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY)
+  state, m = steps.step(state, batch, n_loops)
   jax.block_until_ready(m)
   start = time.perf_counter()
-  for i in range(args.steps):
-    state, m, _ = step(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
+  for _ in range(args.steps):
+    state, m = steps.step(state, batch, n_loops)
   jax.block_until_ready(m)
   seconds = (time.perf_counter() - start) / args.steps
   peak = throughput.peak_flops(dtype)

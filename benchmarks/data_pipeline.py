@@ -65,15 +65,14 @@ def step_rate(cfg, task, mesh, runs: int) -> float:
   """Examples/s of the looped model's train step at R = 4 on the task's first-stage batches."""
   model = cfg.build_model("looped", task.vocab.size)
   tx = train.make_optimizer(cfg.train)
-  steps = train.StepFunctions(model, tx, mesh, cfg.train.label_smoothing)(4)
+  steps = train.Programs(model, tx, mesh, cfg.train.label_smoothing)
   batch = sharding.put_batch(next(data.stage_iterator(task, task.curriculum.first, cfg.train.batch_size, 0)), mesh)
   state = train.init_state(model, tx, jax.random.PRNGKey(0), batch["tokens"].shape[1], mesh)
-  key = jax.random.PRNGKey(1)
-  state, metrics, _ = steps(state, batch, key, 0, train.HEALTHY)  # compile and a first step
+  state, metrics = steps.step(state, batch, 4)  # compile and a first step
   jax.block_until_ready(metrics)
   start = time.perf_counter()
-  for i in range(runs):
-    state, metrics, _ = steps(state, batch, key, i + 1, train.HEALTHY)
+  for _ in range(runs):
+    state, metrics = steps.step(state, batch, 4)
   jax.block_until_ready(metrics)
   return runs * cfg.train.batch_size / (time.perf_counter() - start)
 

@@ -55,18 +55,19 @@ class Setup:
     tokens = r.integers(1, 213, (args.batch, args.seq_len)).astype(np.int32)
     self.batch = sharding.put_batch({"tokens": tokens, "read_pos": np.full(args.batch, args.seq_len - 1, np.int32),
                                      "target": r.integers(1, 213, args.batch).astype(np.int32)}, self.mesh)
-    self.state = train.init_state(self.model, self.tx, jax.random.PRNGKey(0), args.seq_len, self.mesh)
-    self.key = jax.random.PRNGKey(1)
+    self.state = train.init_state(self.model, self.tx, jax.random.PRNGKey(1), args.seq_len, self.mesh)
 
   def steps(self, scan=loop.PLAIN, max_loops=0):
-    return train.StepFunctions(self.model, self.tx, self.mesh, 0.0, scan, max_loops)
+    """The per_r programs, or (max_loops > 0) the one program to R_max = max_loops."""
+    args = (self.model, self.tx, self.mesh, 0.0, scan)
+    return train.OneProgram(*args, max_loops=max_loops) if max_loops else train.Programs(*args)
 
   def compiled(self, n_loops, scan=loop.PLAIN, max_loops=0):
     """(compiled step for R = n_loops, seconds to lower and compile it)."""
     start = time.perf_counter()
-    jitted = self.steps(scan, max_loops).compiled(max_loops or n_loops, bool(max_loops), False, self.state)
+    jitted = self.steps(scan, max_loops).program(train.train_step, max_loops or n_loops, bool(max_loops), self.state)
     extra = (jax.numpy.int32(n_loops),) if max_loops else ()
-    out = jitted.lower(self.state, self.batch, self.key, 0, train.HEALTHY, *extra).compile()
+    out = jitted.lower(self.state, self.batch, *extra).compile()
     return out, time.perf_counter() - start
 
 
@@ -82,7 +83,7 @@ def part_compile(s: Setup):
 
 
 def part_memory(s: Setup):
-  modes = {"off": loop.PLAIN, "remat=loop": loop.Scan(remat="loop"), "backprop_loops=4": loop.Scan(last_loops=4)}
+  modes = {"off": loop.PLAIN, "remat=loop": loop.Scan(remat="loop"), "backprop_loops=4": loop.Scan(backprop_loops=4)}
   print(f"{'compiled memory, MiB':>22} | " + " | ".join(f"R={r:<2d} peak   temp" for r in (4, 16, 64)))
   for name, bp in modes.items():
     cells = []
@@ -94,12 +95,12 @@ def part_memory(s: Setup):
 
 
 def part_step(s: Setup, n: int):
-  fns = {"per-R program, R=4": s.steps()(4), "one program (R_max=8), R=4": s.steps(max_loops=8)(4)}
+  fns = {"per-R program, R=4": s.steps().step, "one program (R_max=8), R=4": s.steps(max_loops=8).step}
   holder = {"state": s.state}
 
   def run(fn):
     for _ in range(n):
-      holder["state"], m, _ = fn(holder["state"], s.batch, s.key, 0, train.HEALTHY)
+      holder["state"], m = fn(holder["state"], s.batch, 4)
     jax.block_until_ready(m)
 
   for fn in fns.values():

@@ -74,24 +74,20 @@ def child(args, overrides):
     return train_model(name, model, rec, *a, **k)
 
   train.train_model = train_first
-  get_step = train.StepFunctions.__call__
+  run_step = train.Programs.step
 
-  def call(self, n_loops, poison=False):
+  def step(self, state, batch, n_loops):
     called = time.time() - t0
-    fn = get_step(self, n_loops, poison)
+    out = run_step(self, state, batch, n_loops)
+    dispatched = time.time() - t0
+    jax.block_until_ready(out)
+    steps.append({"loops": n_loops, "called": called, "dispatched": dispatched, "done": time.time() - t0})
+    if args.until == "first" or wanted <= {s["loops"] for s in steps}:
+      print(json.dumps({"events": events, "steps": steps}), flush=True)
+      os._exit(0)  # pylint: disable=protected-access  (stop here: no checkpoint, no analysis)
+    return out
 
-    def step(*a):
-      out = fn(*a)
-      dispatched = time.time() - t0
-      jax.block_until_ready(out)
-      steps.append({"loops": n_loops, "called": called, "dispatched": dispatched, "done": time.time() - t0})
-      if args.until == "first" or wanted <= {s["loops"] for s in steps}:
-        print(json.dumps({"events": events, "steps": steps}), flush=True)
-        os._exit(0)  # pylint: disable=protected-access  (stop here: no checkpoint, no analysis)
-      return out
-    return step
-
-  train.StepFunctions.__call__ = call
+  train.Programs.step = step
   with tempfile.TemporaryDirectory() as runs:
     cli.main(["experiment", args.experiment, "--preset", args.preset, "--runs-dir", runs, *overrides])
   raise SystemExit("error: training ended before the timed steps")

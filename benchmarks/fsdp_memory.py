@@ -41,8 +41,8 @@ def measure(model, tx, fsdp: int, args) -> dict:
   rows = jax.ShapeDtypeStruct((args.batch,), jnp.int32, sharding=sharding.data_sharded(mesh))
   batch = {"tokens": jax.ShapeDtypeStruct((args.batch, args.seq_len), jnp.int32, sharding=sharding.data_sharded(mesh)),
            "read_pos": rows, "target": rows}
-  step = train.StepFunctions(model, tx, mesh, 0.0).compiled(args.loops, False, False, state)
-  m = step.lower(state, batch, jax.random.PRNGKey(1), 0, train.HEALTHY).compile().memory_analysis()
+  step = train.Programs(model, tx, mesh, 0.0).program(train.train_step, args.loops, False, state)
+  m = step.lower(state, batch).compile().memory_analysis()
   leaves = jax.tree_util.tree_leaves(state)
   per_device = sum(np.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
   return {"state": per_device / MIB, "arguments": m.argument_size_in_bytes / MIB,

@@ -9,6 +9,7 @@ Prints steps/s and examples x layer applications per second, relative to the pre
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 
 import jax
@@ -32,7 +33,7 @@ def main():
   base = None
   for n_layers, loops, batch_size in SETTINGS:
     model = models.build(dataclasses.replace(cfg.model, n_layers=n_layers), task.vocab.size)
-    step_fn = train.StepFunctions(model, tx, mesh, cfg.train.label_smoothing)(loops)
+    step_fn = functools.partial(train.Programs(model, tx, mesh, cfg.train.label_smoothing).step, n_loops=loops)
     batch = sharding.put_batch(task.train_examples(2, range(batch_size)), mesh)
     state = train.init_state(model, tx, jax.random.PRNGKey(0), batch["tokens"].shape[1], mesh)
     rate, _ = steps_per_second(step_fn, state, batch, args.steps)

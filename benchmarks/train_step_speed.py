@@ -8,6 +8,7 @@ Compares batches padded to data.seq_len (12 tokens) with batches trimmed to the 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import jax
@@ -19,12 +20,12 @@ from looprec import models
 
 
 def steps_per_second(step_fn, state, batch, n: int):
-  key = jax.random.PRNGKey(0)
-  state, m, _ = step_fn(state, batch, key, 0, train.HEALTHY)  # compile
+  """(steps per second of step_fn(state, batch) -> (state, metrics) after a first (compiling) step, the state)."""
+  state, m = step_fn(state, batch)  # compile
   jax.block_until_ready(m)
   start = time.perf_counter()
   for _ in range(n):
-    state, m, _ = step_fn(state, batch, key, 0, train.HEALTHY)
+    state, m = step_fn(state, batch)
   jax.block_until_ready(m)
   return n / (time.perf_counter() - start), state
 
@@ -39,7 +40,7 @@ def main():
   mesh = sharding.make_mesh()
   model = models.build(cfg.model, task.vocab.size)
   tx = train.make_optimizer(cfg.train)
-  step_fn = train.StepFunctions(model, tx, mesh, 0.0)(args.loops)
+  step_fn = functools.partial(train.Programs(model, tx, mesh, 0.0).step, n_loops=args.loops)
   ids = np.arange(cfg.train.batch_size)
   k = cfg.data.curriculum.last_hop
   batches = {"padded to seq_len": task.train_examples(k, ids, pad_hop=cfg.data.fitting_hops()),

@@ -7,7 +7,7 @@ The PyTorch model is what the paper's code runs: Hugging Face `GPT2Block`s (L of
 no position embeddings (NoPE), a final LayerNorm and a head tied to the token embedding; the loss is the
 cross-entropy of the answer token at each example's answer position; AdamW with weight decay on matrices only.
 looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32) through
-`looprec.models.build` and `looprec.train.StepFunctions` (forward, backward and AdamW in one jitted program): as
+`looprec.models.build` and `looprec.train.Programs` (forward, backward and AdamW in one jitted program): as
 configured by default, and with the options that change speed, not results (`--variants`: `train.unroll=R`,
 `train.remat=dots`, `model.attention=dot_product`, ...).
 Both see the same right-padded batch (pads masked as keys). Steps are timed in interleaved rounds (one block of
@@ -70,17 +70,15 @@ def looprec_step(shape, train_cfg: TrainConfig, batch: dict, variant: str):
   model = models.build(cfg, vocab)
   tx = train.make_optimizer(train_cfg)
   mesh = sharding.make_mesh()
-  steps = train.StepFunctions(model, tx, mesh, 0.0, scan(n_loops))
-  step_fn = steps(n_loops)
+  steps = train.Programs(model, tx, mesh, 0.0, scan(n_loops))
   state = train.init_state(model, tx, jax.random.PRNGKey(0), seq_len, mesh)
   device_batch = sharding.put_batch(batch, mesh)
   flops = steps.flops(n_loops, state, device_batch)
-  key = jax.random.PRNGKey(1)
   holder = {"state": state}
 
   def run(n: int):
     for _ in range(n):
-      holder["state"], metrics, _ = step_fn(holder["state"], device_batch, key, 0, train.HEALTHY)
+      holder["state"], metrics = steps.step(holder["state"], device_batch, n_loops)
     jax.block_until_ready(metrics)
   return run, flops
 

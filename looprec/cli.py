@@ -30,7 +30,7 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {e.run_dir}",
           file=sys.stderr)
-    return 128 + (train.STOP.signum or signal.SIGINT)
+    return 128 + (e.signum or signal.SIGINT)
   except KeyboardInterrupt:
     print("interrupted: a second Ctrl-C, stopped at once without a checkpoint; --resume the run folder to "
           "continue from its last checkpoint", file=sys.stderr)
@@ -44,7 +44,8 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   return 0
 
 
-def main(argv=None) -> int:
+def make_parser() -> OneLineParser:
+  """The command line: experiment, analyze, import-checkpoint, summarize, tables."""
   parser = OneLineParser(prog="looprec", description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="command", required=True)
   exp = sub.add_parser("experiment", help="resolve a preset, apply overrides, train and evaluate")
@@ -77,6 +78,11 @@ def main(argv=None) -> int:
   summ.add_argument("--extend", default=None, help="an earlier summary of the same setting whose runs to keep")
   tab = sub.add_parser("tables", help="regenerate the results tables of README.md and docs/ from results/")
   tab.add_argument("--check", action="store_true", help="exit 1 naming each table that differs; write nothing")
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = make_parser()
   try:
     args, extra = parser.parse_known_args(argv)
     no_overrides = args.command in ("analyze", "summarize", "tables")

@@ -341,12 +341,17 @@ class TrainConfig:
     _check(0.0 <= self.label_smoothing < 1.0, f"train.label_smoothing={self.label_smoothing} must be in [0, 1)")
     _check(0.0 <= self.grokfast_alpha < 1.0, f"train.grokfast_alpha={self.grokfast_alpha} must be in [0, 1)")
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
-    _check(self.unroll >= 1, f"train.unroll={self.unroll} must be >= 1")
-    _check(self.remat in ("none", "loop", "dots"), f"train.remat={self.remat!r} is not one of none, loop, dots")
-    _check(self.backprop_loops >= 0, f"train.backprop_loops={self.backprop_loops} must be >= 0")
+    self.check_depth(self.unroll, self.remat, self.backprop_loops)
     _check(self.loop_programs in ("per_r", "ahead", "one"),
            f"train.loop_programs={self.loop_programs!r} is not per_r, ahead or one")
     _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
+
+  @staticmethod
+  def check_depth(unroll: int, remat: str, backprop_loops: int):
+    """The depth-scan options, here and where `loop.Scan` is built from them."""
+    _check(unroll >= 1, f"train.unroll={unroll} must be >= 1")
+    _check(remat in ("none", "loop", "dots"), f"train.remat={remat!r} is not one of none, loop, dots")
+    _check(backprop_loops >= 0, f"train.backprop_loops={backprop_loops} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

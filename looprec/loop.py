@@ -14,6 +14,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from looprec.config import TrainConfig
+
 # What a rematerialised loop keeps for the backward pass (beyond its input state).
 REMAT_POLICIES = {"loop": jax.checkpoint_policies.nothing_saveable,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -26,21 +28,17 @@ class Scan:
   unroll: loops per scan iteration (1 = a rolled loop; >= R = fully unrolled: no stacked per-loop residuals to
   write and read back, faster steps on CPU, compile time growing with R). remat: none (keep every loop's
   activations) | loop (recompute each loop in the backward pass; memory holds one state per loop) | dots (keep
-  only the loop's weight matmul outputs). last_loops: k > 0 backpropagates through the last k loops only (the
-  earlier ones run under stop_gradient, as in Huginn); 0 = through all.
+  only the loop's weight matmul outputs). backprop_loops: k > 0 backpropagates through the last k loops only (the
+  earlier ones run under stop_gradient, as in Huginn); 0 = through all. The fields are train.unroll, train.remat
+  and train.backprop_loops, checked as `TrainConfig.check_depth` checks them (a ConfigError, a ValueError).
   """
 
   unroll: int = 1
   remat: str = "none"
-  last_loops: int = 0
+  backprop_loops: int = 0
 
-  def validate(self):
-    if self.unroll < 1:
-      raise ValueError(f"unroll={self.unroll} must be >= 1")
-    if self.remat != "none" and self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r} is not one of none, {', '.join(REMAT_POLICIES)}")
-    if self.last_loops < 0:
-      raise ValueError(f"last_loops={self.last_loops} must be >= 0")
+  def __post_init__(self):
+    TrainConfig.check_depth(self.unroll, self.remat, self.backprop_loops)
 
 
 PLAIN = Scan()
@@ -59,7 +57,6 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_ac
     raise ValueError(f"n_loops must be >= 1, got {n_loops}")
   if n_active is not None and readout is not None:
     raise ValueError("per-loop readouts need a static loop count (n_active=None)")
-  scan.validate()
   keys = jax.random.split(rng, n_loops) if rng is not None else jnp.zeros((n_loops,), jnp.uint32)
   n_skipped = 0 if n_active is None else n_loops - n_active
 
@@ -75,7 +72,7 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_ac
   if scan.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[scan.remat])
   xs = (jnp.arange(n_loops), keys)
-  n_frozen = n_loops - scan.last_loops if 0 < scan.last_loops < n_loops else 0
+  n_frozen = n_loops - scan.backprop_loops if 0 < scan.backprop_loops < n_loops else 0
   run = lambda h, xs: jax.lax.scan(body, h, xs, unroll=min(scan.unroll, len(xs[0])))
   if not n_frozen:
     return run(h_BxTxD, xs)

@@ -1,16 +1,20 @@
-"""Training: the optimizer, the pure jitted step, and the loop (recurrence schedule, hop curriculum,
-checkpoints with exact resume, tensorboard scalars, progress bar)."""
+"""Training: the optimizer, the train state, the pure step and its compiled programs (`Programs`), and the
+`Trainer` that runs them (recurrence schedule, hop curriculum, checkpoints with exact resume, tensorboard scalars,
+progress bar). A run's stop request and evaluation listeners are per-run objects (`Hooks`)."""
 from __future__ import annotations
 
 from concurrent import futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import os
 import signal
 import sys
 import time
+import typing
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +24,9 @@ from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, loop, sharding, throughput
 from looprec.config import ConfigError, Recurrence, TrainConfig
+
+HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
+HEALTHY = np.array([-1, 0], np.int32)  # TrainState.health before any non-finite step
 
 
 def schedule(cfg: TrainConfig):
@@ -56,144 +63,29 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(*parts, adamw) if parts else adamw
 
 
-def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
-            scan: loop.Scan = loop.PLAIN):
-  """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
-  kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
-  return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
-                    scan=scan)
+# ------------------------------------------------------------------ the train state and the pure step
 
 
-HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
+@flax.struct.dataclass
+class TrainState:
+  """What a train step reads and returns. step: the step about to run (its dropout draws from fold_in(rng,
+  step + 1)); health = [first step with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the
+  device and read only where the host syncs anyway. Checkpoints hold `saved()`: params and optimizer state."""
+
+  params: typing.Any
+  opt_state: typing.Any
+  step: jax.Array  # int32 scalar
+  rng: jax.Array  # the run's key
+  health: jax.Array  # int32[2]
+
+  def saved(self) -> dict:
+    return {"params": self.params, "opt_state": self.opt_state}
 
 
-def train_step(state, batch, rng, step, health, n_active=None, *, model, tx, n_loops: int, label_smoothing: float,
-               poison: bool = False, scan: loop.Scan = loop.PLAIN):
-  """(state = {"params", "opt_state"}, batch, rng, step, health) -> (new state, metrics, health). Pure; R =
-  n_loops is static, or R = n_active (traced) in a program compiled for n_loops = R_max. health = [first step
-  with a non-finite HEALTH quantity (-1: none), its index in HEALTH], kept on the device and read only where the
-  host syncs anyway. poison (a debug fault, a separate compilation so that every other step runs the unchanged
-  program) makes the gradients NaN."""
-  grad_fn = jax.value_and_grad(functools.partial(loss_fn, model=model, n_loops=n_loops,
-                                                 label_smoothing=label_smoothing, scan=scan), has_aux=True)
-  (loss, acc), grads = grad_fn(state["params"], batch, rng, n_active)
-  if poison:
-    grads = jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads)
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
-  metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
-             "param_norm": optax.tree.norm(params), "update_norm": optax.tree.norm(updates)}
-  finite = jnp.stack([jnp.isfinite(metrics[k]) for k in HEALTH])
-  first_bad = jnp.stack([step, jnp.argmin(finite)]).astype(jnp.int32)
-  health = jnp.where((health[0] < 0) & ~finite.all(), first_bad, health)
-  return {"params": params, "opt_state": opt_state}, metrics, health
-
-
-class StepFunctions:
-  """The jitted, sharded, state-donating train step for a loop count R, compiled on first use and cached, or ahead
-  of use in background threads (`precompile`). The state keeps its layout (`sharding.state_shardings` on the mesh)
-  in and out, so its buffers are donated.
-
-  max_loops = 0 compiles one program per R; max_loops = R_max compiles one program that runs any R <= R_max
-  (`loop.scan_loops` with n_active), so dynamic recurrence compiles once.
-  """
-
-  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN,
-               max_loops: int = 0):
-    self.model, self.tx, self.mesh, self.label_smoothing = model, tx, mesh, label_smoothing
-    self.scan, self.max_loops = scan, max_loops
-    self._cache, self._flops = {}, {}  # _cache: (n_loops, masked, poison) -> the step (a Future while precompiling)
-    self._pool, self._waits = None, 0
-
-  @property
-  def n_programs(self) -> int:
-    """Programs the steps so far compiled or waited for: a lazily compiled program compiles on its first call, one
-    compiled ahead counts when its first step found it unfinished."""
-    return self._waits
-
-  def _jit(self, n_loops: int, masked: bool, poison: bool, state):
-    fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                           label_smoothing=self.label_smoothing, poison=poison, scan=self.scan)
-    rep, dat = sharding.replicated(self.mesh), sharding.data_sharded(self.mesh)
-    layout = sharding.state_shardings(state, self.mesh)
-    shardings = (layout, dat, rep, rep, rep) + ((rep,) if masked else ())
-    return jax.jit(fn, in_shardings=shardings, out_shardings=(layout, rep, rep), donate_argnums=0)
-
-  def compiled(self, n_loops: int, masked: bool, poison: bool, state):
-    """The step for R = n_loops (masked: R_max = n_loops, the active R an argument): jitted, its state layout
-    chosen from state's shapes, or the program `precompile` built (waiting for it if need be)."""
-    key = (n_loops, masked, poison)
-    if key not in self._cache:
-      self._cache[key] = self._jit(n_loops, masked, poison, state)
-      self._waits += 1
-    elif isinstance(self._cache[key], futures.Future):
-      self._waits += not self._cache[key].done()
-      self._cache[key] = self._cache[key].result()
-    return self._cache[key]
-
-  def precompile(self, loop_counts, example_args):
-    """Starts compiling the per-R steps of loop_counts (max_loops = 0), in that order, in background threads
-    (half the CPU cores, at least one): a step then waits only for its own R's program. example_args =
-    (state, batch, rng, step, health) shaped as the steps will be called. The programs are those that lazy
-    compilation builds; close() cancels the compiles not yet started."""
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type) if isinstance(x, jax.Array) else x,
-        example_args)  # shapes only: the state itself is donated by the first step
-    self._pool = self._pool or futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), "precompile")
-    for n_loops in loop_counts:
-      if (n_loops, False, False) not in self._cache:
-        jitted = self._jit(n_loops, False, False, abstract[0])
-        self._cache[n_loops, False, False] = self._pool.submit(lambda j=jitted: j.lower(*abstract).compile())
-
-  def close(self):
-    """Cancels the background compiles not yet started (one in progress finishes in its thread)."""
-    if self._pool:
-      self._pool.shutdown(wait=False, cancel_futures=True)
-
-  def flops(self, n_loops: int, state, batch) -> float | None:
-    """Model FLOPs of one step with n_loops loops on batch (global, all devices): XLA's cost analysis of the step
-    lowered with its depth loop unrolled (a while-loop body is counted once) and without remat recomputation; None
-    where the backend gives no count."""
-    if n_loops not in self._flops:
-      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
-                             label_smoothing=self.label_smoothing,
-                             scan=dataclasses.replace(self.scan, unroll=n_loops, remat="none"))
-      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
-      cost = jax.jit(fn).lower(*shapes, jax.random.PRNGKey(0), 0, HEALTHY).cost_analysis() or {}
-      self._flops[n_loops] = cost.get("flops") or None
-    return self._flops[n_loops]
-
-  def __call__(self, n_loops: int, poison: bool = False):
-    """The step for R = n_loops: (state, batch, rng, step, health) -> (state, metrics, health)."""
-    if self.max_loops and not 1 <= n_loops <= self.max_loops:
-      raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
-    active = (jnp.int32(n_loops),) if self.max_loops else ()
-
-    def run(state, batch, rng, step, health):
-      fn = self.compiled(self.max_loops or n_loops, bool(self.max_loops), poison, state)
-      return fn(state, batch, rng, step, health, *active)
-
-    return run
-
-
-def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
-  """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
-  if rec.kind == "fixed":
-    return rec.loops
-  return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
-
-
-AHEAD_STEPS = 1000  # train.loop_programs=ahead compiles the R values drawn in this many steps; later ones when met
-
-
-def first_draws(rec: Recurrence, seed: int, start: int, stop: int) -> list[int]:
-  """The distinct R drawn at steps start..stop-1, in the order they first appear."""
-  seen = {}
-  for step in range(start, stop):
-    seen.setdefault(draw_loops(rec, seed, step), step)
-    if len(seen) == rec.max_loops - rec.min_loops + 1:
-      break
-  return list(seen)
+def fresh_state(saved: dict, key, mesh, step: int = 0) -> TrainState:
+  """The TrainState of `saved` ({"params", "opt_state"}, laid out on the mesh) at `step`, healthy."""
+  counters = jax.device_put((np.int32(step), key, HEALTHY), sharding.replicated(mesh), may_alias=False)
+  return TrainState(saved["params"], saved["opt_state"], *counters)
 
 
 def laid_out(fn, mesh, *args):
@@ -206,13 +98,283 @@ def laid_out(fn, mesh, *args):
   return jax.jit(fn, out_shardings=sharding.state_shardings(jax.eval_shape(fn, *args), mesh))(*args)
 
 
-def init_state(model, tx, rng, seq_len: int, mesh) -> dict:
-  """{"params", "opt_state"} of a fresh model, laid out on the mesh."""
+def init_state(model, tx, key, seq_len: int, mesh) -> TrainState:
+  """The TrainState of a fresh model (params drawn from fold_in(key, 0)), laid out on the mesh."""
   def init(rng):
     params = model.init(rng, seq_len)
     return {"params": params, "opt_state": tx.init(params)}
 
-  return laid_out(init, mesh, rng)
+  return fresh_state(laid_out(init, mesh, jax.random.fold_in(key, 0)), key, mesh)
+
+
+def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smoothing: float,
+            scan: loop.Scan = loop.PLAIN):
+  """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
+  kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
+  return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
+                    scan=scan)
+
+
+def gradients(state: TrainState, batch, n_active=None, **loss_options):
+  """(loss, accuracy, grads) of the step state.step on batch; loss_options: those of `loss_fn`."""
+  rng = jax.random.fold_in(state.rng, state.step + 1)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, **loss_options), has_aux=True)
+  (loss, acc), grads = grad_fn(state.params, batch, rng, n_active)
+  return loss, acc, grads
+
+
+def apply_gradients(state: TrainState, tx, loss, acc, grads) -> tuple[TrainState, dict]:
+  """(the state after the optimizer update with grads, the step's metrics); health notes a first non-finite one."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params), "update_norm": optax.tree.norm(updates)}
+  finite = jnp.stack([jnp.isfinite(metrics[k]) for k in HEALTH])
+  first_bad = jnp.stack([state.step, jnp.argmin(finite)]).astype(jnp.int32)
+  health = jnp.where((state.health[0] < 0) & ~finite.all(), first_bad, state.health)
+  return TrainState(params, opt_state, state.step + 1, state.rng, health), metrics
+
+
+def train_step(state: TrainState, batch, n_active=None, *, tx, **loss_options) -> tuple[TrainState, dict]:
+  """(state, batch) -> (next state, metrics). Pure; R = loss_options["n_loops"] is static, or R = n_active
+  (traced) in a program compiled for n_loops = R_max."""
+  return apply_gradients(state, tx, *gradients(state, batch, n_active, **loss_options))
+
+
+def nan_step(state: TrainState, batch, n_active=None, *, tx, **loss_options) -> tuple[TrainState, dict]:
+  """A debug fault (train.debug_nan_step): `train_step` with NaN gradients."""
+  loss, acc, grads = gradients(state, batch, n_active, **loss_options)
+  return apply_gradients(state, tx, loss, acc, jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads))
+
+
+# ------------------------------------------------------------------ compiled step programs (train.loop_programs)
+
+
+class Programs:
+  """train.loop_programs=per_r: one jitted, sharded, state-donating program per R, compiled when first met. The
+  state keeps its layout (`sharding.state_shardings` on the mesh) in and out, so its buffers are donated.
+  `step(state, batch, n_loops)` runs the right program; `nan_step` the debug fault's."""
+
+  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN):
+    self.model, self.tx, self.mesh, self.label_smoothing, self.scan = model, tx, mesh, label_smoothing, scan
+    self._cache, self._flops, self._waits = {}, {}, 0  # _cache: (n_loops, masked, entry) -> program (or a Future)
+
+  @property
+  def n_programs(self) -> int:
+    """Programs the steps so far compiled or waited for: a lazily compiled program compiles on its first call, one
+    compiled ahead counts when its first step found it unfinished."""
+    return self._waits
+
+  def step(self, state: TrainState, batch, n_loops: int) -> tuple[TrainState, dict]:
+    """`train_step` with R = n_loops."""
+    return self._run(train_step, state, batch, n_loops)
+
+  def nan_step(self, state: TrainState, batch, n_loops: int) -> tuple[TrainState, dict]:
+    """`nan_step` (a debug fault, its own program so that every other step runs the unchanged one)."""
+    return self._run(nan_step, state, batch, n_loops)
+
+  def _run(self, entry, state, batch, n_loops: int):
+    return self.program(entry, n_loops, False, state)(state, batch)
+
+  def prepare(self, state: TrainState, upcoming):
+    """Called once before the first step; upcoming() = (an example batch, the R values the next steps draw)."""
+
+  def close(self):
+    """Stops whatever `prepare` started."""
+
+  def _jit(self, entry, n_loops: int, masked: bool, state):
+    fn = functools.partial(entry, model=self.model, tx=self.tx, n_loops=n_loops,
+                           label_smoothing=self.label_smoothing, scan=self.scan)
+    rep, layout = sharding.replicated(self.mesh), sharding.state_shardings(state, self.mesh)
+    shardings = (layout, sharding.data_sharded(self.mesh)) + ((rep,) if masked else ())
+    return jax.jit(fn, in_shardings=shardings, out_shardings=(layout, rep), donate_argnums=0)
+
+  def program(self, entry, n_loops: int, masked: bool, state):
+    """The program of entry (`train_step` or `nan_step`) for R = n_loops (masked: R_max = n_loops, the active R
+    an argument): jitted, its state layout chosen from state's shapes, or the one compiled ahead (waited for)."""
+    key = (n_loops, masked, entry)
+    if key not in self._cache:
+      self._cache[key] = self._jit(entry, n_loops, masked, state)
+      self._waits += 1
+    elif isinstance(self._cache[key], futures.Future):
+      self._waits += not self._cache[key].done()
+      self._cache[key] = self._cache[key].result()
+    return self._cache[key]
+
+  def flops(self, n_loops: int, state: TrainState, batch) -> float | None:
+    """Model FLOPs of one step with n_loops loops on batch (global, all devices): XLA's cost analysis of the step
+    lowered with its depth loop unrolled (a while-loop body is counted once) and without remat recomputation; None
+    where the backend gives no count."""
+    if n_loops not in self._flops:
+      fn = functools.partial(train_step, model=self.model, tx=self.tx, n_loops=n_loops,
+                             label_smoothing=self.label_smoothing,
+                             scan=dataclasses.replace(self.scan, unroll=n_loops, remat="none"))
+      shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
+      cost = jax.jit(fn).lower(*shapes).cost_analysis() or {}
+      self._flops[n_loops] = cost.get("flops") or None
+    return self._flops[n_loops]
+
+
+class AheadPrograms(Programs):
+  """train.loop_programs=ahead: the per_r programs, those of the R values drawn in the first AHEAD_STEPS steps
+  compiled at the start in background threads (half the CPU cores, at least one), in the order they are needed."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._pool = None
+
+  def prepare(self, state: TrainState, upcoming):
+    """Starts compiling the programs of upcoming()'s R values: a step then waits only for its own R's program,
+    the one lazy compilation builds."""
+    batch, loop_counts = upcoming()
+    abstract = jax.tree_util.tree_map(  # shapes only: the state itself is donated by the first step
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=x.weak_type), (state, batch))
+    self._pool = self._pool or futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), "precompile")
+    for n_loops in loop_counts:
+      if (n_loops, False, train_step) not in self._cache:
+        jitted = self._jit(train_step, n_loops, False, abstract[0])
+        self._cache[n_loops, False, train_step] = self._pool.submit(lambda j=jitted: j.lower(*abstract).compile())
+
+  def close(self):
+    """Cancels the background compiles not yet started (one in progress finishes in its thread)."""
+    if self._pool:
+      self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class OneProgram(Programs):
+  """train.loop_programs=one: a single program to R_max = max_loops whose scan skips the loops before the last R
+  (`loop.scan_loops` with n_active), so dynamic recurrence compiles once."""
+
+  def __init__(self, *args, max_loops: int, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.max_loops = max_loops
+
+  def _run(self, entry, state, batch, n_loops: int):
+    if not 1 <= n_loops <= self.max_loops:
+      raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
+    return self.program(entry, self.max_loops, True, state)(state, batch, jnp.int32(n_loops))
+
+
+AHEAD_STEPS = 1000  # train.loop_programs=ahead compiles the R values drawn in this many steps; later ones when met
+
+
+def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int) -> Programs:
+  """The step programs of cfg.loop_programs, for a run that draws R <= max_loops."""
+  args = (model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops))
+  if cfg.loop_programs == "one":
+    return OneProgram(*args, max_loops=max_loops)
+  return {"per_r": Programs, "ahead": AheadPrograms}[cfg.loop_programs](*args)
+
+
+def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
+  """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
+  if rec.kind == "fixed":
+    return rec.loops
+  return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
+
+
+def first_draws(rec: Recurrence, seed: int, start: int, stop: int) -> list[int]:
+  """The distinct R drawn at steps start..stop-1, in the order they first appear."""
+  seen = {}
+  for step in range(start, stop):
+    seen.setdefault(draw_loops(rec, seed, step), step)
+    if len(seen) == rec.max_loops - rec.min_loops + 1:
+      break
+  return list(seen)
+
+
+# ------------------------------------------------------------------ a run's hooks: stop request, eval listeners
+
+
+@dataclasses.dataclass
+class Stop:
+  """A run's stop request: set by SIGTERM / SIGINT under `stop_on_signals`, or by `agree` when another process
+  was signalled."""
+
+  requested: bool = False
+  signum: int = 0  # the signal that asked for the stop (on any process)
+
+  def agree(self, timed_out: bool) -> tuple[bool, bool]:
+    """(process 0's time-budget verdict, whether any process was signalled), the same on every process."""
+    self.signum, timed_out = sharding.agree_to_stop(self.signum, timed_out)
+    self.requested = self.requested or self.signum > 0
+    return timed_out, self.requested
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+  """What a training run is given beside its config: the stop request it obeys (None: a fresh one of its own) and
+  the functions `on_eval` registered, each called as fn(model_name, step, {split: accuracy})."""
+
+  stop: Stop | None = None
+  listeners: tuple = ()
+
+
+# The hooks of the runs started in this context (`stop_on_signals`, `on_eval` set them for their `with` block).
+_HOOKS = contextvars.ContextVar("looprec_train_hooks", default=Hooks())
+
+
+def current_hooks() -> Hooks:
+  """The hooks a run started here gets."""
+  return _HOOKS.get()
+
+
+@contextlib.contextmanager
+def _hooks_set(hooks: Hooks):
+  token = _HOOKS.set(hooks)
+  try:
+    yield hooks
+  finally:
+    _HOOKS.reset(token)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """While active, SIGTERM / SIGINT request a stop (the `Stop` it yields, which the runs started inside obey)
+  instead of killing the process: the training loop then checkpoints and raises Interrupted, and a model not yet
+  started is not started. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, without a checkpoint."""
+  stop = Stop()
+
+  def handle(signum, _):
+    if stop.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    stop.requested, stop.signum = True, signum
+
+  old = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    with _hooks_set(dataclasses.replace(current_hooks(), stop=stop)):
+      yield stop
+  finally:
+    for s, handler in old.items():
+      signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def on_eval(fn):
+  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
+  to draw curves as they come in:
+
+      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
+        experiment.run("systematicity", "smoke")
+  """
+  hooks = current_hooks()
+  with _hooks_set(dataclasses.replace(hooks, listeners=hooks.listeners + (fn,))):
+    yield
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint; run_dir resumes it; signum: the signal."""
+
+  def __init__(self, message: str, run_dir: str, signum: int = 0):
+    super().__init__(message)
+    self.run_dir, self.signum = run_dir, signum
+
+
+class NonFinite(Exception):
+  """A NaN or Inf in training; nothing after the last finite checkpoint was saved."""
+
+
+# ------------------------------------------------------------------ the training loop
 
 
 @dataclasses.dataclass
@@ -225,220 +387,211 @@ class TrainResult:
   curves: dict  # split -> [[step, accuracy], ...] of every evaluation during training
 
 
-class _StopFlag:
-  requested = False
-  signum = 0  # the signal that asked for the stop (on any process)
+class Trainer:
+  """Trains one model of an experiment on a task through the task's curriculum (`run`), resuming from the newest
+  readable step of run_dir/checkpoints/<name>. It owns the run's TrainState, its step programs, checkpointer,
+  tensorboard writer and progress bar; hooks (default: `current_hooks()`) bring the stop request and the
+  evaluation listeners."""
 
+  def __init__(self, name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
+               seed: int, config_json: dict, hooks: Hooks | None = None):
+    self.name, self.model, self.rec, self.steps, self.cfg = name, model, rec, steps, cfg
+    self.task, self.mesh, self.run_dir, self.seed, self.config_json = task, mesh, run_dir, seed, config_json
+    hooks = hooks or current_hooks()
+    self.stop, self.listeners = hooks.stop or Stop(), hooks.listeners
+    self.curriculum, self.tx, self.lr_at = task.curriculum, make_optimizer(cfg), schedule(cfg)
+    self.fingerprint = checkpoint.task_fingerprint(task)
+    self.step, self.stage, self.stages = 0, self.curriculum.first, [[0, self.curriculum.first]]
+    self.curves, self.elapsed = {}, 0.0
+    self.last_saved, self.pending, self.stage_acc = None, None, float("nan")
 
-STOP = _StopFlag()
+  def run(self) -> TrainResult:
+    """Trains to `steps` (or until a stop or the time budget); Interrupted after a checkpoint when stopped."""
+    if self.stop.agree(timed_out=False)[1]:
+      raise Interrupted(f"stopped before training {self.name}", self.run_dir, self.stop.signum)
+    self._check_mesh()
+    self.programs = make_programs(self.cfg, self.model, self.tx, self.mesh, self.rec.max_loops)
+    self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_dir, "checkpoints", self.name),
+                                        self.cfg.keep_checkpoints)
+    self.key = jax.random.PRNGKey(self.seed)
+    seq_len = data.width(self.curriculum.last, self.task.cfg.answer_at)
+    self.state = init_state(self.model, self.tx, self.key, seq_len, self.mesh)
+    if not self._restore():
+      self.ckpt.close()
+      return self._result(self.elapsed)
+    try:
+      self._open()
+      while self.step < self.steps and not self._should_stop():
+        self._train_step()
+      self._log_pending(with_rates=False)
+      self._save()
+    finally:
+      self._close()
+    if self.stop.requested and self.step < self.steps:
+      raise Interrupted(f"{self.name} stopped at step {self.step}; checkpoint saved", self.run_dir, self.stop.signum)
+    return self._result(time.time() - self.started)
 
+  def _check_mesh(self):
+    sharding.check_batch(self.cfg.batch_size, self.mesh)
+    if self.mesh.shape.get("fsdp", 1) != self.cfg.fsdp:
+      raise ConfigError(f"train.fsdp={self.cfg.fsdp}, but the mesh splits parameters over "
+                        f"{self.mesh.shape.get('fsdp', 1)} devices (make it with sharding.make_mesh(train.fsdp))")
 
-@contextlib.contextmanager
-def stop_on_signals():
-  """While active, SIGTERM / SIGINT set STOP.requested instead of killing the process: the training loop then
-  checkpoints and raises Interrupted, and a model not yet started is not started. A second SIGINT (Ctrl-C
-  twice) raises KeyboardInterrupt at once, without a checkpoint."""
-  def handle(signum, _):
-    if STOP.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    STOP.requested, STOP.signum = True, signum
+  def _restore(self) -> bool:
+    """Resumes from the newest readable checkpoint, if any; whether steps are left to train."""
+    self.iterator = None
+    restored = self.ckpt.restore_latest(
+        checkpoint.abstract_like(self.state.saved()),
+        lambda meta: data.stage_iterator(self.task, meta["stage"], self.cfg.batch_size, meta["stages"][-1][0]),
+        self.fingerprint)
+    if restored is not None:
+      self.step, meta, saved, self.iterator = restored
+      self.state = fresh_state(saved, self.key, self.mesh, self.step)
+      self.stage, self.stages, self.elapsed = meta["stage"], meta["stages"], meta["wall_seconds"]
+      self.curves, self.last_saved = meta.get("curves", {}), self.step
+      _say(f"{self.name}: resuming at step {self.step} of {self.steps}" if self.step < self.steps else
+           f"{self.name}: already trained {self.step} steps (train.steps={self.steps}); nothing to train")
+    self.iterator = self.iterator or data.stage_iterator(self.task, self.stage, self.cfg.batch_size, 0)
+    return self.step < self.steps
 
-  old = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    yield
-  finally:
-    for s, handler in old.items():
-      signal.signal(s, handler)
+  def _open(self):
+    """The step programs prepared, the curriculum stage's checks, tensorboard, the progress bar and the clocks."""
+    self.programs.prepare(self.state, self._upcoming)
+    self._enter_stage()
+    self.writer = None
+    if jax.process_index() == 0:  # purge_step hides the points a killed run logged from its last checkpoint on
+      self.writer = SummaryWriter(os.path.join(self.run_dir, "tb", self.name), purge_step=self.step)  # (or from 0)
+      for split, points in self.curves.items():  # ... which include the evaluation at that checkpoint's step: again
+        if points and points[-1][0] == self.step:
+          self.writer.add_scalar(f"eval/{split}", points[-1][1], self.step)
+    self.bar = tqdm.tqdm(total=self.steps, initial=self.step, desc=self.name, dynamic_ncols=True,
+                         disable=jax.process_index() != 0, mininterval=1.0)
+    self.meter = throughput.Meter(lambda n_loops: self.programs.flops(n_loops, self.state, self.batch),
+                                  lambda: throughput.peak_flops(self.model.cfg.dtype), self.mesh.devices.size)
+    cfg = self.cfg
+    self.deadline = time.time() + cfg.max_minutes * 60 - self.elapsed if cfg.max_minutes else float("inf")
+    self.started = time.time() - self.elapsed
 
+  def _upcoming(self):
+    """(an example batch, the R values drawn in the next AHEAD_STEPS steps), for `Programs.prepare`."""
+    example = data.stage_dataset(self.task, self.stage, self.cfg.batch_size, self.step)[0]
+    draws = first_draws(self.rec, self.seed, self.step, min(self.steps, self.step + AHEAD_STEPS))
+    return sharding.put_batch(example, self.mesh), draws
 
-def agreed_stop(timed_out: bool) -> tuple[bool, bool]:
-  """(process 0's time-budget verdict, whether any process was signalled), the same on every process; a
-  signal seen elsewhere sets STOP here too."""
-  STOP.signum, timed_out = sharding.agree_to_stop(STOP.signum, timed_out)
-  STOP.requested = STOP.requested or STOP.signum > 0
-  return timed_out, STOP.requested
+  def _enter_stage(self):
+    self.check_every = self.curriculum.check_every(self.stage, self.cfg.batch_size, self.cfg.eval_every)
+    self.eval_sets = self.task.monitor_splits(self.stage)
+    self.stage_acc = float("nan")
 
+  def _train_step(self):
+    """One step, then whatever falls due after it: the previous log step's line, an evaluation, a checkpoint."""
+    n_loops = draw_loops(self.rec, self.seed, self.step)
+    self.batch = sharding.put_batch(next(self.iterator), self.mesh)
+    n_programs = self.programs.n_programs
+    run = self.programs.nan_step if self.step == self.cfg.debug_nan_step else self.programs.step
+    self.state, metrics = run(self.state, self.batch, n_loops)
+    if self.programs.n_programs > n_programs:  # compiling is not training: the rates start after it
+      self.meter.restart()
+    else:
+      self.meter.count(n_loops)
+    if self.pending is not None:  # fetched one step late so the device never waits for the host
+      self._log_pending(with_rates=True)
+      self.meter.restart()
+    if self.step % self.cfg.log_every == 0:  # the health read then: a copy, as the state is donated to the next step
+      lr_step = self.step - self.stages[-1][0] if self.cfg.restart_optimizer else self.step
+      self.pending = ((self.step, metrics, float(self.lr_at(lr_step)), n_loops),
+                      jnp.array(self.state.health, copy=True))
+    self.step += 1
+    self.bar.update(1)
+    gate = (self.step - self.stages[-1][0]) % self.check_every == 0
+    if self.step % self.cfg.eval_every == 0 or self.step == self.steps or gate:
+      self._evaluate(gate)
+    if self.step % self.cfg.checkpoint_every == 0 and self.step < self.steps:
+      self._save()
+      self.meter.restart()
 
-EVAL_LISTENERS = []  # functions called by on_eval
+  def _log_pending(self, with_rates: bool):
+    """The log step held back (if any) to tensorboard and the bar, with the rates since the last one."""
+    if self.pending is not None:
+      line, health = self.pending
+      self._check_finite(health)  # before logging: no NaN reaches tensorboard
+      rates = self.meter.rates(self.batch["tokens"].shape) if with_rates and jax.process_index() == 0 else {}
+      _log_train(self.writer, self.bar, *line, self.stage, self.stage_acc, rates)
+      self.pending = None
 
+  def _evaluate(self, gate: bool):
+    """Accuracy on the stage's monitor splits at the training R, to the curves, tensorboard and the listeners;
+    at a gate step the curriculum may advance."""
+    self._check_finite(self.state.health)
+    eval_loops = self.cfg.eval_loops or self.rec.max_loops
+    accuracy = {split: evaluation.accuracy(self.model, self.state.params, examples, eval_loops, self.mesh,
+                                           batch_size=1024) for split, examples in self.eval_sets.items()}
+    for split, acc in accuracy.items():
+      self.curves.setdefault(split, []).append([self.step, acc])
+      if self.writer:
+        self.writer.add_scalar(f"eval/{split}", acc, self.step)
+    for listener in self.listeners:
+      listener(self.name, self.step, dict(accuracy))
+    self.stage_acc = accuracy.get(self.curriculum.gate_split(self.stage), float("nan"))
+    self.meter.restart()
+    epochs = self.curriculum.epochs(self.stages, self.step, self.cfg.batch_size)
+    if gate and self.step < self.steps and self.curriculum.advances(self.stage, accuracy, epochs):
+      self._next_stage()
 
-@contextlib.contextmanager
-def on_eval(fn):
-  """While active, fn(model_name, step, {split: accuracy}) is called after every evaluation during training, e.g.
-  to draw curves as they come in:
+  def _next_stage(self):
+    """The next hop: its data stream from this step, its checks, and (train.restart_optimizer) a fresh optimizer."""
+    self.stage += 1
+    self.stages.append([self.step, self.stage])
+    self.iterator = data.stage_iterator(self.task, self.stage, self.cfg.batch_size, self.step)
+    self._enter_stage()
+    if self.cfg.restart_optimizer:
+      self.state = self.state.replace(opt_state=laid_out(self.tx.init, self.mesh, self.state.params))
 
-      with on_eval(lambda name, step, accuracy: print(name, step, accuracy)):
-        experiment.run("systematicity", "smoke")
-  """
-  EVAL_LISTENERS.append(fn)
-  try:
-    yield
-  finally:
-    EVAL_LISTENERS.remove(fn)
+  def _check_finite(self, health):
+    """Raises NonFinite when a step so far produced a NaN / Inf (a host read: call it where the host waits
+    anyway, at a log step, an evaluation or a save)."""
+    first, which = (int(x) for x in jax.device_get(health))
+    if first >= 0:
+      self.ckpt.wait()
+      kept = self.ckpt.steps()
+      raise NonFinite(f"{self.name}: non-finite {HEALTH[which]} at step {first}; nothing after it was saved; "
+                      + (f"the newest checkpoint is step {kept[0]}" if kept else "no checkpoint was written"))
 
+  def _save(self):
+    if self.step == self.last_saved:  # already on disk (a resume that trains no step, a stop right after a save)
+      return
+    self._check_finite(self.state.health)
+    if self.writer:  # every point before this step on disk before the step is: a resume re-logs only what follows
+      self.writer.flush()
+    meta = {"stage": self.stage, "stages": self.stages, "wall_seconds": time.time() - self.started,
+            "curves": self.curves, "model": self.name, "config": self.config_json,
+            "data_fingerprint": self.fingerprint}
+    self.ckpt.save(self.step, self.state.saved(), self.iterator, meta)
+    self.last_saved = self.step
 
-class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint; run_dir resumes it."""
+  def _should_stop(self) -> bool:
+    """Agreed by all processes every log_every steps (every step when there is one)."""
+    if jax.process_count() > 1 and self.step % self.cfg.log_every:
+      return False
+    timed_out, signalled = self.stop.agree(time.time() >= self.deadline)
+    return timed_out or signalled
 
-  def __init__(self, message: str, run_dir: str):
-    super().__init__(message)
-    self.run_dir = run_dir
+  def _close(self):
+    self.programs.close()
+    self.ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
+    self.ckpt.close()
+    self.bar.close()
+    if self.writer:
+      self.writer.close()
 
-
-class NonFinite(Exception):
-  """A NaN or Inf in training; nothing after the last finite checkpoint was saved."""
-
-
-HEALTHY = np.array([-1, 0], np.int32)
+  def _result(self, wall_seconds: float) -> TrainResult:
+    return TrainResult(self.state.params, self.step, self.stage, self.stages, wall_seconds, self.curves)
 
 
 def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
                 seed: int, config_json: dict) -> TrainResult:
-  """Trains one model of an experiment on a task (through the task's curriculum), resuming from the newest
-  readable step of run_dir/checkpoints/<name>."""
-  if agreed_stop(timed_out=False)[1]:
-    raise Interrupted(f"stopped before training {name}", run_dir)
-  sharding.check_batch(cfg.batch_size, mesh)
-  if mesh.shape.get("fsdp", 1) != cfg.fsdp:
-    raise ConfigError(f"train.fsdp={cfg.fsdp}, but the mesh splits parameters over {mesh.shape.get('fsdp', 1)} "
-                      "devices (make it with sharding.make_mesh(train.fsdp))")
-  curriculum = task.curriculum
-  tx = make_optimizer(cfg)
-  step_fn = StepFunctions(model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops),
-                          max_loops=rec.max_loops if cfg.loop_programs == "one" else 0)
-  key = jax.random.PRNGKey(seed)
-  state = init_state(model, tx, jax.random.fold_in(key, 0), data.width(curriculum.last, task.cfg.answer_at), mesh)
-  fingerprint = checkpoint.task_fingerprint(task)
-  ckpt = checkpoint.Checkpointer(os.path.join(run_dir, "checkpoints", name), cfg.keep_checkpoints)
-  step, stage, stages, elapsed, curves = 0, curriculum.first, [[0, curriculum.first]], 0.0, {}
-  iterator = None
-  restored = ckpt.restore_latest(
-      checkpoint.abstract_like(state),
-      lambda meta: data.stage_iterator(task, meta["stage"], cfg.batch_size, meta["stages"][-1][0]),
-      fingerprint)
-  if restored is not None:
-    step, meta, state, iterator = restored
-    stage, stages, elapsed, curves = meta["stage"], meta["stages"], meta["wall_seconds"], meta.get("curves", {})
-    _say(f"{name}: resuming at step {step} of {steps}" if step < steps else
-         f"{name}: already trained {step} steps (train.steps={steps}); nothing to train")
-    if step >= steps:
-      ckpt.close()
-      return TrainResult(state["params"], step, stage, stages, elapsed, curves)
-  iterator = iterator or data.stage_iterator(task, stage, cfg.batch_size, 0)
-  if cfg.loop_programs == "ahead":
-    example = sharding.put_batch(data.stage_dataset(task, stage, cfg.batch_size, step)[0], mesh)
-    step_fn.precompile(first_draws(rec, seed, step, min(steps, step + AHEAD_STEPS)),
-                       (state, example, key, step, HEALTHY))
-  eval_loops = cfg.eval_loops or rec.max_loops
-  check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
-  eval_sets = task.monitor_splits(stage)
-  lr_at = schedule(cfg)
-  writer = None
-  if jax.process_index() == 0:  # purge_step hides the points a killed run logged from its last checkpoint on
-    writer = SummaryWriter(os.path.join(run_dir, "tb", name), purge_step=step)  # (from 0 if it had none)
-    for split, points in curves.items():  # ... which include the evaluation at that checkpoint's step: again
-      if points and points[-1][0] == step:
-        writer.add_scalar(f"eval/{split}", points[-1][1], step)
-  bar = tqdm.tqdm(total=steps, initial=step, desc=name, dynamic_ncols=True, disable=jax.process_index() != 0,
-                  mininterval=1.0)
-  meter = throughput.Meter(lambda n_loops: step_fn.flops(n_loops, state, batch),
-                           lambda: throughput.peak_flops(model.cfg.dtype), mesh.devices.size)
-  deadline = time.time() + cfg.max_minutes * 60 - elapsed if cfg.max_minutes else float("inf")
-  started, stage_acc, pending, pending_health = time.time() - elapsed, float("nan"), None, None
-  health = jax.device_put(HEALTHY, sharding.replicated(mesh))
-  last_saved = step if restored is not None else None
-
-  def check_finite(health_now):
-    """Raises NonFinite when a step so far produced a NaN / Inf (a host read: call it where the host waits
-    anyway, at a log step, an evaluation or a save)."""
-    first, which = (int(x) for x in jax.device_get(health_now))
-    if first >= 0:
-      ckpt.wait()
-      kept = ckpt.steps()
-      raise NonFinite(f"{name}: non-finite {HEALTH[which]} at step {first}; nothing after it was saved; "
-                      + (f"the newest checkpoint is step {kept[0]}" if kept else "no checkpoint was written"))
-
-  def save():
-    nonlocal last_saved
-    if step == last_saved:  # already on disk (a resume that trains no step, a stop right after a save)
-      return
-    check_finite(health)
-    if writer:  # every point before this step on disk before the step is: a resume re-logs only what follows
-      writer.flush()
-    meta = {"stage": stage, "stages": stages, "wall_seconds": time.time() - started, "curves": curves,
-            "model": name, "config": config_json, "data_fingerprint": fingerprint}
-    ckpt.save(step, state, iterator, meta)
-    last_saved = step
-
-  def should_stop() -> bool:
-    """Agreed by all processes every log_every steps (every step when there is one)."""
-    if jax.process_count() > 1 and step % cfg.log_every:
-      return False
-    timed_out, signalled = agreed_stop(time.time() >= deadline)
-    return timed_out or signalled
-
-  try:
-    while step < steps and not should_stop():
-      n_loops = draw_loops(rec, seed, step)
-      batch = sharding.put_batch(next(iterator), mesh)
-      n_programs = step_fn.n_programs
-      state, metrics, health = step_fn(n_loops, step == cfg.debug_nan_step)(state, batch,
-                                                                            jax.random.fold_in(key, step + 1), step, health)
-      if step_fn.n_programs > n_programs:  # compiling is not training: the rates start after it
-        meter.restart()
-      else:
-        meter.count(n_loops)
-      if pending is not None:  # fetched one step late so the device never waits for the host
-        check_finite(pending_health)  # before logging: no NaN reaches tensorboard
-        rates = meter.rates(batch["tokens"].shape) if jax.process_index() == 0 else {}
-        _log_train(writer, bar, *pending, stage, stage_acc, rates)
-        meter.restart()
-        pending = None
-      if step % cfg.log_every == 0:
-        lr_step = step - stages[-1][0] if cfg.restart_optimizer else step
-        pending, pending_health = (step, metrics, float(lr_at(lr_step)), n_loops), health
-      step += 1
-      bar.update(1)
-      gate = (step - stages[-1][0]) % check_every == 0
-      if step % cfg.eval_every == 0 or step == steps or gate:
-        check_finite(health)
-        accuracy = {split: evaluation.accuracy(model, state["params"], ex, eval_loops, mesh, batch_size=1024)
-                    for split, ex in eval_sets.items()}
-        for split, acc in accuracy.items():
-          curves.setdefault(split, []).append([step, acc])
-          if writer:
-            writer.add_scalar(f"eval/{split}", acc, step)
-        for listener in EVAL_LISTENERS:
-          listener(name, step, dict(accuracy))
-        stage_acc = accuracy.get(curriculum.gate_split(stage), float("nan"))
-        meter.restart()
-        if gate and step < steps and curriculum.advances(stage, accuracy,
-                                                         curriculum.epochs(stages, step, cfg.batch_size)):
-          stage += 1
-          stages.append([step, stage])
-          check_every = curriculum.check_every(stage, cfg.batch_size, cfg.eval_every)
-          iterator = data.stage_iterator(task, stage, cfg.batch_size, step)
-          eval_sets = task.monitor_splits(stage)
-          stage_acc = float("nan")
-          if cfg.restart_optimizer:
-            state = {"params": state["params"], "opt_state": laid_out(tx.init, mesh, state["params"])}
-      if step % cfg.checkpoint_every == 0 and step < steps:
-        save()
-        meter.restart()
-    if pending is not None:
-      check_finite(pending_health)
-      _log_train(writer, bar, *pending, stage, stage_acc, {})
-    save()
-  finally:
-    step_fn.close()
-    ckpt.wait()  # a save in flight completes (it holds a finite state) whatever stopped the loop
-    ckpt.close()
-    bar.close()
-    if writer:
-      writer.close()
-  if STOP.requested and step < steps:
-    raise Interrupted(f"{name} stopped at step {step}; checkpoint saved", run_dir)
-  return TrainResult(state["params"], step, stage, stages, time.time() - started, curves)
+  """Trains one model of an experiment (`Trainer`), with the hooks of this context."""
+  return Trainer(name, model, rec, steps, cfg, task, mesh, run_dir, seed, config_json).run()
 
 
 def _say(message: str):

@@ -54,8 +54,8 @@ def test_unrolled_scan_gives_the_same_loss_and_gradients(unroll):
   """Partly (2 of 5), fully (5) and over-unrolled (9 > R) scans equal the rolled one, also under remat and
   truncation, and in the one-program mode."""
   assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll=unroll)), grads(PARAMS, 5), atol=1e-6)
-  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll, "loop", 2)), grads(PARAMS, 5, scan=loop.Scan(last_loops=2)),
-               atol=1e-6)
+  assert_close(grads(PARAMS, 5, scan=loop.Scan(unroll, "loop", 2)),
+               grads(PARAMS, 5, scan=loop.Scan(backprop_loops=2)), atol=1e-6)
   assert_close(grads(PARAMS, 5, jnp.int32(3), scan=loop.Scan(unroll=unroll)), grads(PARAMS, 3), atol=2e-6)
 
 
@@ -77,18 +77,18 @@ def reference_truncated(params, n_loops, k):
 
 @pytest.mark.parametrize("k", [1, 2])
 def test_truncated_backprop_equals_the_explicit_stop_gradient_reference(k):
-  got = grads(PARAMS, 5, scan=loop.Scan(last_loops=k))
+  got = grads(PARAMS, 5, scan=loop.Scan(backprop_loops=k))
   assert_close(got, reference_truncated(PARAMS, 5, k), atol=1e-6)
   full = grads(PARAMS, 5)
   assert np.isclose(float(got[0]), float(full[0]))  # the forward pass is unchanged
   assert not np.allclose(got[1]["block"]["layer_0"]["fc"]["kernel"], full[1]["block"]["layer_0"]["fc"]["kernel"])
-  with_remat = grads(PARAMS, 5, scan=loop.Scan(remat="loop", last_loops=k))
+  with_remat = grads(PARAMS, 5, scan=loop.Scan(remat="loop", backprop_loops=k))
   assert_close(with_remat, got, atol=1e-6)
 
 
 def test_truncation_at_or_beyond_r_is_full_backprop():
-  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=3)), grads(PARAMS, 3), atol=0)
-  assert_close(grads(PARAMS, 3, scan=loop.Scan(last_loops=9)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(backprop_loops=3)), grads(PARAMS, 3), atol=0)
+  assert_close(grads(PARAMS, 3, scan=loop.Scan(backprop_loops=9)), grads(PARAMS, 3), atol=0)
 
 
 def temp_bytes(n_loops, scan):
@@ -102,7 +102,8 @@ def temp_bytes(n_loops, scan):
 def test_remat_and_truncation_flatten_activation_memory_in_r():
   """Compiled temp memory from R=4 to R=64: grows with R by default, much less with remat, not with truncation."""
   grow = {name: temp_bytes(64, bp) / temp_bytes(4, bp)
-          for name, bp in {"off": loop.PLAIN, "loop": loop.Scan(remat="loop"), "k=2": loop.Scan(last_loops=2)}.items()}
+          for name, bp in {"off": loop.PLAIN, "loop": loop.Scan(remat="loop"),
+                           "k=2": loop.Scan(backprop_loops=2)}.items()}
   assert grow["off"] > 5
   assert grow["loop"] < grow["off"] / 3
   assert grow["k=2"] < 1.2
@@ -113,20 +114,20 @@ def test_one_program_train_steps_match_per_r_steps():
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(TrainConfig(warmup_steps=2))
   runs = {}
-  for name, max_loops in (("per_r", 0), ("one", 4)):
-    fns = train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=max_loops)
+  b = sharding.put_batch(jax.device_get(batch()), mesh)
+  for name in ("per_r", "one"):
+    fns = train.make_programs(TrainConfig(loop_programs=name), MODEL, tx, mesh, max_loops=4)
     state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
     losses = []
     for r in (2, 4, 3):
-      state, m, _ = fns(r)(state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(r), r,
-                           train.HEALTHY)
+      state, m = fns.step(state, b, r)
       losses.append(float(m["loss"]))
-    runs[name] = (losses, state["params"], len(fns._cache))  # pylint: disable=protected-access
+    runs[name] = (losses, state.params, len(fns._cache))  # pylint: disable=protected-access
   np.testing.assert_allclose(runs["one"][0], runs["per_r"][0], atol=1e-6)
   assert_close(runs["one"][1], runs["per_r"][1], atol=1e-5)
   assert (runs["per_r"][2], runs["one"][2]) == (3, 1)
   with pytest.raises(ValueError, match="outside 1..4"):
-    train.StepFunctions(MODEL, tx, mesh, 0.0, max_loops=4)(5)
+    fns.step(state, b, 5)
 
 
 def test_steps_compiled_ahead_equal_lazily_compiled_ones():
@@ -137,21 +138,20 @@ def test_steps_compiled_ahead_equal_lazily_compiled_ones():
   b = sharding.put_batch(jax.device_get(batch()), mesh)
   runs = {}
   for ahead in (False, True):
-    fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+    fns = (train.AheadPrograms if ahead else train.Programs)(MODEL, tx, mesh, 0.0)
     state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
-    if ahead:
-      fns.precompile([3, 2], (state, b, jax.random.PRNGKey(0), 0, train.HEALTHY))
+    fns.prepare(state, lambda: (b, [3, 2]))
     losses = []
-    for step, r in enumerate((2, 3, 2)):
-      state, m, _ = fns(r)(state, b, jax.random.PRNGKey(r), step, train.HEALTHY)
+    for r in (2, 3, 2):
+      state, m = fns.step(state, b, r)
       losses.append(float(m["loss"]))
     cache = fns._cache  # pylint: disable=protected-access
-    programs = {k: isinstance(v, jax.stages.Compiled) for k, v in cache.items()}
-    runs[ahead] = (losses, state["params"], programs, fns.n_programs)
+    programs = {k[:2]: isinstance(v, jax.stages.Compiled) for k, v in cache.items()}
+    runs[ahead] = (losses, state.params, programs, fns.n_programs)
     fns.close()
   assert runs[False][0] == runs[True][0]
   chex.assert_trees_all_equal(runs[False][1], runs[True][1])
-  assert runs[True][2] == {(2, False, False): True, (3, False, False): True} and not any(runs[False][2].values())
+  assert runs[True][2] == {(2, False): True, (3, False): True} and not any(runs[False][2].values())
   assert runs[False][3] == 2 and runs[True][3] <= 2  # waits for a compile: the rates of the progress bar restart
 
 
@@ -159,10 +159,9 @@ def test_close_cancels_the_compiles_not_started():
   """Closing (as training does when it stops) cancels queued compiles: at most the pool's threads finish theirs."""
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(TrainConfig(warmup_steps=2))
-  fns = train.StepFunctions(MODEL, tx, mesh, 0.0)
+  fns = train.AheadPrograms(MODEL, tx, mesh, 0.0)
   state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), 7, mesh)
-  fns.precompile(range(1, 17), (state, sharding.put_batch(jax.device_get(batch()), mesh), jax.random.PRNGKey(0), 0,
-                                train.HEALTHY))
+  fns.prepare(state, lambda: (sharding.put_batch(jax.device_get(batch()), mesh), range(1, 17)))
   fns.close()
   compiles = list(fns._cache.values())  # pylint: disable=protected-access
   started = [f for f in compiles if not f.cancelled()]

@@ -214,12 +214,11 @@ def test_health_flag_names_the_first_non_finite_step_and_quantity():
   mesh = sharding.make_mesh()
   for nan_step, want in ((-1, [-1, 0]), (2, [2, 1])):  # 1 = grad_norm: the loss is still finite at that step
     state = train.init_state(model, tx, jax.random.PRNGKey(0), 6, mesh)
-    steps = train.StepFunctions(model, tx, mesh, 0.0)
-    health = train.HEALTHY
+    steps = train.Programs(model, tx, mesh, 0.0)
     for step in range(5):
       batch = sharding.put_batch(task.train_examples(2, np.arange(8) + 8 * step), mesh)
-      state, metrics, health = steps(1, step == nan_step)(state, batch, jax.random.PRNGKey(step), step, health)
-    assert np.asarray(health).tolist() == want
+      state, metrics = (steps.nan_step if step == nan_step else steps.step)(state, batch, 1)
+    assert np.asarray(state.health).tolist() == want
     assert np.isfinite(float(metrics["param_norm"])) == (nan_step < 0)  # NaN stays once it is in the params
 
 

@@ -35,31 +35,32 @@ seen = {"devices": jax.device_count()}
 for fsdp in layouts:
   mesh = sharding.make_mesh(fsdp)
   state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
-  steps, losses, first = train.StepFunctions(model, tx, mesh, 0.0, max_loops=3), {}, 0
+  steps, losses, first = train.OneProgram(model, tx, mesh, 0.0, max_loops=3), {}, 0
   ckpt = checkpoint.Checkpointer(f"{out}/ckpt", 2)
   if fsdp != layouts[0]:
-    first, _, state, _ = ckpt.restore_latest(checkpoint.abstract_like(state), iterator)
+    first, _, restored, _ = ckpt.restore_latest(checkpoint.abstract_like(state.saved()), iterator)
+    state = train.fresh_state(restored, jax.random.PRNGKey(0), mesh, first)
   elif jax.device_count() == 1:
-    saved = ckpt.restore_latest(checkpoint.abstract_like(state), iterator)[2]  # the 8-device run's step 2
+    saved = ckpt.restore_latest(checkpoint.abstract_like(state.saved()), iterator)[2]  # the 8-device run's step 2
   for i in range(first, 4):
     if i == 2 and fsdp == layouts[0]:
       if jax.device_count() == 1:
-        np.savez(f"{out}/restored.npz", **flat(saved), **{"own" + k: v for k, v in flat(state).items()})
+        np.savez(f"{out}/restored.npz", **flat(saved), **{"own" + k: v for k, v in flat(state.saved()).items()})
       else:
-        ckpt.save(2, state, iterator(), {})
+        ckpt.save(2, state.saved(), iterator(), {})
         ckpt.wait()
     batch = sharding.put_batch(task.train_examples(3, np.arange(16) + 16 * i), mesh)
-    state, m, health = steps(train.draw_loops(rec, 0, i))(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
+    state, m = steps.step(state, batch, train.draw_loops(rec, 0, i))
     losses[i] = float(m["loss"])
   ckpt.close()
-  seen[fsdp] = {"losses": losses, "health": np.asarray(health).tolist(), "shards": shards(state)}
+  seen[fsdp] = {"losses": losses, "health": np.asarray(state.health).tolist(), "shards": shards(state.saved())}
   if fsdp == layouts[0]:
     splits = {"3hop": task.eval_split(3)}
-    seen["sweep"] = analysis.sweep(model, state["params"], splits, 4, mesh, 16)
-    seen["halt"] = analysis.halt(model, state["params"], splits, "argmax:n=1", 4, mesh, 16)
-  np.savez(f"{out}/state_{fsdp}.npz", **flat(state))
+    seen["sweep"] = analysis.sweep(model, state.params, splits, 4, mesh, 16)
+    seen["halt"] = analysis.halt(model, state.params, splits, "argmax:n=1", 4, mesh, 16)
+  np.savez(f"{out}/state_{fsdp}.npz", **flat(state.saved()))
   if fsdp == layouts[0] and jax.device_count() > 1:
-    checkpoint.save_params(f"{out}/params", state["params"], {})
+    checkpoint.save_params(f"{out}/params", state.params, {})
 if jax.device_count() == 1:  # the 8-device run's split params, read onto one device
   np.savez(f"{out}/params.npz", **flat(checkpoint.restore_params(f"{out}/params")[0]))
 json.dump(seen, open(f"{out}/seen_{jax.device_count()}.json", "w"))

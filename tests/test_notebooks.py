@@ -234,4 +234,4 @@ def test_on_eval_sees_every_training_evaluation(tmp_path):
   assert {split: [[step, acc[split]] for _, step, acc in seen] for split in task.probes} == result.curves
   with pytest.raises(RuntimeError), on_eval(seen.append):
     raise RuntimeError
-  assert not train.EVAL_LISTENERS
+  assert not train.current_hooks().listeners

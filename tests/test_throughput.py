@@ -19,7 +19,7 @@ MODEL = models.build(ModelConfig(d_model=D, n_heads=2, n_layers=L, pos_emb="none
 
 def step_flops(n_loops, scan_options=None):
   tx = train.make_optimizer(TrainConfig())
-  steps = train.StepFunctions(MODEL, tx, sharding.make_mesh(), 0.0, *([scan_options] if scan_options else []))
+  steps = train.Programs(MODEL, tx, sharding.make_mesh(), 0.0, *([scan_options] if scan_options else []))
   state = train.init_state(MODEL, tx, jax.random.PRNGKey(0), T, sharding.make_mesh())
   batch = {"tokens": np.ones((B, T), np.int32), "read_pos": np.full((B,), T - 1, np.int32),
            "target": np.ones((B,), np.int32)}

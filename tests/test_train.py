@@ -21,19 +21,19 @@ tx = train.make_optimizer(TrainConfig(warmup_steps=2))
 
 def train3(mesh, ahead):
   state = train.init_state(model, tx, jax.random.PRNGKey(0), 8, mesh)
-  steps, losses = train.StepFunctions(model, tx, mesh, 0.1), []
+  steps, losses = (train.AheadPrograms if ahead else train.Programs)(model, tx, mesh, 0.1), []
   for i in range(3):
     batch = sharding.put_batch(task.train_examples(3, np.arange(16) + 16 * i), mesh)
-    if ahead and i == 0:
-      steps.precompile([2, 3, 4], (state, batch, jax.random.PRNGKey(0), 0, train.HEALTHY))
-    state, m, _ = steps(2 + i)(state, batch, jax.random.PRNGKey(i), i, train.HEALTHY)
+    if i == 0:
+      steps.prepare(state, lambda: (batch, [2, 3, 4]))
+    state, m = steps.step(state, batch, 2 + i)
     losses.append(float(m["loss"]))
   steps.close()
   return state, losses
 
 state, losses = train3(sharding.make_mesh(), False)
 ahead_losses = train3(sharding.make_mesh(2 if jax.device_count() > 1 else 1), True)[1]  # with an fsdp axis on 8
-leaves = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state["params"])]
+leaves = [np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(state.params)]
 print(json.dumps({"devices": jax.device_count(), "losses": losses, "ahead_losses": ahead_losses,
                   "params": float(np.concatenate(leaves).astype(np.float64).sum()),
                   "first": np.concatenate(leaves)[:50].tolist()}))
@@ -149,14 +149,8 @@ def test_training_with_steps_compiled_ahead_equals_lazy_compilation(tmp_path, mo
   from looprec import data, sharding
   from looprec.config import ChainDataConfig, CurriculumConfig, ModelConfig
   from looprec.models.looped import LoopedTransformer
-  made = []
-
-  class Recorded(train.StepFunctions):
-    def __init__(self, *a, **k):
-      super().__init__(*a, **k)
-      made.append(self)
-
-  monkeypatch.setattr(train, "StepFunctions", Recorded)
+  made, make_programs = [], train.make_programs
+  monkeypatch.setattr(train, "make_programs", lambda *a, **k: made.append(make_programs(*a, **k)) or made[-1])
   task = data.make_task(ChainDataConfig(n_entities=8, n_relations=2, seq_len=6,
                                         curriculum=CurriculumConfig(first_hop=2, last_hop=3, threshold=-1.0)))
   model = LoopedTransformer(ModelConfig(d_model=16, n_heads=2), task.vocab.size)

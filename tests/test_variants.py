@@ -131,10 +131,10 @@ def test_exit_gate_loss_is_the_expected_loss_minus_beta_entropy_and_has_finite_g
 def test_train_step_uses_the_models_loss():
   model, params = make(kind="exit_gate")
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
-  state = {"params": params, "opt_state": tx.init(params)}
-  _, metrics, health = train.train_step(state, batch(), jax.random.PRNGKey(0), 0, train.HEALTHY, model=model, tx=tx,
-                                        n_loops=2, label_smoothing=0.0)
-  np.testing.assert_array_equal(health, train.HEALTHY)
+  state = train.fresh_state({"params": params, "opt_state": tx.init(params)}, jax.random.PRNGKey(0),
+                            sharding.make_mesh())
+  state, metrics = train.train_step(state, batch(), model=model, tx=tx, n_loops=2, label_smoothing=0.0)
+  np.testing.assert_array_equal(state.health, train.HEALTHY)
   np.testing.assert_allclose(metrics["loss"], model.loss(params, batch(), 2)[0], rtol=1e-5)
   assert np.isfinite(metrics["grad_norm"])
 
@@ -147,10 +147,8 @@ def test_jitted_donating_train_step_of_every_kind(kw):
   mesh = sharding.make_mesh()
   tx = train.make_optimizer(train.TrainConfig(warmup_steps=1))
   state = train.init_state(model, tx, jax.random.PRNGKey(0), 6, mesh)
-  health = jax.device_put(train.HEALTHY, sharding.replicated(mesh))
-  state, metrics, health = train.StepFunctions(model, tx, mesh, 0.0)(2)(state, sharding.put_batch(batch(), mesh),
-                                                                         jax.random.PRNGKey(1), 0, health)
-  np.testing.assert_array_equal(health, train.HEALTHY)
+  state, metrics = train.Programs(model, tx, mesh, 0.0).step(state, sharding.put_batch(batch(), mesh), 2)
+  np.testing.assert_array_equal(state.health, train.HEALTHY)
   assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
