@@ -206,7 +206,7 @@ def report(cfg: Config, results: dict) -> str:
     text = (f"- **{n}** (R = {r['train_loops']}, curriculum reached {r['trained_max_hop']} of {k} hops), on the "
             f"untrained hops k+1..k+3: at the validation-chosen R {best}; {more} of {len(beyond)} chosen with more "
             f"loops than its largest training R ({rec.max_loops})")
-    if rec.kind == "fixed":
+    if rec.schedule == "fixed":
       own = ", ".join(f"{hop} hops {r['accuracy'][data.split_name(hop)][str(rec.loops)]:.2f}" for hop in beyond)
       text += f"; at its own R = {rec.loops}: {own}"
     lines.append(text + ".")

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class Recurrence:
   """How many loops a training batch runs: fixed R, or R = clip(Poisson(lam), low, high) per batch."""
 
-  kind: str  # "fixed" | "dynamic"
+  schedule: str  # "fixed" | "dynamic"
   loops: int = 1  # fixed R
   lam: float = 4.0
   low: int = 2
@@ -43,23 +43,23 @@ class Recurrence:
 
   @property
   def min_loops(self) -> int:
-    return self.loops if self.kind == "fixed" else self.low
+    return self.loops if self.schedule == "fixed" else self.low
 
   @property
   def max_loops(self) -> int:
-    return self.loops if self.kind == "fixed" else self.high
+    return self.loops if self.schedule == "fixed" else self.high
 
   @property
   def mean_loops(self) -> float:
     """Expected R, for sizing a vanilla model of the same unrolled depth."""
-    if self.kind == "fixed":
+    if self.schedule == "fixed":
       return float(self.loops)
     import numpy as np  # pylint: disable=import-outside-toplevel
     draws = np.clip(np.random.default_rng(0).poisson(self.lam, 200_000), self.low, self.high)
     return float(draws.mean())
 
   def __str__(self) -> str:
-    if self.kind == "fixed":
+    if self.schedule == "fixed":
       return f"fixed:{self.loops}"
     return f"dynamic:{self.lam:g},{self.low},{self.high}"
 

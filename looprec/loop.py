@@ -1,6 +1,6 @@
 """Scan over depth: one weight-tied step function applied R times.
 
-`loop_step(h_BxTxD, t, rng) -> (h_BxTxD, extras)` is supplied by the model; this module only decides how it is
+`step_fn(h_BxTxD, t, rng) -> (h_BxTxD, extras)` is supplied by the model; this module only decides how it is
 iterated and differentiated. R = n_loops is static (one compiled program per R; compile time does not grow with R
 thanks to scan) unless `n_active` is given: then the scan runs n_loops = R_max iterations, the first
 R_max - n_active of which are skipped (`lax.cond`), so one program serves every R <= R_max, with exact gradients.
@@ -44,12 +44,12 @@ class Scan:
 PLAIN = Scan()
 
 
-def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None,
+def scan_loops(step_fn, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None,
                scan: Scan = PLAIN):
-  """Applies loop_step n_loops times with lax.scan (n_active of them when given, a traced int <= n_loops).
+  """Applies step_fn n_loops times with lax.scan (n_active of them when given, a traced int <= n_loops).
 
   Returns the final state and the per-loop values of `readout(h_BxTxD, extras)` stacked on a leading R axis
-  (None without a readout), where extras is what loop_step returned beside the new state. With n_active the
+  (None without a readout), where extras is what step_fn returned beside the new state. With n_active the
   skipped loops come first and the active ones see t = 0..n_active-1; readouts are not available then. scan: see
   `Scan`.
   """
@@ -64,10 +64,10 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_ac
     t, key = xs
     key = key if rng is not None else None
     if n_active is None:
-      h, extras = loop_step(h, t, key)
+      h, extras = step_fn(h, t, key)
       return h, (readout(h, extras) if readout is not None else None)
     t_active = t - n_skipped
-    return jax.lax.cond(t_active >= 0, lambda h: loop_step(h, t_active, key)[0], lambda h: h, h), None
+    return jax.lax.cond(t_active >= 0, lambda h: step_fn(h, t_active, key)[0], lambda h: h, h), None
 
   if scan.remat != "none":
     body = jax.checkpoint(body, policy=REMAT_POLICIES[scan.remat])
@@ -83,8 +83,8 @@ def scan_loops(loop_step, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_ac
   return h_BxTxD, ys
 
 
-def while_loops(loop_step, h_BxTxD, max_loops, carry, update):
-  """Applies loop_step (no dropout) until `update` says every example is done or max_loops loops have run.
+def while_loops(step_fn, h_BxTxD, max_loops, carry, update):
+  """Applies step_fn (no dropout) until `update` says every example is done or max_loops loops have run.
 
   `update(h_BxTxD, t, carry) -> (carry, done)` runs after loop t (0-based) with done a scalar bool. max_loops
   may be traced, so one compiled program serves every cap. Returns (final state, carry, loops executed).
@@ -95,7 +95,7 @@ def while_loops(loop_step, h_BxTxD, max_loops, carry, update):
 
   def body(state):
     h, t, c, _ = state
-    h, _ = loop_step(h, t, None)
+    h, _ = step_fn(h, t, None)
     c, done = update(h, t, c)
     return h, t + 1, c, done
 

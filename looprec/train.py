@@ -268,7 +268,7 @@ def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int) -> Programs
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
   """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
-  if rec.kind == "fixed":
+  if rec.schedule == "fixed":
     return rec.loops
   return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
 
