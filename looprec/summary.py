@@ -125,6 +125,11 @@ def aggregate(values: list):
   if nums and len(nums) + values.count(None) == len(values):
     stats = {"mean": sum(nums) / len(nums), "min": min(nums), "max": max(nums)}
     return {**stats, "missing": values.count(None)} if None in values else stats
+  return common(values)
+
+
+def common(values: list):
+  """The one value all runs share, or the list of their values."""
   return values[0] if all(v == values[0] for v in values) else values
 
 
@@ -145,11 +150,6 @@ def _run_entry(run_dir: str, train_commit: str | None) -> tuple[tuple, dict]:
            "machine": results.get("machine") or runs.machine(),
            "models": run_metrics(run_dir, results, analysis, max_loops)}
   return (setting, over[:len(over) - len(seeds)]), entry
-
-
-def _common(values: list):
-  """The one value all runs share, or the list of their values."""
-  return values[0] if all(v == values[0] for v in values) else values
 
 
 def _earlier_runs(path: str) -> tuple[tuple, list[dict]]:
@@ -189,8 +189,8 @@ def summarize(run_dirs: list[str], command: str, train_commit: str | None = None
           "seeds": [r["seed"] for r in per_run], "max_loops": max_loops.pop(),
           "commands": {"train": [" ".join([train, *over, *r["seed_overrides"]]) for r in per_run],
                        "analyze": "python -m looprec analyze RUN", "summarize": command},
-          "commit": {"train": _common(commits), "analysis": runs.code_commit()},
-          "machine": _common(machines),
+          "commit": {"train": common(commits), "analysis": runs.code_commit()},
+          "machine": common(machines),
           "runs": per_run,
           "aggregate": {"wall_seconds": aggregate([r["wall_seconds"] for r in per_run]),
                         "models": aggregate([r["models"] for r in per_run])}}
