@@ -16,6 +16,11 @@ A training checkpoint (`{"model_state_dict": ...}`), a bare state_dict, a torch.
 and the attention-mask buffers older transformers versions saved are all accepted. Reading `.pt` needs torch,
 `.safetensors` needs safetensors: the optional extra `looprec[torch]`. Bad input raises ConfigError (one line
 naming the file, key or shape) before anything is written.
+
+What a state_dict shows is checked against the preset: the kind of positions (a `position_embedding.weight` table:
+learned; a `pe` buffer: sinusoidal; neither: none) and every shape. What it cannot show, input injection (no
+parameters) and c_scale (it only scaled the initial output projections), the caller states as an override whenever
+the preset's value is not the official default (the paper preset's); otherwise the import is refused.
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ from looprec.config import ConfigError, ModelConfig
 EXTRA = "pip install 'looprec[torch]' (or: pip install -e '.[torch]')"
 OFFICIAL_LN_EPS = 1e-5  # GPT2Config.layer_norm_epsilon, also the official ln_f's
 IGNORED = re.compile(r"blocks\.\d+\.attn\.(bias|masked_bias)|pe")  # buffers: the causal mask, the sinusoid table
+POSITIONS = {"learned": "a learned position table (position_embedding.weight)", "sinusoidal": "a sinusoidal "
+             "position buffer (pe)", "none": "no position table or buffer (NoPE)"}
+# model keys a state_dict cannot show -> the official argument they stand for
+UNSEEN = {"injection": "--input_injection", "out_init_scale": "--c_scale"}
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -64,10 +73,30 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
 
 
+def positions_of(state: dict[str, np.ndarray]) -> str:
+  """The model.pos_emb a state_dict was trained with: its position table or sinusoid buffer shows it."""
+  keys = {k.removeprefix("_orig_mod.") for k in state}
+  return "learned" if "position_embedding.weight" in keys else "sinusoidal" if "pe" in keys else "none"
+
+
+def check_unseen(cfg: ModelConfig, official: ModelConfig, overrides: list[str]):
+  """ConfigError unless every key of UNSEEN has the official value or was stated by the caller (an override)."""
+  stated = {item.partition("=")[0] for item in overrides}
+  for key, flag in UNSEEN.items():
+    value, default = getattr(cfg, key), getattr(official, key)
+    if value != default and f"model.{key}" not in stated:
+      raise ConfigError(f"the preset has model.{key}={value!r}, not the official default {default!r} ({flag}), and a "
+                        f"checkpoint cannot show which the model was trained with: state it, model.{key}={value} or "
+                        f"model.{key}={default}")
+
+
 def to_params(state: dict[str, np.ndarray], cfg: ModelConfig, vocab_size: int) -> dict:
   """looprec params of model cfg from an official state_dict; ConfigError on a missing, unknown or
   mis-shaped key."""
   state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+  if positions_of(state) != cfg.pos_emb:
+    raise ConfigError(f"the checkpoint has {POSITIONS[positions_of(state)]}, the preset's model has model.pos_emb="
+                      f"{cfg.pos_emb}: import with model.pos_emb={positions_of(state)}")
   if "lm_head.weight" in state and "token_embedding.weight" in state:
     if not np.array_equal(state["lm_head.weight"], state["token_embedding.weight"]):
       raise ConfigError("lm_head.weight differs from token_embedding.weight: looprec's head is tied to the embedding")
@@ -138,6 +167,7 @@ def import_run(path: str, experiment_name: str, preset: str | None, overrides: l
   preset, cfg = experiment.resolve(module, preset, overrides)
   if model_name not in cfg.models:
     raise ConfigError(f"--model {model_name!r} is not a model of the preset (have {', '.join(cfg.models)})")
+  check_unseen(cfg.model_cfg(model_name), experiment.paper_preset(module).model, overrides)
   cfg = dataclasses.replace(cfg, models={model_name: cfg.models[model_name]},
                             model=dataclasses.replace(cfg.model, ln_eps=OFFICIAL_LN_EPS))
   module.validate(cfg)

@@ -1,6 +1,8 @@
 """Importing official checkpoints without torch: the key/shape mapping round-trips looprec params, and bad input
 (missing file, torch absent for a .pt, unknown key, wrong shape) is one line, exit 2, nothing written."""
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -87,7 +89,7 @@ def test_cli_bad_input_one_line_nothing_written(tmp_path, make_file, block_torch
   if make_file:
     path.write_bytes(b"not a pickle")
   proc = _cli("import-checkpoint", str(path), "--experiment", "depth_extrap", "--preset", "smoke", "--out", str(out),
-              block_torch=block_torch)
+              "model.injection=add", "model.out_init_scale=1", block_torch=block_torch)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
   assert not out.exists()
 
@@ -99,3 +101,44 @@ def test_cli_refuses_a_non_empty_out(tmp_path):
               str(tmp_path / "run"))
   assert proc.returncode == 2 and "is not an empty folder" in proc.stderr
   assert os.listdir(tmp_path / "run") == ["x"]
+
+
+@pytest.mark.parametrize("cfg, edit, message", [
+    (dataclasses.replace(CFG, pos_emb="none"), lambda s: None,
+     "the checkpoint has a learned position table (position_embedding.weight), the preset's model has "
+     "model.pos_emb=none: import with model.pos_emb=learned"),
+    (CFG, lambda s: s.pop("position_embedding.weight"),
+     "the checkpoint has no position table or buffer (NoPE), the preset's model has model.pos_emb=learned: import "
+     "with model.pos_emb=none"),
+    (dataclasses.replace(CFG, pos_emb="none"), lambda s: s.update({"pe": np.zeros((5, 16))}),
+     "has a sinusoidal position buffer (pe)"),
+])
+def test_what_the_state_dict_shows_must_match_the_preset(params, cfg, edit, message):
+  state = official_layout(params, 2)
+  edit(state)
+  if "pe" in state:
+    state.pop("position_embedding.weight")
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    importer.to_params(state, cfg, VOCAB)
+
+
+def test_what_a_state_dict_cannot_show_must_be_stated_unless_official():
+  from experiments import depth_extrap, systematicity
+  paper = depth_extrap.paper().model
+  cpu = depth_extrap.cpu().model_cfg("looped")  # injection add, output projections unscaled (c_scale 1)
+  with pytest.raises(ConfigError, match=re.escape("the preset has model.injection='add', not the official default "
+                                                  "'none' (--input_injection), and a checkpoint cannot show")):
+    importer.check_unseen(cpu, paper, [])
+  with pytest.raises(ConfigError, match=r"model.out_init_scale=1.0, not the official default 0.0 \(--c_scale\)"):
+    importer.check_unseen(cpu, paper, ["model.injection=add"])
+  importer.check_unseen(cpu, paper, ["model.injection=add", "model.out_init_scale=1.0"])  # stated: accepted
+  importer.check_unseen(depth_extrap.paper().model_cfg("looped"), paper, [])  # official values need no statement
+  importer.check_unseen(systematicity.cpu().model, systematicity.paper().model, [])  # c_scale: none in task A
+
+
+def test_cli_refuses_an_unstated_injection_with_one_line(tmp_path):
+  path, out = tmp_path / "model.pt", tmp_path / "run"
+  path.write_bytes(b"never read: the preset is refused first")
+  proc = _cli("import-checkpoint", str(path), "--experiment", "depth_extrap", "--preset", "cpu", "--out", str(out))
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("error: the preset has model.injection='add'") and not out.exists()
