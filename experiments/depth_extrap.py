@@ -27,10 +27,67 @@ class Config(experiment.ExperimentConfig):
   data: ChainDataConfig = ChainDataConfig()
 
 
+TINY = {"*": "A tiny test configuration; it is not meant to learn the task."}
+# Why the CPU presets differ from the paper preset where they share a choice (cpu, cpu_faithful, variants' cpu)
+CPU_REASONS = {
+    **experiment.because("The answer read at the last input token (the official `--pred_pos inp_len` option; "
+                         "paper: `last_token`, the last pad).", "data.answer_at"),
+    **experiment.because("A curriculum from 2 to 4 hops checked every train.eval_every steps, no forced grokking, "
+                         "for a CPU budget (paper: 2 to 40 hops, checked once per epoch, the first stage held "
+                         "1001 epochs).", "data.curriculum.last_hop", "data.curriculum.check",
+                         "data.curriculum.min_epochs"),
+    **experiment.because("Sequences, evaluation splits and the R sweep sized for a 4-hop curriculum evaluated a "
+                         "few hops beyond it (paper: 50 positions, 750 chains, 40 hops, R to 40).", "data.seq_len",
+                         "data.n_eval", "eval.max_hop", "eval.max_loops"),
+    **experiment.because("A small model for a 2-core CPU (paper: d = 768, 12 heads, a 4-layer block).",
+                         "model.d_model", "model.n_heads", "model.n_layers", "models.looped.n_layers"),
+    **experiment.because("No dropout (paper: 0.1 on attention probabilities and residuals), so none to switch "
+                         "off after a stage's first check; not ablated at this size.", "model.attn_dropout",
+                         "model.resid_dropout", "train.dropout_until_check"),
+    **experiment.because("The project's GPT-2-trainer initialisation and Flax's LayerNorm epsilon (N(0, 0.02) "
+                         "embeddings, output projections N(0, 0.02) / sqrt(2L), eps 1e-6; paper: N(0, 1) "
+                         "embeddings, zero-initialised output projections, eps 1e-5); not ablated for depth.",
+                         "model.embed_init_std", "model.out_init_scale", "model.out_init_scaled", "model.ln_eps"),
+    **experiment.because("Unused: positions are NoPE (model.pos_emb=none) here and in the paper.",
+                         "model.max_positions"),
+    **experiment.because("float32 throughout: a CPU has no fast bfloat16 (paper: bf16 training, float32 "
+                         "evaluation).", "model.dtype", "model.eval_dtype"),
+    **experiment.because("Input injection (the official `--input_injection` option, off in the paper): without it "
+                         "the cpu preset's own ablation collapses to chance (docs/reproducing.md).", "model.injection"),
+    **experiment.because("R = clip(Poisson(4), 2, 4) (paper: [2, 8]), so every untrained hop needs more loops than "
+                         "training ever ran.", "models.looped.recurrence"),
+    **experiment.because("The paper's fixed-R models (R = 6, 7, 8) are left out of the CPU budget.",
+                         "models.fixed_r6", "models.fixed_r7", "models.fixed_r8"),
+    **experiment.because("The results here were trained with seed 0 (paper: 42).", "seed"),
+    **experiment.because("A fixed CPU step budget with a larger lr, a short warmup, gradient clipping and a smaller "
+                         "batch (paper: lr 1e-4, warmup 2000, no clipping, batch 128, thousands of epochs), "
+                         "evaluated and checkpointed at its scale, to the end of the budget (no stage-pass "
+                         "checkpoints, no stop after the last stage).", "train.steps", "train.lr",
+                         "train.warmup_steps", "train.grad_clip", "train.batch_size", "train.eval_every",
+                         "train.stage_checkpoints", "train.stop_after_last_stage"),
+    **experiment.because("Weight decay on matrices only, as GPT-2 trainers (paper: torch AdamW over every "
+                         "parameter).", "train.weight_decay_on"),
+}
+
+# ... and where the cpu preset's task and attention differ (cpu and variants' cpu)
+CPU_TASK_REASONS = {
+    **experiment.because(
+        "A small graph (N = 20, M = 4; paper: 200, 10), fresh chains per example uniform over the stage's hops "
+        "with 10% of each hop's chains held out (paper: a pool of 15,000 per hop of 15,750, weighted by size): a "
+        "pool would be most of this graph's chains.", "data.n_entities", "data.n_relations",
+        "data.train_chains_per_hop", "data.hop_weights", "data.test_fraction"),
+    **experiment.because(
+        "A 2-token causal attention window (paper: full attention): each token sees itself and its predecessor, so "
+        "a k-hop chain is followed one relation per loop; with full attention the cpu preset's ablation collapses "
+        "to chance.", "model.attn_window"),
+    **experiment.because("A checkpoint every 2,000 steps of the CPU budget (paper: 5,000).", "train.checkpoint_every"),
+}
+
+
 def smoke() -> Config:
   """Tiny and fast: exercises every part (curriculum, dynamic R, checkpoints, sweep) in well under 2 minutes."""
   return Config(
-      deviations="A tiny test configuration; it is not meant to learn the task.",
+      reasons=TINY,
       data=ChainDataConfig(n_entities=8, n_relations=2, seq_len=8, n_eval=64, test_fraction=0.2,
                            curriculum=CurriculumConfig(first_hop=2, last_hop=3, threshold=0.5)),
       model=ModelConfig(d_model=32, n_heads=2, n_layers=1, attn_window=3),
@@ -43,15 +100,10 @@ def smoke() -> Config:
 def cpu() -> Config:
   """The default: a small graph and a one-layer looped block on a 2-core CPU (see docs/reproducing.md)."""
   return Config(
-      deviations=("For tiny scale (N=20 entities, M=4 relations, d=64, one layer looped): a 2-token causal "
-                  "attention window (each token sees itself and its predecessor, so a k-hop chain must be followed "
-                  "one relation per loop; the paper uses full attention; positions are NoPE as in the paper), the "
-                  "answer read at the "
-                  "last input token (the official pred_pos=inp_len option), input injection, lr 3e-3 with warmup "
-                  "200 and gradient clipping 1.0 (paper: 1e-4, 2000, none), batch 64, fp32, a curriculum from 2 to "
-                  "4 hops, R = clip(Poisson(4), 2, 4) (paper: clipped to [2, 8]) so that every untrained hop needs "
-                  "more loops than training ever ran, and a fixed step budget per model instead of thousands of "
-                  "epochs. The vanilla model has 3 layers, the looped model's mean unrolled depth."),
+      reasons={**CPU_REASONS, **CPU_TASK_REASONS, **experiment.because(
+          "The vanilla model has 3 layers, the looped model's mean unrolled depth (paper: 4), and a smaller budget; "
+          "one fixed-R model at the largest training R (R = 4) trains beside it.", "models.vanilla.n_layers",
+          "models.vanilla.steps", "models.fixed")},
       data=ChainDataConfig(n_entities=20, n_relations=4, seq_len=12, n_eval=256, test_fraction=0.1,
                            curriculum=CurriculumConfig(first_hop=2, last_hop=4, threshold=0.95)),
       model=ModelConfig(d_model=64, n_heads=4, n_layers=1, pos_emb="none", attn_window=2, injection="add"),
@@ -68,11 +120,9 @@ def cpu_faithful() -> Config:
   relations, 15,000 training chains per hop from a fixed pool, the rest of each hop held out), a small model, at
   most 55 minutes of training (see docs/reproducing.md for what it reached)."""
   return Config(
-      deviations=("The paper's attention (full causal), positions (NoPE) and graph (N=200, M=10, 15,000 chains per "
-                  "hop), scaled down elsewhere: d=128 with 4 heads and a 2-layer block (paper: 768, 12, 4), input "
-                  "injection, the answer read at the last input token, lr 1e-3 with warmup 500 and clipping 1.0, "
-                  "batch 64, fp32, a curriculum from 2 to 4 hops, R = clip(Poisson(4), 2, 4), 55 minutes of "
-                  "training."),
+      reasons={**CPU_REASONS, **experiment.because(
+          "A 55-minute CPU budget, with the lr 1e-3 and warmup 500 it was run with.", "train.max_minutes"),
+          **experiment.because("Only the looped model, for the CPU budget.", "models.vanilla")},
       data=ChainDataConfig(n_entities=200, n_relations=10, seq_len=12, n_eval=256, test_fraction=750 / 15750,
                            train_chains_per_hop=15000, hop_weights="pool",
                            curriculum=CurriculumConfig(first_hop=2, last_hop=4, threshold=0.95)),
@@ -87,28 +137,35 @@ def paper() -> Config:
   """The official training script's values (docs/reproducing.md, "The official recipe, value by value"): N=200,
   M=10, d=768, 12 heads, L=4, NoPE, zero-init output projections, N(0, 1) embeddings, attention and residual
   dropout 0.1, weight decay on every parameter, a curriculum from 2 to 40 hops checked once per epoch with forced
-  grokking, R = clip(Poisson(4), 2, 8) beside fixed R = 6, 7, 8, bf16."""
+  grokking, R = clip(Poisson(4), 2, 8) beside fixed R = 6, 7, 8 and the vanilla R = 1, bf16 training and float32
+evaluation, and the official loop's behaviour: dropout until each stage's first check, a kept checkpoint at every
+stage pass, a stop when the last stage passes, seed 42."""
   return Config(
+      seed=42,
       deviations=("The official values, except: the training set is streamed (15,000 chains per hop drawn with "
                   "replacement from a fixed pool, atomic facts weighted by their count) rather than shuffled "
                   "epochs of a file, and an epoch is its equivalent in steps; the learning rate stays constant "
                   "after warmup (official: linear decay over 100,001 epochs of the stage's data, at most a few "
-                  "percent by the reference checkpoints); the curriculum gate reads the stage's held-out accuracy at "
-                  "the largest training R (official, dynamic R: KL/entropy halting capped at 8 loops); a step budget "
-                  "replaces the epoch count."),
+                  "percent by the reference checkpoints); the curriculum gate of the dynamic-R model reads the "
+                  "stage's held-out accuracy after 8 loops (train.gate=loops, official commit 90a7291; commit "
+                  "8a2eed0 halts by KL/entropy instead, train.gate=kl_entropy); a step budget replaces the epoch "
+                  "count."),
       data=ChainDataConfig(n_entities=200, n_relations=10, seq_len=50, n_eval=750, test_fraction=750 / 15750,
                            train_chains_per_hop=15000, hop_weights="pool", answer_at="next",
                            curriculum=CurriculumConfig(first_hop=2, last_hop=40, threshold=0.95, check="epoch",
-                                                       min_epochs=1001)),
+                                                       min_epochs=1001)),  # inferred: --force_grok is a flag
       model=ModelConfig(d_model=768, n_heads=12, n_layers=4, pos_emb="none", attn_window=0, out_init_scale=0.0,
                         out_init_scaled=False, embed_init_std=1.0, ln_eps=1e-5, embed_dropout=0.0,
-                        attn_dropout=0.1, resid_dropout=0.1, injection="none", dtype="bfloat16", max_positions=50),
+                        attn_dropout=0.1, resid_dropout=0.1, injection="none", dtype="bfloat16", eval_dtype="float32",
+                        max_positions=50),
       train=TrainConfig(steps=10_000_000, batch_size=128, lr=1e-4, warmup_steps=2000, weight_decay=0.01,
                         weight_decay_on="all", grad_clip=0.0, label_smoothing=0.0, restart_optimizer=True,
-                        eval_every=2000, checkpoint_every=5000),
+                        eval_every=2000, checkpoint_every=5000, dropout_until_check=True, stage_checkpoints=True,
+                        stop_after_last_stage=True),
       eval=EvalConfig(max_hop=40, max_loops=40),
       models={"looped": ModelRun(n_layers=4, recurrence="dynamic:4,2,8"),
-              **{f"fixed_r{r}": ModelRun(n_layers=4, recurrence=f"fixed:{r}") for r in (6, 7, 8)}})
+              **{f"fixed_r{r}": ModelRun(n_layers=4, recurrence=f"fixed:{r}") for r in (6, 7, 8)},
+              "vanilla": ModelRun(n_layers=4, recurrence="fixed:1")})
 
 
 PRESETS = {"smoke": smoke, "cpu": cpu, "cpu_faithful": cpu_faithful, "paper": paper}
@@ -210,6 +267,7 @@ def report(cfg: Config, results: dict) -> str:
       own = ", ".join(f"{hop} hops {r['accuracy'][data.split_name(hop)][str(rec.loops)]:.2f}" for hop in beyond)
       text += f"; at its own R = {rec.loops}: {own}"
     lines.append(text + ".")
-  lines += ["", "## Deviations from the paper's recipe", "", cfg.deviations, ""]
+  lines += ["", "## Deviations from the paper's recipe", "",
+            experiment.deviations_text(cfg, paper()), ""]
   return "\n".join(lines)
 

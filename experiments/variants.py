@@ -39,7 +39,7 @@ def smoke() -> Config:
   """Every kind for a few steps on a tiny graph, and both training-free specs: exercises the whole path."""
   base = depth_extrap.smoke()
   return Config(
-      deviations="A tiny test configuration; it is not meant to learn the task.",
+      reasons=depth_extrap.TINY,
       data=base.data, model=base.model, eval=dataclasses.replace(base.eval, max_loops=6),
       train=dataclasses.replace(base.train, steps=40, eval_every=20, checkpoint_every=40),
       models={"looped": ModelRun(n_layers=1, recurrence="dynamic:2,2,3"),
@@ -57,9 +57,13 @@ def cpu() -> Config:
   depth up to 4 layers, 10,000 steps each; training-free looping of the vanilla model's middle half."""
   base = depth_extrap.cpu()
   return Config(
-      deviations=(base.deviations + " Here every model trains 10,000 steps (the same budget) with unrolled depth "
-                  "at most 4 layers: looped and exit_gate 1 layer x R in [2, 4]; prelude_core_coda and hyperloop "
-                  "1 + 1 x R + 1 layers with R in [1, 2]; vanilla 4 layers."),
+      reasons={**depth_extrap.CPU_REASONS, **depth_extrap.CPU_TASK_REASONS, **experiment.because(
+          "The kinds compared, each trained 10,000 steps (the same budget) with unrolled depth at most 4 layers: "
+          "looped and exit_gate 1 layer x R in [2, 4]; prelude_core_coda and hyperloop 1 + 1 x R + 1 layers with R "
+          "in [1, 2]; vanilla 4 layers.", "models.exit_gate", "models.hyperloop", "models.prelude_core_coda",
+          "train.steps"), **experiment.because(
+          "Training-free looping of the trained vanilla model's middle half, the experiment's last comparison.",
+          "training_free")},
       data=base.data, model=base.model, eval=base.eval,
       train=dataclasses.replace(base.train, steps=10000),
       models={"looped": ModelRun(n_layers=1, recurrence="dynamic:4,2,4"),
@@ -73,6 +77,7 @@ def cpu() -> Config:
 
 
 PRESETS = {"smoke": smoke, "cpu": cpu}
+PAPER = depth_extrap.paper  # the paper preset these presets' deviations are computed against
 DEFAULT_PRESET = "cpu"
 
 
@@ -122,7 +127,7 @@ def run(cfg: Config, run_dir: str) -> dict:
                      "steps_per_second": result.steps / max(result.wall_seconds, 1e-9), "stages": result.stages,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   for name, spec, base, tf_cfg in training_free_entries(cfg):
-    analyses[name] = analyze(models.build(tf_cfg, task.vocab.size), trained[base])
+    analyses[name] = analyze(models.build(tf_cfg.for_eval(), task.vocab.size), trained[base])
     results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
                      "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
@@ -189,5 +194,6 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
       cells += [f"{rows[p][split(hop)]['accuracy']:.2f}, {rows[p][split(hop)]['mean_loops']:.1f}" for p in rows]
       lines.append(f"| {hop} | " + " | ".join(cells) + " |")
     lines.append("")
-  lines += ["`*` hops the model trained on.", "", "## Deviations from the paper's recipe", "", cfg.deviations, ""]
+  lines += ["`*` hops the model trained on.", "", "## Deviations from the paper's recipe", "",
+            experiment.deviations_text(cfg, PAPER()), ""]
   return "\n".join(lines)

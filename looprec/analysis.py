@@ -182,7 +182,7 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   splits = module.eval_splits(task, cfg.eval.max_hop)
   max_loops = cfg.eval.max_loops if max_loops is None else max_loops
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
-  built = {name: models.build(model_cfg, task.vocab.size) for name, (model_cfg, _) in entries.items()}
+  built = {name: models.build(model_cfg.for_eval(), task.vocab.size) for name, (model_cfg, _) in entries.items()}
   if pols and not any(halting.applies(p.name, m) for p in pols for m in built.values()):
     raise C.ConfigError(f"halting policy {', '.join(map(str, pols))} applies to no model of the run ('gate' needs a "
                         "model with an exit gate, model.kind=exit_gate)")

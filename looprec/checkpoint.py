@@ -207,18 +207,19 @@ def abstract_like(state):
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def restore_params(directory: str, data_fingerprint: dict | None = None, mesh=None):
-  """(params, meta) of the newest readable checkpoint under directory, for analysis; None when there is none.
+def restore_params(directory: str, data_fingerprint: dict | None = None, mesh=None, step: int | None = None):
+  """(params, meta) of the newest readable checkpoint under directory (or of `step`), for analysis; None when
+  there is none.
   The state is read straight into its `sharding.state_shardings` layout on mesh (default: replicated over every
   device), whatever devices it was saved from. A damaged step is named on stderr and the next older one used (none
   left, or any other failure to read: ConfigError); nothing on disk is changed."""
   if not os.path.isdir(directory):
     return None
   with _expected_logs_dropped():
-    return _restore_params(directory, data_fingerprint, mesh or sharding.make_mesh())
+    return _restore_params(directory, data_fingerprint, mesh or sharding.make_mesh(), step)
 
 
-def _restore_params(directory: str, data_fingerprint: dict | None, mesh):
+def _restore_params(directory: str, data_fingerprint: dict | None, mesh, step: int | None):
   handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_handlers=handlers)
@@ -231,9 +232,10 @@ def _restore_params(directory: str, data_fingerprint: dict | None, mesh):
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
   read_meta = lambda step: manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  steps = sorted(manager.all_steps(), reverse=True)
   try:
-    found = newest_readable(sorted(manager.all_steps(), reverse=True), read_meta, read_state, directory,
-                            data_fingerprint)
+    found = newest_readable(steps if step is None else [s for s in steps if s == step], read_meta, read_state,
+                            directory, data_fingerprint)
   finally:
     manager.close()
   if found is None:
@@ -252,3 +254,22 @@ def save_params(directory: str, params, meta: dict, step: int = 0):
                                              meta=ocp.args.JsonSave(copy.deepcopy(meta))), force=True)
   manager.wait_until_finished()
   manager.close()
+
+
+def stage_directory(run_dir: str, model: str) -> str:
+  """Where a run keeps model's stage-pass checkpoints (train.stage_checkpoints): one per hop k, step k."""
+  return os.path.join(run_dir, "stage_checkpoints", model)
+
+
+def save_stage(run_dir: str, model: str, hop: int, params, meta: dict):
+  """The checkpoint of model at the pass of curriculum stage `hop` (params and meta), kept for good; a resumed run
+  that passes the stage again (at the same step, with the same params) finds it on disk."""
+  directory = stage_directory(run_dir, model)
+  if hop not in stage_hops(run_dir, model):
+    save_params(directory, params, meta, step=hop)
+
+
+def stage_hops(run_dir: str, model: str) -> list[int]:
+  """The stages whose pass checkpoint model has, in order."""
+  directory = stage_directory(run_dir, model)
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []

@@ -134,6 +134,9 @@ class ModelConfig:
   attn_dropout: float = 0.0  # on the attention probabilities (attn_pdrop)
   resid_dropout: float = 0.0  # on each sublayer's output before the residual add (resid_pdrop)
   dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # compute dtype of every evaluation (curriculum gate, R sweep, halting, margins, lens); "" = dtype. The official
+  # loop evaluates outside its bf16 autocast, in float32
+  eval_dtype: str = ""
   attention: str = "einsum"  # einsum (softmax in float32, dropout on probs) | dot_product (jax.nn.dot_product_attention)
   options: KindOptions = KindOptions()  # the kind's own hyperparameters (KINDS[kind].options)
   unowned: tuple = ()  # sorted (key, value): other kinds' options set here to non-defaults; validate refuses them
@@ -178,6 +181,10 @@ class ModelConfig:
     others = {k: v for kind in reversed(KINDS.values()) for k, v in dataclasses.asdict(kind.options()).items()}
     return {**others, **self.flat()}
 
+  def for_eval(self) -> "ModelConfig":
+    """This config with its evaluation dtype as the compute dtype: the model that evaluates."""
+    return dataclasses.replace(self, dtype=self.eval_dtype) if self.eval_dtype else self
+
   @property
   def any_dropout(self) -> bool:
     return bool(self.embed_dropout or self.attn_dropout or self.resid_dropout)
@@ -200,6 +207,8 @@ class ModelConfig:
            f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
     _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
     _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    _check(self.eval_dtype in ("", "float32", "bfloat16"),
+           f"model.eval_dtype={self.eval_dtype!r} is not float32, bfloat16 or '' (= model.dtype)")
     _check(self.attention in ("einsum", "dot_product"), f"model.attention={self.attention!r} is not einsum or dot_product")
     _check(self.attention == "einsum" or self.attn_dropout == 0.0,
            "model.attention=dot_product has no dropout on attention probabilities: set model.attn_dropout=0 or use einsum")
@@ -219,7 +228,8 @@ class CurriculumConfig:
   threshold: float = 0.95
   check: str = "steps"  # steps: the gate is checked every train.eval_every steps | epoch: once per pass over the
   #                       stage's training rows, ceil(rows / batch) steps (the official loop checks after each epoch)
-  min_epochs: int = 0  # forced grokking: no stage ends before this many epochs since training began (check=epoch)
+  min_epochs: int = 0  # forced grokking: no stage ends before this many epochs since training began (check=epoch);
+  #                      the paper preset's 1001 is inferred from the reference checkpoints, not a documented default
 
   def validate(self):
     _check(1 <= self.first_hop <= self.last_hop, f"data.curriculum.first_hop={self.first_hop} and "
@@ -327,6 +337,13 @@ class TrainConfig:
   # threads | one: one step to R_max whose scan skips the loops before the last R
   loop_programs: str = "per_r"
   fsdp: int = 1  # N > 1: params and optimizer state split over a mesh axis of N devices (the data axis gets the rest)
+  # The official loop's behaviour (docs/reproducing.md, "What the official loop does"), each off by default:
+  dropout_until_check: bool = False  # dropout only from a stage's start to its first curriculum check
+  gate: str = "loops"  # the curriculum gate of a dynamic-R model: loops (accuracy after eval_loops) | kl_entropy
+  stage_checkpoints: bool = False  # a checkpoint at every curriculum-stage pass, never deleted
+  stop_after_last_stage: bool = False  # training ends when the last stage passes its gate
+  stage_lr_gamma: float = 1.0  # stage k trains at lr * gamma^(k - first_hop), at least stage_lr_min (1 = off)
+  stage_lr_min: float = 0.0
 
   def validate(self):
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -345,6 +362,10 @@ class TrainConfig:
     _check(self.loop_programs in ("per_r", "ahead", "one"),
            f"train.loop_programs={self.loop_programs!r} is not per_r, ahead or one")
     _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
+    _check(self.gate in ("loops", "kl_entropy"), f"train.gate={self.gate!r} is not loops or kl_entropy")
+    _check(0 < self.stage_lr_gamma <= 1 and self.stage_lr_min >= 0,
+           f"train.stage_lr_gamma={self.stage_lr_gamma} must be in (0, 1] and train.stage_lr_min="
+           f"{self.stage_lr_min} >= 0")
 
   @staticmethod
   def check_depth(unroll: int, remat: str, backprop_loops: int):

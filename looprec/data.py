@@ -96,10 +96,9 @@ class Curriculum:
     """The split whose accuracy decides whether stage `stage` is done (the held-out stage-hop chains)."""
     return split_name(stage)
 
-  def advances(self, stage: int, accuracy: dict, epochs: int = 0) -> bool:
-    """Whether to move on from `stage`, given the latest accuracy per monitored split and the epochs trained."""
-    return (stage < self.last and accuracy.get(self.gate_split(stage), 0.0) > self.threshold
-            and epochs >= self.min_epochs)
+  def passes(self, stage: int, accuracy: dict, epochs: int = 0) -> bool:
+    """Whether `stage` passes its gate, given the latest accuracy per monitored split and the epochs trained."""
+    return accuracy.get(self.gate_split(stage), 0.0) > self.threshold and epochs >= self.min_epochs
 
 
 def with_answer_set(examples: dict, vocab: Vocab) -> dict:

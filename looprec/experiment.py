@@ -35,7 +35,11 @@ class ExperimentConfig:
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
   models: dict[str, ModelRun] = dataclasses.field(default_factory=dict)
-  deviations: str = ""  # how the preset departs from the paper's recipe, for the report
+  # the paper preset's departures from the official code that no config field can state (the report prints them)
+  deviations: str = ""
+  # dotted field (or a prefix of fields, or "*": every field) -> why this preset differs there from the paper
+  # preset; the report's list of deviations is computed (`deviations`), these are its reasons
+  reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def model_cfg(self, name: str) -> ModelConfig:
     """The model config of models[name]: the shared one with that model's depth and its `model` changes."""
@@ -45,9 +49,11 @@ class ExperimentConfig:
     except ConfigError as e:
       raise ConfigError(f"models.{name}.model: {e}") from None
 
-  def build_model(self, name: str, vocab_size: int):
+  def build_model(self, name: str, vocab_size: int, evaluating: bool = False):
+    """models[name]'s model; evaluating: the one that evaluates it (its model.eval_dtype)."""
     from looprec import models  # pylint: disable=import-outside-toplevel  (jax is slow to import)
-    return models.build(self.model_cfg(name), vocab_size)
+    model_cfg = self.model_cfg(name)
+    return models.build(model_cfg.for_eval() if evaluating else model_cfg, vocab_size)
 
 
 class Experiment(typing.Protocol):
@@ -153,17 +159,17 @@ def inputs_checked():
 
 
 def train_models(cfg: ExperimentConfig, task, mesh, run_dir: str):
-  """Trains (or resumes) each model of cfg.models in order; yields (name, model, train.TrainResult). A ConfigError
-  of train_model (restoring a checkpoint) is an InputError."""
+  """Trains (or resumes) each model of cfg.models in order; yields (name, the model that evaluates it (its
+  model.eval_dtype), train.TrainResult). A ConfigError of train_model (restoring a checkpoint) is an InputError."""
   from looprec import train  # pylint: disable=import-outside-toplevel
   for i, (name, mrun) in enumerate(cfg.models.items()):
-    model = cfg.build_model(name, task.vocab.size)
+    model, evaluating = (cfg.build_model(name, task.vocab.size, e) for e in (False, True))
     try:
       result = train.train_model(name, model, mrun.rec, mrun.steps or cfg.train.steps, cfg.train, task, mesh,
-                                 run_dir, cfg.seed + 1000 * i, C.to_dict(cfg))
+                                 run_dir, cfg.seed + 1000 * i, C.to_dict(cfg), eval_model=evaluating)
     except ConfigError as e:
       raise InputError(str(e)) from None
-    yield name, model, result
+    yield name, evaluating, result
 
 
 @dataclasses.dataclass
@@ -183,7 +189,25 @@ class Run:
     return data.make_task(self.cfg.data)
 
   def model(self, name: str):
-    return self.cfg.build_model(name, self.task.vocab.size)
+    """The model that evaluates model `name` (in its evaluation dtype, model.eval_dtype)."""
+    return self.cfg.build_model(name, self.task.vocab.size, evaluating=True)
+
+  def stage_hops(self, name: str) -> list[int]:
+    """The curriculum stages whose pass checkpoint model `name` has (train.stage_checkpoints)."""
+    from looprec import checkpoint  # pylint: disable=import-outside-toplevel
+    return checkpoint.stage_hops(self.run_dir, name)
+
+  def stage(self, name: str, hop: int) -> tuple:
+    """(params, meta) of model `name` when it passed curriculum stage `hop` (meta: its step and gate accuracy);
+    ConfigError naming the stages there are when it has none at that hop."""
+    from looprec import checkpoint, sharding  # pylint: disable=import-outside-toplevel
+    found = checkpoint.restore_params(checkpoint.stage_directory(self.run_dir, name),
+                                      checkpoint.task_fingerprint(self.task),
+                                      sharding.loading_mesh(self.cfg.train.fsdp), step=hop)
+    if found is None:
+      raise ConfigError(f"{self.run_dir!r}: model {name!r} has no checkpoint at stage {hop} (it has "
+                        f"{self.stage_hops(name) or 'none'})")
+    return found
 
 
 def load_run(run_dir: str) -> Run:
@@ -255,3 +279,68 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
                     {"experiment": name, "preset": preset, "wall_seconds": time.time() - start,
                      "commit": runs.code_commit(), "machine": runs.machine(), **body})
   return run_dir
+
+
+# ------------------------------------------------------------------ deviations from the paper preset, computed
+
+
+def _flat(tree, prefix: str = "") -> dict:
+  """Dotted key -> value of a config's leaves (to_dict), without its reasons and deviations."""
+  if not isinstance(tree, dict):
+    return {prefix[:-1]: tree}
+  return {k: v for key, value in tree.items() if key not in ("reasons", "deviations")
+          for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _reason(reasons: dict, key: str):
+  """The reason for key: its own, else its longest prefix's, else "*"'s; None when there is none."""
+  for cut in [key] + [key.rsplit(".", n)[0] for n in range(1, key.count(".") + 1)] + ["*"]:
+    if cut in reasons:
+      return reasons[cut]
+  return None
+
+
+def deviations(cfg: ExperimentConfig, paper: ExperimentConfig) -> list[tuple]:
+  """(field, value here, the paper preset's value, reason or None) for every field where cfg differs from the paper
+  preset; a model only one of them trains is one field, `models.<name>` (its value "—" where absent)."""
+  mine, theirs = (_flat(C.to_dict(c)) for c in (cfg, paper))
+  only = lambda a, b: {k.split(".")[1] for k in a if k.startswith("models.")} - {
+      k.split(".")[1] for k in b if k.startswith("models.")}
+  alone = {f"models.{name}": side for side, names in (("here", only(mine, theirs)), ("paper", only(theirs, mine)))
+           for name in names}
+  rows = [(f"models.{name}", *(("trained", "—") if side == "here" else ("—", "trained")))
+          for name, side in ((k.split(".")[1], v) for k, v in sorted(alone.items()))]
+  for key in sorted(mine.keys() | theirs.keys()):
+    if ".".join(key.split(".")[:2]) not in alone and mine.get(key, "—") != theirs.get(key, "—"):
+      rows.append((key, mine.get(key, "—"), theirs.get(key, "—")))
+  return [(*row, _reason(cfg.reasons, row[0])) for row in sorted(rows)]
+
+
+def paper_preset(module: Experiment) -> ExperimentConfig:
+  """The paper preset an experiment's presets are compared with: its own `paper` preset, else its `PAPER`."""
+  return (module.PRESETS.get("paper") or module.PAPER)()
+
+
+def because(why: str, *keys: str) -> dict:
+  """{key: why} for each key: one reason for several fields of a preset's `reasons`."""
+  return {key: why for key in keys}
+
+
+def unexplained(cfg: ExperimentConfig, paper: ExperimentConfig) -> tuple[list, list]:
+  """(fields that differ from the paper preset without a reason, reasons that name no differing field)."""
+  rows = deviations(cfg, paper)
+  stale = [k for k in cfg.reasons if k != "*" and not any(r[0] == k or r[0].startswith(k + ".") for r in rows)]
+  return [r[0] for r in rows if r[3] is None], stale
+
+
+def deviations_text(cfg: ExperimentConfig, paper: ExperimentConfig) -> str:
+  """Markdown: the fields where cfg differs from the paper preset, each with its values and reason, then the paper
+  preset's own departures from the official code."""
+  cell = lambda v: v if v in ("—", "trained") else f"{v:g}" if isinstance(v, float) else repr(v)
+  grouped = {}  # reason -> its fields' cells, in field order
+  for key, here, there, why in deviations(cfg, paper):
+    grouped.setdefault(why or "no reason given (an override?)", []).append(f"`{key}` {cell(here)} ({cell(there)})")
+  lines = ["| field: here (paper preset) | why |", "|---|---|"] + [
+      f"| {', '.join(cells)} | {why} |" for why, cells in grouped.items()]
+  return "\n".join((lines if grouped else ["None: every field has the paper preset's value."]) + [
+      "", "Where the paper preset itself departs from the official code: " + paper.deviations])

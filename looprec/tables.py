@@ -8,7 +8,8 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer); functools.partial picks models, hops or the split.
+x layer); functools.partial picks models, hops or the split. A table with no summary file (None) is rendered from the
+code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -194,6 +195,14 @@ def systematicity_lens(summary: dict, where: str, split: str = "test_inferred_ii
                             "position, *bridge_at_r1* at the first relation's token."])
 
 
+def preset_deviations(name: str, preset: str) -> str:
+  """The fields where an experiment's preset differs from its paper preset, with their reasons (`experiment.
+  deviations_text`)."""
+  from looprec import experiment  # pylint: disable=import-outside-toplevel
+  module = experiment.load(name)
+  return experiment.deviations_text(module.PRESETS[preset](), experiment.paper_preset(module))
+
+
 TABLES = {
     "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
@@ -205,6 +214,9 @@ TABLES = {
                                    functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
+    **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
+       for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
+                            ("systematicity", "cpu_long"), ("variants", "cpu"))},
 }
 
 
@@ -213,6 +225,8 @@ def render(table_id: str, root: str = ".") -> str:
   if table_id not in TABLES:
     raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {', '.join(TABLES)})")
   name, renderer = TABLES[table_id]
+  if name is None:
+    return renderer()
   where = os.path.join(RESULTS, name)
   path = os.path.join(root, where)
   if not os.path.isfile(path):

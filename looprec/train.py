@@ -60,7 +60,18 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   adamw = optax.adamw(schedule(cfg), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=decay_mask)
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
   parts += [grokfast_ema(cfg.grokfast_alpha, cfg.grokfast_lambda)] if cfg.grokfast_alpha else []
-  return optax.chain(*parts, adamw) if parts else adamw
+  tx = optax.chain(*parts, adamw) if parts else adamw
+  if cfg.stage_lr_gamma != 1.0:  # the stage's lr / lr, an optimizer-state leaf (saved, so a resume keeps it)
+    tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  return tx
+
+
+def stage_lr_factor(cfg: TrainConfig, stage: int, first: int) -> float:
+  """Stage `stage`'s lr over train.lr: the official --use_lr_decay, lr_k = max(lr * gamma^(k - first), lr_min)
+  (train_extrapolation.py, with its first stage k = 2); 1 when train.stage_lr_gamma = 1."""
+  if cfg.stage_lr_gamma == 1.0:
+    return 1.0
+  return max(cfg.lr * cfg.stage_lr_gamma ** (stage - first), cfg.stage_lr_min) / cfg.lr
 
 
 # ------------------------------------------------------------------ the train state and the pure step
@@ -115,9 +126,9 @@ def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smo
                     scan=scan)
 
 
-def gradients(state: TrainState, batch, n_active=None, **loss_options):
-  """(loss, accuracy, grads) of the step state.step on batch; loss_options: those of `loss_fn`."""
-  rng = jax.random.fold_in(state.rng, state.step + 1)
+def gradients(state: TrainState, batch, n_active=None, dropout: bool = True, **loss_options):
+  """(loss, accuracy, grads) of the step state.step on batch (dropout off: no rng); loss_options: `loss_fn`'s."""
+  rng = jax.random.fold_in(state.rng, state.step + 1) if dropout else None
   grad_fn = jax.value_and_grad(functools.partial(loss_fn, **loss_options), has_aux=True)
   (loss, acc), grads = grad_fn(state.params, batch, rng, n_active)
   return loss, acc, grads
@@ -139,6 +150,11 @@ def train_step(state: TrainState, batch, n_active=None, *, tx, **loss_options) -
   """(state, batch) -> (next state, metrics). Pure; R = loss_options["n_loops"] is static, or R = n_active
   (traced) in a program compiled for n_loops = R_max."""
   return apply_gradients(state, tx, *gradients(state, batch, n_active, **loss_options))
+
+
+def train_step_without_dropout(state: TrainState, batch, n_active=None, *, tx, **loss_options):
+  """`train_step` with dropout off (train.dropout_until_check after a stage's first check)."""
+  return apply_gradients(state, tx, *gradients(state, batch, n_active, dropout=False, **loss_options))
 
 
 def nan_step(state: TrainState, batch, n_active=None, *, tx, **loss_options) -> tuple[TrainState, dict]:
@@ -165,9 +181,9 @@ class Programs:
     compiled ahead counts when its first step found it unfinished."""
     return self._waits
 
-  def step(self, state: TrainState, batch, n_loops: int) -> tuple[TrainState, dict]:
-    """`train_step` with R = n_loops."""
-    return self._run(train_step, state, batch, n_loops)
+  def step(self, state: TrainState, batch, n_loops: int, dropout: bool = True) -> tuple[TrainState, dict]:
+    """`train_step` with R = n_loops (dropout off: `train_step_without_dropout`, its own program)."""
+    return self._run(train_step if dropout else train_step_without_dropout, state, batch, n_loops)
 
   def nan_step(self, state: TrainState, batch, n_loops: int) -> tuple[TrainState, dict]:
     """`nan_step` (a debug fault, its own program so that every other step runs the unchanged one)."""
@@ -391,11 +407,12 @@ class Trainer:
   """Trains one model of an experiment on a task through the task's curriculum (`run`), resuming from the newest
   readable step of run_dir/checkpoints/<name>. It owns the run's TrainState, its step programs, checkpointer,
   tensorboard writer and progress bar; hooks (default: `current_hooks()`) bring the stop request and the
-  evaluation listeners."""
+  evaluation listeners; eval_model (default: model) evaluates, the same model in its evaluation dtype."""
 
   def __init__(self, name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
-               seed: int, config_json: dict, hooks: Hooks | None = None):
+               seed: int, config_json: dict, hooks: Hooks | None = None, eval_model=None):
     self.name, self.model, self.rec, self.steps, self.cfg = name, model, rec, steps, cfg
+    self.eval_model = eval_model or model
     self.task, self.mesh, self.run_dir, self.seed, self.config_json = task, mesh, run_dir, seed, config_json
     hooks = hooks or current_hooks()
     self.stop, self.listeners = hooks.stop or Stop(), hooks.listeners
@@ -404,6 +421,7 @@ class Trainer:
     self.step, self.stage, self.stages = 0, self.curriculum.first, [[0, self.curriculum.first]]
     self.curves, self.elapsed = {}, 0.0
     self.last_saved, self.pending, self.stage_acc = None, None, float("nan")
+    self.passed, self.finished = [], False  # [[step, hop], ...] of the stage passes; the last stage passed (stop)
 
   def run(self) -> TrainResult:
     """Trains to `steps` (or until a stop or the time budget); Interrupted after a checkpoint when stopped."""
@@ -421,13 +439,13 @@ class Trainer:
       return self._result(self.elapsed)
     try:
       self._open()
-      while self.step < self.steps and not self._should_stop():
+      while self.step < self.steps and not self.finished and not self._should_stop():
         self._train_step()
       self._log_pending(with_rates=False)
       self._save()
     finally:
       self._close()
-    if self.stop.requested and self.step < self.steps:
+    if self.stop.requested and self.step < self.steps and not self.finished:
       raise Interrupted(f"{self.name} stopped at step {self.step}; checkpoint saved", self.run_dir, self.stop.signum)
     return self._result(time.time() - self.started)
 
@@ -449,10 +467,12 @@ class Trainer:
       self.state = fresh_state(saved, self.key, self.mesh, self.step)
       self.stage, self.stages, self.elapsed = meta["stage"], meta["stages"], meta["wall_seconds"]
       self.curves, self.last_saved = meta.get("curves", {}), self.step
-      _say(f"{self.name}: resuming at step {self.step} of {self.steps}" if self.step < self.steps else
+      self.passed, self.finished = meta.get("passed", []), meta.get("finished", False)
+      _say(f"{self.name}: passed its last curriculum stage at step {self.step}; nothing to train" if self.finished
+           else f"{self.name}: resuming at step {self.step} of {self.steps}" if self.step < self.steps else
            f"{self.name}: already trained {self.step} steps (train.steps={self.steps}); nothing to train")
     self.iterator = self.iterator or data.stage_iterator(self.task, self.stage, self.cfg.batch_size, 0)
-    return self.step < self.steps
+    return self.step < self.steps and not self.finished
 
   def _open(self):
     """The step programs prepared, the curriculum stage's checks, tensorboard, the progress bar and the clocks."""
@@ -482,14 +502,27 @@ class Trainer:
     self.check_every = self.curriculum.check_every(self.stage, self.cfg.batch_size, self.cfg.eval_every)
     self.eval_sets = self.task.monitor_splits(self.stage)
     self.stage_acc = float("nan")
+    self.lr_factor = stage_lr_factor(self.cfg, self.stage, self.curriculum.first)
+    if self.cfg.stage_lr_gamma != 1.0 and self.step == self.stages[-1][0]:  # the stage's first step: its lr
+      factor = jax.device_put(np.float32(self.lr_factor), sharding.replicated(self.mesh))
+      self.state = self.state.replace(opt_state=optax.tree_utils.tree_set(self.state.opt_state, step_size=factor))
+
+  def _dropout_on(self) -> bool:
+    """Whether this step trains with dropout: always, or (train.dropout_until_check) until the stage's first
+    curriculum check, as in the official loop (`train_model` calls model.train() once per stage, its evaluation
+    model.eval(), and nothing switches back)."""
+    return (not (self.cfg.dropout_until_check and self.model.cfg.any_dropout)
+            or self.step - self.stages[-1][0] < self.check_every)
 
   def _train_step(self):
     """One step, then whatever falls due after it: the previous log step's line, an evaluation, a checkpoint."""
     n_loops = draw_loops(self.rec, self.seed, self.step)
     self.batch = sharding.put_batch(next(self.iterator), self.mesh)
     n_programs = self.programs.n_programs
-    run = self.programs.nan_step if self.step == self.cfg.debug_nan_step else self.programs.step
-    self.state, metrics = run(self.state, self.batch, n_loops)
+    if self.step == self.cfg.debug_nan_step:
+      self.state, metrics = self.programs.nan_step(self.state, self.batch, n_loops)
+    else:
+      self.state, metrics = self.programs.step(self.state, self.batch, n_loops, self._dropout_on())
     if self.programs.n_programs > n_programs:  # compiling is not training: the rates start after it
       self.meter.restart()
     else:
@@ -499,7 +532,7 @@ class Trainer:
       self.meter.restart()
     if self.step % self.cfg.log_every == 0:  # the health read then: a copy, as the state is donated to the next step
       lr_step = self.step - self.stages[-1][0] if self.cfg.restart_optimizer else self.step
-      self.pending = ((self.step, metrics, float(self.lr_at(lr_step)), n_loops),
+      self.pending = ((self.step, metrics, float(self.lr_at(lr_step)) * self.lr_factor, n_loops),
                       jnp.array(self.state.health, copy=True))
     self.step += 1
     self.bar.update(1)
@@ -523,9 +556,7 @@ class Trainer:
     """Accuracy on the stage's monitor splits at the training R, to the curves, tensorboard and the listeners;
     at a gate step the curriculum may advance."""
     self._check_finite(self.state.health)
-    eval_loops = self.cfg.eval_loops or self.rec.max_loops
-    accuracy = {split: evaluation.accuracy(self.model, self.state.params, examples, eval_loops, self.mesh,
-                                           batch_size=1024) for split, examples in self.eval_sets.items()}
+    accuracy = {split: self._accuracy(examples) for split, examples in self.eval_sets.items()}
     for split, acc in accuracy.items():
       self.curves.setdefault(split, []).append([self.step, acc])
       if self.writer:
@@ -535,17 +566,43 @@ class Trainer:
     self.stage_acc = accuracy.get(self.curriculum.gate_split(self.stage), float("nan"))
     self.meter.restart()
     epochs = self.curriculum.epochs(self.stages, self.step, self.cfg.batch_size)
-    if gate and self.step < self.steps and self.curriculum.advances(self.stage, accuracy, epochs):
+    if gate and self.step < self.steps and self.curriculum.passes(self.stage, accuracy, epochs):
+      self._stage_passed()
+
+  def _accuracy(self, examples: dict) -> float:
+    """A monitor split's accuracy (eval_model): after eval_loops loops (default: the largest training R), or, with
+    train.gate=kl_entropy for a dynamic-R model, where the official adaptive forward (`forward_adapative_ent`)
+    halts: KL < 0.5 and entropy < 3 + 12 / T nats (T: the padded length), capped at eval_loops."""
+    loops = self.cfg.eval_loops or self.rec.max_loops
+    if self.cfg.gate == "kl_entropy" and self.rec.schedule == "dynamic":
+      from looprec import analysis, halting  # pylint: disable=import-outside-toplevel  (analysis imports train)
+      pol = halting.policy("kl_entropy", eps=0.5, max_entropy=3.0 + 12.0 / examples["tokens"].shape[1])
+      got = analysis.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)
+      return float(np.mean(got["answer"] == examples["target"]))
+    return evaluation.accuracy(self.eval_model, self.state.params, examples, loops, self.mesh, batch_size=1024)
+
+  def _stage_passed(self):
+    """The stage passed its gate: its checkpoint (train.stage_checkpoints), then the next stage, or after the last
+    the end of training (train.stop_after_last_stage)."""
+    if not any(hop == self.stage for _, hop in self.passed):
+      self.passed.append([self.step, self.stage])
+      if self.cfg.stage_checkpoints:
+        meta = {"stage": self.stage, "step": self.step, "accuracy": self.stage_acc, "model": self.name,
+                "config": self.config_json, "data_fingerprint": self.fingerprint}
+        checkpoint.save_stage(self.run_dir, self.name, self.stage, self.state.params, meta)
+    if self.stage < self.curriculum.last:
       self._next_stage()
+    elif self.cfg.stop_after_last_stage:
+      self.finished = True
 
   def _next_stage(self):
     """The next hop: its data stream from this step, its checks, and (train.restart_optimizer) a fresh optimizer."""
     self.stage += 1
     self.stages.append([self.step, self.stage])
     self.iterator = data.stage_iterator(self.task, self.stage, self.cfg.batch_size, self.step)
-    self._enter_stage()
     if self.cfg.restart_optimizer:
       self.state = self.state.replace(opt_state=laid_out(self.tx.init, self.mesh, self.state.params))
+    self._enter_stage()
 
   def _check_finite(self, health):
     """Raises NonFinite when a step so far produced a NaN / Inf (a host read: call it where the host waits
@@ -565,7 +622,7 @@ class Trainer:
       self.writer.flush()
     meta = {"stage": self.stage, "stages": self.stages, "wall_seconds": time.time() - self.started,
             "curves": self.curves, "model": self.name, "config": self.config_json,
-            "data_fingerprint": self.fingerprint}
+            "data_fingerprint": self.fingerprint, "passed": self.passed, "finished": self.finished}
     self.ckpt.save(self.step, self.state.saved(), self.iterator, meta)
     self.last_saved = self.step
 
@@ -589,9 +646,9 @@ class Trainer:
 
 
 def train_model(name: str, model, rec: Recurrence, steps: int, cfg: TrainConfig, task, mesh, run_dir: str,
-                seed: int, config_json: dict) -> TrainResult:
-  """Trains one model of an experiment (`Trainer`), with the hooks of this context."""
-  return Trainer(name, model, rec, steps, cfg, task, mesh, run_dir, seed, config_json).run()
+                seed: int, config_json: dict, eval_model=None) -> TrainResult:
+  """Trains one model of an experiment (`Trainer`), with the hooks of this context; eval_model evaluates."""
+  return Trainer(name, model, rec, steps, cfg, task, mesh, run_dir, seed, config_json, eval_model=eval_model).run()
 
 
 def _say(message: str):

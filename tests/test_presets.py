@@ -12,7 +12,7 @@ def test_depth_paper_preset_matches_the_official_table():
   depth_extrap.validate(cfg)
   check_against_official(cfg, depth_extrap, "depth_extrap paper")
   assert abs(cfg.data.test_fraction - 750 / 15750) < 1e-12 and cfg.data.hop_weights == "pool"
-  assert set(cfg.models) == {"looped", "fixed_r6", "fixed_r7", "fixed_r8"}
+  assert set(cfg.models) == {"looped", "fixed_r6", "fixed_r7", "fixed_r8", "vanilla"}
   assert {run.n_layers for run in cfg.models.values()} == {4}
   assert cfg.eval.max_loops >= 40 and cfg.train.decay_steps == 0
 
@@ -36,3 +36,26 @@ def test_cpu_preset_trains_no_hop_beyond_its_depth():
   assert vanilla.rec.loops == 1
   assert vanilla.n_layers == round(cfg.models["looped"].rec.mean_loops)
 
+
+
+def test_every_field_a_preset_changes_from_the_paper_preset_has_a_reason():
+  """Deviations are computed (experiment.deviations) and each needs a reason kept beside the preset; a reason for a
+  field that no longer differs is stale."""
+  from experiments import systematicity, variants
+  from looprec import experiment
+  for module in (depth_extrap, systematicity, variants):
+    paper = experiment.paper_preset(module)
+    for name, preset in module.PRESETS.items():
+      assert experiment.unexplained(preset(), paper) == ([], []), f"{module.__name__} preset {name}"
+
+
+def test_a_difference_without_a_reason_is_caught_and_reported():
+  import dataclasses
+  from looprec import experiment
+  cfg = C.override(depth_extrap.cpu(), ["model.attention=dot_product"])
+  stale = dataclasses.replace(cfg, reasons={**cfg.reasons, "train.b1": "kept after b1 went back to 0.9"})
+  assert experiment.unexplained(stale, depth_extrap.paper()) == (["model.attention"], ["train.b1"])
+  text = experiment.deviations_text(cfg, depth_extrap.paper())
+  assert "| `model.attention` 'dot_product' ('einsum') | no reason given (an override?) |" in text
+  assert "`models.fixed` trained (—)" in text and "`models.fixed_r6` — (trained)" in text
+  assert experiment.deviations_text(depth_extrap.paper(), depth_extrap.paper()).startswith("None: every field")
