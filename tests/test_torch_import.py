@@ -1,6 +1,7 @@
 """The proof that looprec's model is the paper's: a small model of the official architecture built in PyTorch
 (Hugging Face GPT2Blocks looped, the official injection and init), saved, imported, gives the same logits for
-R = 1, 3, 8 (float32, 1e-5); the imported run folder is analyzed by `python -m looprec analyze`.
+R = 1, 3, 8 (float32, 1e-5), also through the official pad-only attention mask, and in bfloat16 against PyTorch's
+autocast (BF16_TOLERANCE); the imported run folder is analyzed by `python -m looprec analyze`.
 
 Needs the optional extra (`make test-torch` installs it); skipped when torch or transformers is absent.
 """
@@ -48,20 +49,26 @@ class OfficialLoop(torch.nn.Module):
           proj.weight.mul_(c_scale)
           proj.bias.zero_()
 
-  def forward(self, tokens_BxT):
+  def forward(self, tokens_BxT, official_mask: bool = False):
+    """official_mask: the official forward's own mask, pads only, `(1 - mask) * -10000` of shape B x 1 x 1 x T,
+    with `block(...)[0]` (causality left to the block, as the pinned transformers' GPT2Block applies it); else an
+    explicit causal-and-pad mask."""
     t = tokens_BxT.shape[1]
     e_BxTxD = self.token_embedding(tokens_BxT)
     if self.position_embedding is not None:
       e_BxTxD = e_BxTxD + self.position_embedding(torch.arange(t))[None]
-    allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))[None, None] & (tokens_BxT != 0)[:, None, None, :]
-    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    if official_mask:
+      mask = (1.0 - (tokens_BxT != 0)[:, None, None, :].to(e_BxTxD.dtype)) * -10000.0
+    else:
+      allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))[None, None] & (tokens_BxT != 0)[:, None, None, :]
+      mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
     h_BxTxD = e_BxTxD
     for i in range(self.loops):
       if self.injection and i > 0:
         h_BxTxD = h_BxTxD + e_BxTxD
       for block in self.blocks:
         out = block(h_BxTxD, attention_mask=mask)
-        h_BxTxD = out[0] if isinstance(out, tuple) else out  # a tuple in the transformers the paper used
+        h_BxTxD = out[0] if official_mask or isinstance(out, tuple) else out
     return self.lm_head(self.ln_f(h_BxTxD))
 
 
@@ -105,6 +112,51 @@ def test_imported_logits_equal_pytorch(tmp_path, case, fmt):
       want = ref(torch.from_numpy(TOKENS).long()).numpy()
     got = np.asarray(model.apply(params, TOKENS, loops))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"{case}, R = {loops}")
+
+
+def _imported(tmp_path, case: str, dtype: str = "float32"):
+  """(the PyTorch reference of CASES[case], looprec's model and the imported params)."""
+  torch_kw, ours = CASES[case]
+  torch.manual_seed(0)
+  ref = OfficialLoop(vocab=20, d=32, heads=4, layers=2, positions=8, **torch_kw).eval()
+  perturb(ref, 1)
+  path = str(tmp_path / "model.pt")
+  torch.save({"model_state_dict": ref.state_dict()}, path)
+  cfg = ModelConfig(d_model=32, n_heads=4, n_layers=2, ln_eps=1e-5, dtype=dtype, **ours)
+  return ref, models.build(cfg, 20), importer.to_params(importer.read_state_dict(path), cfg, 20)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_official_pad_only_mask_path_gives_the_same_logits(tmp_path, case):
+  """The official forward passes only a pad mask and takes `block(...)[0]`: with the pinned transformers the block
+  returns a tuple and applies the causal mask itself, and the logits equal looprec's (float32, 1e-5)."""
+  ref, model, params = _imported(tmp_path, case)
+  assert isinstance(ref.blocks[0](torch.zeros(1, 2, 32)), tuple), transformers.__version__
+  for loops in (1, 3, 8):
+    ref.loops = loops
+    with torch.no_grad():
+      want = ref(torch.from_numpy(TOKENS).long(), official_mask=True).numpy()
+    np.testing.assert_allclose(np.asarray(model.apply(params, TOKENS, loops)), want, rtol=1e-5, atol=1e-5,
+                               err_msg=f"{case}, R = {loops}")
+
+
+# max |logit difference| / max |logit| at R = 1, 3, 8; measured 0.0023-0.0042 (transformers 4.57.6, torch 2.13.0
+# CPU), with every argmax equal
+BF16_TOLERANCE = 0.01
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bfloat16_logits_agree_with_pytorch_autocast(tmp_path, case):
+  """looprec with model.dtype=bfloat16 against the official bf16 path (torch.autocast over the forward, parameters
+  float32): the same logits up to bfloat16's precision, BF16_TOLERANCE of the largest logit."""
+  ref, model, params = _imported(tmp_path, case, dtype="bfloat16")
+  for loops in (1, 3, 8):
+    ref.loops = loops
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+      want = ref(torch.from_numpy(TOKENS).long(), official_mask=True).float().numpy()
+    got = np.asarray(model.apply(params, TOKENS, loops), np.float32)
+    assert np.abs(got - want).max() <= BF16_TOLERANCE * np.abs(want).max(), (case, loops, np.abs(got - want).max())
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9, (case, loops)
 
 
 def test_import_cli_then_analyze(tmp_path):
