@@ -17,7 +17,7 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import analysis, data, experiment, plots, report as md, selection, sharding
+from looprec import analysis, data, experiment, plots, report as md, runs, selection, sharding
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
@@ -147,18 +147,20 @@ def run(cfg: Config, run_dir: str) -> dict:
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
     mrun = cfg.models[name]
-    analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
-                                            batch_size=cfg.eval.batch_size)
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):
+      analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
+                                              batch_size=cfg.eval.batch_size)
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                      "train_seconds": result.wall_seconds, "stages": result.stages,
                      "accuracy": sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   if jax.process_index() == 0:
-    plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
-                   {n: r["trained_max_hop"] for n, r in results.items()})
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, results))
-    analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
+    with runs.stage("figures and reports"):
+      plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
+                     os.path.join(run_dir, "accuracy_hop_by_loops.png"), {n: r["trained_max_hop"] for n, r in results.items()})
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, results))
+      analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
   return {"models": results, **halting_and_margins(analyses)}
 
 

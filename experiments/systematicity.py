@@ -153,15 +153,17 @@ def run(cfg: Config, run_dir: str) -> dict:
   models, curves, lenses = {}, {}, {}
   for name, _, result in experiment.train_models(cfg, task, mesh, run_dir):
     mrun = cfg.models[name]
-    evaluated = evaluate_model(cfg, task, name, result.params, mesh)
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops} and the logit lens"):
+      evaluated = evaluate_model(cfg, task, name, result.params, mesh)
     curves[name], lenses[name] = result.curves, evaluated.pop("logit_lens")
     models[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence, "steps": result.steps,
                     "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                     "train_seconds": result.wall_seconds, **evaluated}
   stages = {name: stage_steps(c) for name, c in curves.items()}
   if jax.process_index() == 0:
-    write_figures(run_dir, curves, lenses)
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses))
+    with runs.stage("figures and report"):
+      write_figures(run_dir, curves, lenses)
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses))
   return {"models": models, "curves": curves, "stages": stages, "logit_lens": lenses}
 
 
@@ -177,8 +179,10 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
   path. restored: model -> (params, checkpoint meta)."""
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
   task = data.make_task(cfg.data)
-  out = {name: evaluate_model(cfg, task, name, params, mesh, max_loops)
-         for name, (params, _) in restored.items()}
+  out = {}
+  for name, (params, _) in restored.items():
+    with runs.stage(f"{name}: sweep and the logit lens"):
+      out[name] = evaluate_model(cfg, task, name, params, mesh, max_loops)
   path = os.path.join(run_dir, "analysis.json")
   if jax.process_index() == 0:
     runs.write_json(path, {"models": out})

@@ -135,7 +135,7 @@ def training_free_configs(model_cfgs: dict, spec: str) -> dict:
   spec = ",".join(i for i in items if not i.startswith("model="))
   for name in chosen:
     if name not in model_cfgs:
-      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {', '.join(model_cfgs)})")
+      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {C.choices(name, model_cfgs)})")
   out, errors = {}, []
   for name, cfg in model_cfgs.items():
     if chosen and name not in chosen:
@@ -187,9 +187,13 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     raise C.ConfigError(f"halting policy {', '.join(map(str, pols))} applies to no model of the run ('gate' needs a "
                         "model with an exit gate, model.kind=exit_gate)")
   with experiment.inputs_checked():
-    analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
-                                    margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}
+    analyses = {}
+    for name, model in built.items():
+      with runs.stage(f"{name}: sweep over R = 1..{max_loops}, halting, margins"):
+        analyses[name] = analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
+                                       margin_loops, mesh, cfg.eval.batch_size)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
+    with runs.stage("figures and halting.md"):
+      write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
   return os.path.join(out_dir, "analysis.json")

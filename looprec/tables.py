@@ -19,7 +19,7 @@ import os
 import re
 
 from looprec.files import write_text_atomic
-from looprec.config import ConfigError
+from looprec.config import ConfigError, choices
 
 DOCS = ("README.md", "docs/reproducing.md")
 RESULTS = "results"
@@ -211,7 +211,7 @@ TABLES = {
 def render(table_id: str, root: str = ".") -> str:
   """The markdown of one registered table from its summary file."""
   if table_id not in TABLES:
-    raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {', '.join(TABLES)})")
+    raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {choices(table_id, TABLES)})")
   name, renderer = TABLES[table_id]
   where = os.path.join(RESULTS, name)
   path = os.path.join(root, where)
