@@ -85,13 +85,13 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   except train.Interrupted as e:
     print(f"interrupted: {e}; resume with: {again} {e.run_dir}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGINT)
-  except experiment.StoppedAtOnce as e:
-    print(f"interrupted: a second Ctrl-C, stopped at once without a checkpoint; continue {e.run_dir} from its "
-          f"last checkpoint with: {again} {e.run_dir}", file=sys.stderr)
-    return 130
-  except KeyboardInterrupt:
-    print("interrupted: a second Ctrl-C, stopped at once without a checkpoint", file=sys.stderr)
-    return 130
+  except KeyboardInterrupt as e:  # a second Ctrl-C (experiment.StoppedAtOnce once the run folder exists)
+    where = getattr(e, "run_dir", None)
+    print("interrupted: a second Ctrl-C stopped at once, without a checkpoint" +
+          (f"; resume {where} from its last checkpoint with: {again} {where}" if where else ""), file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # at once: a checkpoint writer's threads would print tracebacks as the interpreter shuts down
   except train.NonFinite as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
