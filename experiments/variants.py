@@ -133,8 +133,9 @@ def run(cfg: Config, run_dir: str) -> dict:
     with runs.stage("figures and reports"):
       plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
                      os.path.join(run_dir, "accuracy_hop_by_loops.png"), hops)
-      md.write(os.path.join(run_dir, "report.md"), report(cfg, results, analyses))
-      analysis.write(run_dir, analyses, hops)
+      md.write(os.path.join(run_dir, "report.md"),
+               report(cfg, results, analyses, {s: len(ex["target"]) for s, ex in splits.items()}))
+      analysis.write(run_dir, analyses, hops, {n: r["kind"] for n, r in results.items()})
   return {"models": results, **depth_extrap.halting_and_margins(analyses)}
 
 
@@ -144,8 +145,9 @@ def _halting_rows(model_analysis: dict) -> dict:
   return {name: by_name[name] for name in HALTING if name in by_name}
 
 
-def report(cfg: Config, results: dict, analyses: dict) -> str:
-  """One summary table (a row per variant) and one table per variant (a row per hop)."""
+def report(cfg: Config, results: dict, analyses: dict, sizes: dict) -> str:
+  """One summary table (a row per variant) and one table per variant (a row per hop, with its examples: sizes,
+  split -> n; too small ones flagged)."""
   split = data.split_name
   pick = lambda acc, hop: selection.select(acc, split(hop))
   k = cfg.data.curriculum.last_hop
@@ -176,6 +178,7 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
       else:
         cells.append("—")
     lines.append("| " + " | ".join(cells) + " |")
+  lines += md.small_note(sizes)
   lines += ["", "Heatmaps of accuracy per (hop, R): `accuracy_hop_by_loops.png`; every policy per split: "
             "`halting.md`; overthinking margins: `margins.png`.", ""]
   for name, r in results.items():
@@ -184,11 +187,12 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
               f"{r['n_layers']} looped layer(s), R {r['train_loops']}"
               + (f", {r['steps']} steps in {r['train_seconds']:.0f} s, curriculum stages {r['stages']}"
                  if r["steps"] else "") + ".", "",
-              "| hop | test at the validation-chosen R [oracle] | "
+              "| hop | n test / val | test at the validation-chosen R [oracle] | "
               + " | ".join(f"{p} (accuracy, mean loops)" for p in rows) + " |",
-              "|---" * (2 + len(rows)) + "|"]
+              "|---" * (3 + len(rows)) + "|"]
     for hop in hops:
-      cells = [selection.text(pick(r["accuracy"], hop)) + (" *" if hop <= r["trained_max_hop"] else "")]
+      cells = [f"{md.examples(sizes.get(split(hop)))} / {md.examples(sizes.get(selection.val_split(split(hop))))}",
+               selection.text(pick(r["accuracy"], hop)) + (" *" if hop <= r["trained_max_hop"] else "")]
       cells += [f"{rows[p][split(hop)]['accuracy']:.2f}, {rows[p][split(hop)]['mean_loops']:.1f}" for p in rows]
       lines.append(f"| {hop} | " + " | ".join(cells) + " |")
     lines.append("")

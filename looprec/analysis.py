@@ -62,7 +62,7 @@ def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halt
     got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size)
     by_r = {r: fixed[name][str(r)] for r in range(1, max_loops + 1)}
     best = min(by_r, key=lambda r: (-by_r[r], r))
-    table[name] = {"policy": str(pol), "accuracy": float(np.mean(got["answer"] == examples["target"])),
+    table[name] = {"policy": str(pol), "examples": len(examples["target"]), "accuracy": float(np.mean(got["answer"] == examples["target"])),
                    "mean_loops": float(got["loops"].mean()), "median_loops": float(np.median(got["loops"])),
                    "max_loops": int(got["loops"].max()), "executed_loops": float(got["executed"].mean()),
                    "best_fixed": {"loops": best, "accuracy": by_r[best]},
@@ -117,14 +117,14 @@ def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
           "margins": curves}
 
 
-def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
+def write(run_dir: str, analyses: dict, trained_hops: dict | None = None, kinds: dict | None = None):
   """analysis.json ({"models": model -> analyze_model's dict}), analysis_accuracy_hop_by_loops.png, margins.png
-  and halting.md in run_dir."""
+  and halting.md (kinds: model -> its model.kind, named beside it) in run_dir."""
   runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
   plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
                  os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
   plots.margin_curves({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
-  report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses))
+  report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses, kinds))
 
 
 def training_free_configs(model_cfgs: dict, spec: str) -> dict:
@@ -195,5 +195,6 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with runs.stage("figures and halting.md"):
-      write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
+      write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()},
+            {name: model_cfg.kind or next(iter(C.KINDS)) for name, (model_cfg, _) in entries.items()})
   return os.path.join(out_dir, "analysis.json")

@@ -47,6 +47,11 @@ class ExperimentConfig:
     except ConfigError as e:
       raise ConfigError(f"models.{name}.model: {e}") from None
 
+  def kind(self, name: str) -> str:
+    """models[name]'s model.kind (the default kind where the config leaves it empty)."""
+    from looprec import models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
+    return self.model_cfg(name).kind or next(iter(C.KINDS))
+
   def build_model(self, name: str, vocab_size: int):
     from looprec import models  # pylint: disable=import-outside-toplevel  (jax is slow to import)
     return models.build(self.model_cfg(name), vocab_size)
@@ -168,12 +173,10 @@ def override_notes(cfg: ExperimentConfig, overrides: typing.Sequence[str]) -> li
 def show_config(cfg: ExperimentConfig, preset: str, overrides: typing.Sequence[str]) -> str:
   """The resolved config as JSON, then each model's kind, depth, recurrence and step budget (and where the
   budget comes from), then which models each override reached: what `experiment NAME --show-config` prints."""
-  from looprec import models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
   lines = [C.dumps(cfg), "", f"preset {preset}; models:"]
   for name, mrun in cfg.models.items():
-    model = cfg.model_cfg(name)
     budget = f"models.{name}.steps" if mrun.steps else "train.steps"
-    lines.append(f"  {name}: kind={model.kind or next(iter(C.KINDS), '')}, n_layers={model.n_layers}, "
+    lines.append(f"  {name}: kind={cfg.kind(name)}, n_layers={mrun.n_layers}, "
                  f"recurrence={mrun.recurrence}, steps={mrun.steps or cfg.train.steps} ({budget})")
   lines.append("overrides:" if overrides else "overrides: none")
   for item in overrides:
