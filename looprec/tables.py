@@ -8,7 +8,8 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer); functools.partial picks models, hops or the split.
+x layer); functools.partial picks models, hops or the split. A table of several summaries (a tuple of files:
+run_times, the measured wall time of each preset) gets a list of (summary, file).
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -194,6 +195,22 @@ def systematicity_lens(summary: dict, where: str, split: str = "test_inferred_ii
                             "position, *bridge_at_r1* at the first relation's token."])
 
 
+def run_times(summaries: list) -> str:
+  """command x (seeds, wall time per seed, per-model training time, machine): what a full preset costs."""
+  lines = ["| command | seeds | wall time per seed | training time per model | machine, looprec |", "|---|---|---|---|---|"]
+  for summary, where in summaries:
+    names, get = _models(summary, where)
+    wall = need(summary, where, "aggregate", "wall_seconds")
+    train = ", ".join(f"{n} {stat(get(n, 'train_seconds'), '.0f')} s" for n in names
+                      if stat(get(n, "train_seconds")) != "—")  # not the training-free entries
+    lines.append(f"| `make experiment NAME={need(summary, where, 'experiment')} PRESET={need(summary, where, 'preset')}` "
+                 f"| {len(need(summary, where, 'seeds'))} | {stat(wall, '.0f')} s ({wall['mean'] / 60:.0f} min) | "
+                 f"{train} | {_machines(need(summary, where, 'machine'))}, "
+                 f"{_commits(need(summary, where, 'commit').get('train'), need(summary, where, 'seeds'))} |")
+  return "\n".join(lines + ["", "From " + ", ".join(f"`{w}`" for _, w in summaries) + ": mean (min–max) over seeds; "
+                                 "each seed's run on its own, as `make experiment` runs it."])
+
+
 TABLES = {
     "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
@@ -205,6 +222,7 @@ TABLES = {
                                    functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
+    "run_times": (("depth_extrap_cpu.json", "systematicity_cpu.json", "variants_cpu.json"), run_times),
 }
 
 
@@ -212,17 +230,23 @@ def render(table_id: str, root: str = ".") -> str:
   """The markdown of one registered table from its summary file."""
   if table_id not in TABLES:
     raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {choices(table_id, TABLES)})")
-  name, renderer = TABLES[table_id]
+  names, renderer = TABLES[table_id]
+  if isinstance(names, tuple):
+    return renderer([_load(name, table_id, root) for name in names])
+  return renderer(*_load(names, table_id, root))
+
+
+def _load(name: str, table_id: str, root: str) -> tuple[dict, str]:
+  """(a summary, its path under results/) for a table."""
   where = os.path.join(RESULTS, name)
   path = os.path.join(root, where)
   if not os.path.isfile(path):
     raise ConfigError(f"{where}: missing (needed by table {table_id!r})")
   try:
     with open(path) as f:
-      summary = json.load(f)
+      return json.load(f), where
   except ValueError as e:
     raise ConfigError(f"{where}: not JSON ({e})") from None
-  return renderer(summary, where)
 
 
 def regenerate(text: str, doc: str, root: str = ".") -> tuple[str, list[str]]:
