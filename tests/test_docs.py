@@ -212,7 +212,7 @@ def canonical(tokens: list[str]) -> list[str]:
     else:
       tokens = (["looprec", "experiment", v["NAME"]] + (["--preset", v["PRESET"]] if v.get("PRESET") else [])
                 + (["--resume", v["RESUME"]] if v.get("RESUME") else []) + v.get("ARGS", "").split())
-  if tokens[:2] == ["looprec", "experiment"] and len(tokens) > 2:
+  if tokens[:2] == ["looprec", "experiment"] and has_name(tokens[2:]):
     name, flags, overrides = experiment_args(tokens[2:])
     if "--resume" not in flags and "--preset" not in flags:
       try:
@@ -222,6 +222,11 @@ def canonical(tokens: list[str]) -> list[str]:
     tokens = (["looprec", "experiment", name] + [x for f in ("--preset", "--resume", "--runs-dir") if f in flags
                                                   for x in (f, flags[f])] + overrides)
   return env + tokens
+
+
+def has_name(args: list[str]) -> bool:
+  """Whether `looprec experiment`'s arguments name an experiment (`experiment --help` does not)."""
+  return any(not t.startswith("-") for t in args)
 
 
 def experiment_args(args: list[str]) -> tuple[str, dict, list[str]]:
@@ -288,7 +293,7 @@ def problems(tokens: list[str]) -> list[str]:
     if usage is None:
       return out + [f"`{cmd[0]}` has no subcommand {cmd[1]!r}"]
     out += [f"`{cmd[0]} {cmd[1]}` has no flag {f}" for f in flags_of(cmd) if f not in usage]
-    if cmd[1] == "experiment" and concrete:
+    if cmd[1] == "experiment" and concrete and has_name(cmd[2:]):
       out += [e for e in [check_experiment(tokens)] if e]
     if cmd[1] == "import-checkpoint" and concrete:
       opts = dict(zip(cmd[2:-1], cmd[3:]))
