@@ -251,7 +251,7 @@ def summary(stages: dict, final: dict, lenses: dict, sizes: dict | None = None) 
     lens_ = lenses["test_inferred_iid"]
     depth = len(lens_["answer"]["top1"]) * lens_["answer"]["n_layers"]
     peak = lambda s: (f"peaks at {s['peak_top1']:.2f} after layer {s['peak_layer']} of {depth}" if s["peak_top1"] > 0
-                      else "is never top-1")
+                      else "is 0 after every layer (never top-1)")
     text += (f"; logit lens on ID test facts: the answer's top-1 rate {peak(lens_['answer'])}, the bridge's at r1 "
              f"{peak(lens_['bridge_at_r1'])}, the bridge's at the answer position {peak(lens_['bridge'])}")
   return text + "."

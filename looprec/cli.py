@@ -1,4 +1,5 @@
-"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
+"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR] [--show-config]` (`experiment
+--help` lists the experiments, presets and kinds), and
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
 [--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`, and
 `python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`,

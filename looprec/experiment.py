@@ -297,7 +297,8 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
   overrides may change only step budgets and evaluation settings); writes config.json and results.json and
   returns the run folder. ConfigError on bad input, before the folder is created (InputError: a checkpoint found
   later that does not fit); Bug for any other ConfigError once the experiment runs; train.Interrupted (with the
-  run folder to resume) on SIGTERM/SIGINT, after a checkpoint."""
+  run folder to resume) on SIGTERM/SIGINT, after a checkpoint; StoppedAtOnce on a second SIGINT. Prints a `note:`
+  on stderr for each override that leaves a model as it was (override_notes)."""
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel

@@ -57,7 +57,7 @@ def test_systematicity_report_never_reached_all_zeros_one_example():
   text = systematicity.report(cfg, models, stages, lenses, sizes)
   assert "| id_atomic | 1, too few to read | 0.00 (-) | 0.00 (-) |" in text
   assert "| test_inferred_ood | 1, too few to read / 1, too few to read |" in text
-  assert "ID test never" in text and "is never top-1" in text
+  assert "ID test never" in text and "top-1 rate is 0 after every layer (never top-1)" in text
   assert "final OOD 0.00 on 1 example, too few to read" in text
   assert "**looped (looped)**" not in text and "**looped**" in text and "**vanilla (looped)**" in text
   assert not any(bad in text for bad in BAD_PROSE), text
