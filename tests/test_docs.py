@@ -545,3 +545,29 @@ def test_package_docstring_runs_as_written(tmp_path):
                          "exec(compile(open('example.py').read(), 'looprec/__init__.py', 'exec'))"],
                         cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+COUNT = re.compile(r"\b(" + "|".join(NUMBERS) + r"|\d+) (notebooks|halting policies|policies|model kinds|kinds|"
+                   r"experiments|tests)\b", re.I)
+
+
+def stale_counts(text: str) -> list[str]:
+  """Each `N notebooks|policies|kinds|experiments` in text that is not the count there is now, and any `N tests`
+  (the suite grows: a test count is generated or not written)."""
+  import looprec.models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
+  actual = {"notebooks": len(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))), "policies": len(halting.RULES),
+            "kinds": len(C.KINDS), "experiments": len(experiment.names())}
+  out = []
+  for m in COUNT.finditer(text):
+    n = int(m.group(1)) if m.group(1).isdigit() else NUMBERS[m.group(1).lower()]
+    noun = m.group(2).lower().split()[-1]
+    if noun == "tests" or n != actual[noun]:
+      out.append(f"{m.group(0)!r}" + ("" if noun == "tests" else f" (there are {actual[noun]})"))
+  return out
+
+
+def test_counts_in_the_readme_are_the_counts_there_are():
+  assert not stale_counts(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+  assert stale_counts("the suite's 266 tests; five halting policies; four notebooks") == [
+      "'266 tests'", f"'five halting policies' (there are {len(halting.RULES)})"]
