@@ -1,11 +1,12 @@
-# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test`, `make test-torch`, `make notebooks`,
-# `make test-slow`; each sets up .venv when missing or stale (`make venv` only that). CI runs the tests: .ci/run.
+# `make experiment NAME=depth_extrap`, `make analyze [RUN=...]`, `make test [TESTS=tests/test_cli.py]`, `make test-torch`,
+# `make notebooks`, `make test-slow`; each sets up .venv when missing or stale (`make venv` only that). CI runs the tests: .ci/run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 NAME ?= depth_extrap
 PRESET ?=
 ARGS ?=
+TESTS ?=
 RUN ?= runs/$(NAME)/latest
 
 .PHONY: venv experiment analyze test test-slow test-torch notebooks notebooks-sync tables clean-venv
@@ -28,8 +29,9 @@ experiment: $(VENV)/.stamp-run
 analyze: $(VENV)/.stamp-run
 	$(PY) -m looprec analyze $(RUN)
 
+# TESTS: test files (or pytest node ids) to run instead of the whole default suite.
 test: $(VENV)/.stamp-dev
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile $(TESTS)
 
 # The science tier (tests/test_science.py: one test per headline phenomenon at the smallest scale that shows it)
 # and the end-to-end fault, layout and variants tests; test files spread over 2 workers.

@@ -17,7 +17,7 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import analysis, data, experiment, plots, report as md, selection, sharding
+from looprec import analysis, data, experiment, plots, report as md, runs, selection, sharding
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
@@ -204,19 +204,23 @@ def run(cfg: Config, run_dir: str) -> dict:
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
     mrun = cfg.models[name]
-    analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
-                                            batch_size=cfg.eval.batch_size)
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):
+      analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
+                                              batch_size=cfg.eval.batch_size)
     results[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence,
                      "trained_max_hop": result.trained_max_hop, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                      "train_seconds": result.wall_seconds, "stages": result.stages,
                      "accuracy": sweep_accuracy(analyses[name], cfg.eval.max_loops)}
+  sizes = {s: len(ex["target"]) for s, ex in splits.items()}
   if jax.process_index() == 0:
-    plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
-                   {n: r["trained_max_hop"] for n, r in results.items()})
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, results))
-    analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()})
-  return {"models": results, **halting_and_margins(analyses)}
+    with runs.stage("figures and reports"):
+      plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
+                     os.path.join(run_dir, "accuracy_hop_by_loops.png"), {n: r["trained_max_hop"] for n, r in results.items()})
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, results, sizes))
+      analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()},
+                     {n: cfg.kind(n) for n in results})
+  return {"models": results, "examples": sizes, **halting_and_margins(analyses)}
 
 
 def sweep_accuracy(model_analysis: dict, max_loops: int) -> dict:
@@ -236,21 +240,27 @@ def halting_and_margins(analyses: dict) -> dict:
 best_over_loops = selection.oracle  # the oracle (best test accuracy over R); the benchmarks use this name
 
 
-def report(cfg: Config, results: dict) -> str:
-  """A short markdown report: per hop and model the test accuracy at the R chosen on validation beside the oracle,
-  what it shows, the recipe deviations."""
+def report(cfg: Config, results: dict, sizes: dict) -> str:
+  """A short markdown report: per hop and model (named with its kind) the test accuracy at the R chosen on
+  validation beside the oracle, the examples per split (sizes: split -> n; too small ones flagged), what it shows,
+  the recipe deviations."""
   names = list(results)
+  named = {n: md.model_name(n, cfg.kind(n)) for n in names}
   hops = sorted({data.hop_of(s) for r in results.values() for s in r["accuracy"]})
   pick = lambda n, hop: selection.select(results[n]["accuracy"], data.split_name(hop))
   lines = ["# Depth extrapolation", "",
            ("Test accuracy on held-out chains at the R chosen on the validation split (argmax over R = 1..%d, ties to "
             "the smallest R), and in brackets the oracle: the best test accuracy over R (an upper bound)."
             % cfg.eval.max_loops),
-           "", "| hop | " + " | ".join(f"{n} ({results[n]['train_loops']}, L={results[n]['n_layers']})" for n in names)
-           + " |", "|---" * (len(names) + 1) + "|"]
+           "", "| hop | n test / val | " + " | ".join(f"{named[n]}, {results[n]['train_loops']}, L="
+                                                      f"{results[n]['n_layers']}" for n in names)
+           + " |", "|---" * (len(names) + 2) + "|"]
   for hop in hops:
     cells = [selection.text(pick(n, hop)) + (" *" if hop <= results[n]["trained_max_hop"] else "") for n in names]
-    lines.append(f"| {hop} | " + " | ".join(cells) + " |")
+    test = data.split_name(hop)
+    counts = f"{md.examples(sizes.get(test))} / {md.examples(sizes.get(selection.val_split(test)))}"
+    lines.append(f"| {hop} | {counts} | " + " | ".join(cells) + " |")
+  lines += md.small_note(sizes)
   lines += ["", "`*` hops the model trained on. Steps and training time: " + "; ".join(
       f"{n} {r['steps']} steps, {r['train_seconds']:.0f} s, curriculum stages {r['stages']}" for n, r in results.items()),
             "", "## What it shows", ""]
@@ -260,7 +270,7 @@ def report(cfg: Config, results: dict) -> str:
     beyond = [hop for hop in range(k + 1, k + 4) if hop in hops]
     best = ", ".join(f"{hop} hops {selection.text(pick(n, hop))}" for hop in beyond)
     more = sum((pick(n, hop)["r"] or 0) > rec.max_loops for hop in beyond)
-    text = (f"- **{n}** (R = {r['train_loops']}, curriculum reached {r['trained_max_hop']} of {k} hops), on the "
+    text = (f"- **{named[n]}** (R = {r['train_loops']}, curriculum reached {r['trained_max_hop']} of {k} hops), on the "
             f"untrained hops k+1..k+3: at the validation-chosen R {best}; {more} of {len(beyond)} chosen with more "
             f"loops than its largest training R ({rec.max_loops})")
     if rec.schedule == "fixed":

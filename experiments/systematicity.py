@@ -185,16 +185,19 @@ def run(cfg: Config, run_dir: str) -> dict:
   models, curves, lenses = {}, {}, {}
   for name, _, result in experiment.train_models(cfg, task, mesh, run_dir):
     mrun = cfg.models[name]
-    evaluated = evaluate_model(cfg, task, name, result.params, mesh)
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops} and the logit lens"):
+      evaluated = evaluate_model(cfg, task, name, result.params, mesh)
     curves[name], lenses[name] = result.curves, evaluated.pop("logit_lens")
     models[name] = {"n_layers": mrun.n_layers, "train_loops": mrun.recurrence, "steps": result.steps,
                     "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                     "train_seconds": result.wall_seconds, **evaluated}
   stages = {name: stage_steps(c) for name, c in curves.items()}
+  sizes = {s: len(ex["target"]) for s, ex in task.probes.items()}
   if jax.process_index() == 0:
-    write_figures(run_dir, curves, lenses)
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses))
-  return {"models": models, "curves": curves, "stages": stages, "logit_lens": lenses}
+    with runs.stage("figures and report"):
+      write_figures(run_dir, curves, lenses)
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, models, stages, lenses, sizes))
+  return {"models": models, "examples": sizes, "curves": curves, "stages": stages, "logit_lens": lenses}
 
 
 def write_figures(run_dir: str, curves: dict | None, lenses: dict):
@@ -209,8 +212,10 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
   path. restored: model -> (params, checkpoint meta)."""
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
   task = data.make_task(cfg.data)
-  out = {name: evaluate_model(cfg, task, name, params, mesh, max_loops)
-         for name, (params, _) in restored.items()}
+  out = {}
+  for name, (params, _) in restored.items():
+    with runs.stage(f"{name}: sweep and the logit lens"):
+      out[name] = evaluate_model(cfg, task, name, params, mesh, max_loops)
   path = os.path.join(run_dir, "analysis.json")
   if jax.process_index() == 0:
     runs.write_json(path, {"models": out})
@@ -219,50 +224,57 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
   return path
 
 
-def report(cfg: Config, models: dict, stages: dict, lenses: dict) -> str:
-  """Markdown: final accuracy and stage step per split and model, the lens peaks, what it shows, the recipe
-  deviations."""
+def report(cfg: Config, models: dict, stages: dict, lenses: dict, sizes: dict) -> str:
+  """Markdown: final accuracy and stage step per split and model (named with its kind), the examples per split
+  (sizes: split -> n; too small ones flagged), the lens peaks, what it shows, the recipe deviations."""
   names = list(models)
-  head = " | ".join(f"{n} (L={models[n]['n_layers']}, {models[n]['train_loops']})" for n in names)
+  head = " | ".join(f"{md.model_name(n, cfg.kind(n))}, L={models[n]['n_layers']}, {models[n]['train_loops']}"
+                    for n in names)
   lines = ["# Systematic generalization", "",
            (f"Accuracy at the training R after the last step, and (in brackets) the first step at which it reached "
             f"{STAGE_ACCURACY} (evaluated every {cfg.train.eval_every} steps; - = never)."), "",
-           f"| split | {head} |", "|---" * (len(names) + 1) + "|"]
-  for split in [s for s in SPLITS if s in stages[names[0]]]:  # a data folder may lack the mixed splits
+           f"| split | n | {head} |", "|---" * (len(names) + 2) + "|"]
+  shown = [s for s in SPLITS if s in stages[names[0]]]  # a data folder may lack the mixed splits
+  for split in shown:
     cells = [f"{models[n]['final'][split]:.2f} ({stages[n][split] or '-'})" for n in names]
-    lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    lines.append(f"| {split} | {md.examples(sizes.get(split))} | " + " | ".join(cells) + " |")
   lines += ["", ("Held-out splits (`test_*`) are the even rows of each probe split; their odd rows (`val_*`) choose R "
                  "after training. Test accuracy at the R chosen on validation (argmax over R = 1..%d, ties to the "
                  "smallest R), and in brackets the oracle, the best test accuracy over R (an upper bound):"
                  % cfg.eval.max_loops), "",
-            f"| split | {head} |", "|---" * (len(names) + 1) + "|"]
+            f"| split | n test / val | {head} |", "|---" * (len(names) + 2) + "|"]
   for split in [s for s in SPLITS if s.startswith("test_") and s in models[names[0]]["accuracy"]]:
-    lines.append(f"| {split} | " + " | ".join(selection.text(selection.select(models[n]["accuracy"], split))
-                                               for n in names) + " |")
+    counts = f"{md.examples(sizes.get(split))} / {md.examples(sizes.get(selection.val_split(split)))}"
+    lines.append(f"| {split} | {counts} | " + " | ".join(selection.text(selection.select(models[n]["accuracy"], split))
+                                                          for n in names) + " |")
+  lines += md.small_note(sizes)
   lines += ["", "Training: " + "; ".join(f"{n} {m['steps']} steps, {m['train_seconds']:.0f} s"
                                           for n, m in models.items()), "",
             "## Logit lens", "",
             ("Peak top-1 rate (the loop and the layer, counted over all loops, where it peaks first) of the answer "
              "and of the bridge entity at the answer position, and of the bridge at the first relation's token (r1), "
              "each read through the final norm and the tied head."), "",
-            "| model | split | answer | bridge | bridge at r1 |", "|---|---|---|---|---|"]
+            "| model | split | n | answer | bridge | bridge at r1 |", "|---|---|---|---|---|---|"]
   for n in names:
     for split in TWO_HOP:
       if split in lenses[n]:
         cells = [f"{s['peak_top1']:.2f} ({s['peak_loop']}, {s['peak_layer']})"
                  for s in (lenses[n][split][k] for k in ("answer", "bridge", "bridge_at_r1"))]
-        lines.append(f"| {n} | {split} | " + " | ".join(cells) + " |")
-  lines += ["", "## What it shows", ""] + [f"- **{n}**: {summary(stages[n], models[n]['final'], lenses[n])}"
-                                             for n in names]
-  lines += ["", "## Deviations from the paper's recipe", "",
-            experiment.deviations_text(cfg, paper()), ""]
+        lines.append(f"| {md.model_name(n, cfg.kind(n))} | {split} | {md.examples(sizes.get(split))} | "
+                     + " | ".join(cells) + " |")
+  lines += ["", "## What it shows", ""] + [f"- **{md.model_name(n, cfg.kind(n))}**: "
+                                             f"{summary(stages[n], models[n]['final'], lenses[n], sizes)}" for n in names]
+  lines += ["", "## Deviations from the paper's recipe", "", experiment.deviations_text(cfg, paper()), ""]
   return "\n".join(lines)
 
 
-def summary(stages: dict, final: dict, lenses: dict) -> str:
-  """One sentence per model: when it memorised and generalised, how far OOD got, what the lens saw."""
+def summary(stages: dict, final: dict, lenses: dict, sizes: dict | None = None) -> str:
+  """One sentence per model: when it memorised and generalised, how far OOD got, what the lens saw; an accuracy
+  on a split under report.SMALL examples says so."""
   step = lambda split: f"at step {stages[split]}" if stages.get(split) is not None else "never"
-  acc = lambda split: f"{final[split]:.2f}" if split in final else "n/a"
+  n = lambda split: (sizes or {}).get(split, md.SMALL)
+  acc = lambda split: ("n/a" if split not in final else f"{final[split]:.2f}" if n(split) >= md.SMALL else
+                       f"{final[split]:.2f} on {n(split)} example{'s' * (n(split) != 1)}, too few to read")
   text = (f"accuracy >= {STAGE_ACCURACY}: training 2-hop facts {step('train_inferred')}, ID test "
           f"{step('test_inferred_iid')}, OOD test {step('test_inferred_ood')} (final OOD "
           f"{acc('test_inferred_ood')}; first hop OOD {acc('test_inferred_ood_first')}, second hop OOD "
@@ -271,7 +283,7 @@ def summary(stages: dict, final: dict, lenses: dict) -> str:
     lens_ = lenses["test_inferred_iid"]
     depth = len(lens_["answer"]["top1"]) * lens_["answer"]["n_layers"]
     peak = lambda s: (f"peaks at {s['peak_top1']:.2f} after layer {s['peak_layer']} of {depth}" if s["peak_top1"] > 0
-                      else "is never top-1")
+                      else "is 0 after every layer (never top-1)")
     text += (f"; logit lens on ID test facts: the answer's top-1 rate {peak(lens_['answer'])}, the bridge's at r1 "
              f"{peak(lens_['bridge_at_r1'])}, the bridge's at the answer position {peak(lens_['bridge'])}")
   return text + "."

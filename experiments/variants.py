@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from experiments import depth_extrap
-from looprec import analysis, data, experiment, halting, models, plots, report as md, selection, sharding
+from looprec import analysis, data, experiment, halting, models, plots, report as md, runs, selection, sharding
 from looprec.config import ModelRun
 from looprec.models import count_params, params_checksum
 
@@ -114,12 +114,14 @@ def run(cfg: Config, run_dir: str) -> dict:
   mesh = sharding.make_mesh(cfg.train.fsdp)
   task = data.make_task(cfg.data)
   splits = eval_splits(task, cfg.eval.max_hop)
-  analyze = lambda model, params: analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,
-                                                         batch_size=cfg.eval.batch_size)
+  def analyze(name, model, params):
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):
+      return analysis.analyze_model(model, params, splits, cfg.eval.max_loops, mesh=mesh,
+                                    batch_size=cfg.eval.batch_size)
   results, analyses, trained = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     trained[name] = result.params
-    analyses[name] = analyze(model, result.params)
+    analyses[name] = analyze(name, model, result.params)
     results[name] = {"kind": model.cfg.kind, "model": cfg.models[name].model, "n_layers": cfg.models[name].n_layers,
                      "train_loops": cfg.models[name].recurrence, "trained_max_hop": result.trained_max_hop,
                      "steps": result.steps, "n_params": count_params(result.params),
@@ -127,16 +129,18 @@ def run(cfg: Config, run_dir: str) -> dict:
                      "steps_per_second": result.steps / max(result.wall_seconds, 1e-9), "stages": result.stages,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   for name, spec, base, tf_cfg in training_free_entries(cfg):
-    analyses[name] = analyze(models.build(tf_cfg.for_eval(), task.vocab.size), trained[base])
+    analyses[name] = analyze(name, models.build(tf_cfg.for_eval(), task.vocab.size), trained[base])
     results[name] = {**{k: results[base][k] for k in ("n_layers", "trained_max_hop", "n_params", "params_sum")},
                      "kind": "training_free", "model": spec, "train_loops": f"trained as {base}", "steps": 0,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
   if jax.process_index() == 0:
     hops = {n: r["trained_max_hop"] for n, r in results.items()}
-    plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
-                   hops)
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, results, analyses))
-    analysis.write(run_dir, analyses, hops)
+    with runs.stage("figures and reports"):
+      plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
+                     os.path.join(run_dir, "accuracy_hop_by_loops.png"), hops)
+      md.write(os.path.join(run_dir, "report.md"),
+               report(cfg, results, analyses, {s: len(ex["target"]) for s, ex in splits.items()}))
+      analysis.write(run_dir, analyses, hops, {n: r["kind"] for n, r in results.items()})
   return {"models": results, **depth_extrap.halting_and_margins(analyses)}
 
 
@@ -146,8 +150,9 @@ def _halting_rows(model_analysis: dict) -> dict:
   return {name: by_name[name] for name in HALTING if name in by_name}
 
 
-def report(cfg: Config, results: dict, analyses: dict) -> str:
-  """One summary table (a row per variant) and one table per variant (a row per hop)."""
+def report(cfg: Config, results: dict, analyses: dict, sizes: dict) -> str:
+  """One summary table (a row per variant) and one table per variant (a row per hop, with its examples: sizes,
+  split -> n; too small ones flagged)."""
   split = data.split_name
   pick = lambda acc, hop: selection.select(acc, split(hop))
   k = cfg.data.curriculum.last_hop
@@ -178,6 +183,7 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
       else:
         cells.append("—")
     lines.append("| " + " | ".join(cells) + " |")
+  lines += md.small_note(sizes)
   lines += ["", "Heatmaps of accuracy per (hop, R): `accuracy_hop_by_loops.png`; every policy per split: "
             "`halting.md`; overthinking margins: `margins.png`.", ""]
   for name, r in results.items():
@@ -186,11 +192,12 @@ def report(cfg: Config, results: dict, analyses: dict) -> str:
               f"{r['n_layers']} looped layer(s), R {r['train_loops']}"
               + (f", {r['steps']} steps in {r['train_seconds']:.0f} s, curriculum stages {r['stages']}"
                  if r["steps"] else "") + ".", "",
-              "| hop | test at the validation-chosen R [oracle] | "
+              "| hop | n test / val | test at the validation-chosen R [oracle] | "
               + " | ".join(f"{p} (accuracy, mean loops)" for p in rows) + " |",
-              "|---" * (2 + len(rows)) + "|"]
+              "|---" * (3 + len(rows)) + "|"]
     for hop in hops:
-      cells = [selection.text(pick(r["accuracy"], hop)) + (" *" if hop <= r["trained_max_hop"] else "")]
+      cells = [f"{md.examples(sizes.get(split(hop)))} / {md.examples(sizes.get(selection.val_split(split(hop))))}",
+               selection.text(pick(r["accuracy"], hop)) + (" *" if hop <= r["trained_max_hop"] else "")]
       cells += [f"{rows[p][split(hop)]['accuracy']:.2f}, {rows[p][split(hop)]['mean_loops']:.1f}" for p in rows]
       lines.append(f"| {hop} | " + " | ".join(cells) + " |")
     lines.append("")

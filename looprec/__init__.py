@@ -1,22 +1,26 @@
 """looprec: recurrent-depth (looped) transformers in JAX.
 
-    from looprec import ModelConfig, build_model, sweep, halt, margins, logit_lens
-    model = build_model(ModelConfig(kind="looped", d_model=64, n_layers=1), vocab_size=32)  # config.KINDS
+    import jax
+    from looprec import ChainDataConfig, ModelConfig, build_model, make_task, sweep, halt, margins
+    task = make_task(ChainDataConfig(n_entities=8, n_relations=2, seq_len=8, n_eval=32))  # chains on a tiny graph
+    splits = {f"{hop}hop_test": task.eval_split(hop) for hop in (2, 3)}  # tokens, read_pos, target, n_answers
+    tokens_BxT, read_pos_B = splits["3hop_test"]["tokens"], splits["3hop_test"]["read_pos"]
+    model = build_model(ModelConfig(kind="looped", d_model=32, n_heads=2, n_layers=1), task.vocab.size)  # config.KINDS
     params = model.init(jax.random.PRNGKey(0))
     logits_BxTxV = model.apply(params, tokens_BxT, n_loops=8)
-    per_loop_BxV = model.loop_logits(params, tokens_BxT, read_pos_B, n_loops=16)   # R x B x V
+    per_loop_RxBxV = model.loop_logits(params, tokens_BxT, read_pos_B, n_loops=16)  # the answer after every loop
     acc = sweep(model, params, splits, max_loops=20)             # accuracy[split][R], one compile
     table = halt(model, params, splits, "kl_entropy")            # adaptive halting per split
     curves = margins(model, params, splits, n_loops=50)          # overthinking: margin per loop
-    lens = logit_lens(model, params, probes, n_loops=4)           # bridge / answer decodable per loop, layer
 
 For notebooks and scripts (see notebooks/):
 
-    from looprec import experiment, make_mesh, make_task, on_eval, HALTING_RULES
+    from looprec import experiment, make_mesh, on_eval, logit_lens, HALTING_RULES
     mesh = make_mesh()                                  # one `data` axis over every device
-    task = make_task(cfg.data)                          # the task of a data config (splits, probes, vocab)
     with on_eval(lambda model, step, accuracy: print(model, step, accuracy)):  # after every training evaluation
       run_dir = experiment.run("systematicity", "smoke")
+    run = experiment.load_run(run_dir)                  # its config, task (splits, probes, vocab) and params
+    lens = logit_lens(run.model("looped"), run.params["looped"], run.task.probes, n_loops=4)  # bridge / answer
     HALTING_RULES["kl_entropy"]                         # name -> default parameters of each halting rule
 """
 import importlib

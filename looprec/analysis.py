@@ -62,7 +62,7 @@ def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halt
     got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size)
     by_r = {r: fixed[name][str(r)] for r in range(1, max_loops + 1)}
     best = min(by_r, key=lambda r: (-by_r[r], r))
-    table[name] = {"policy": str(pol), "accuracy": float(np.mean(got["answer"] == examples["target"])),
+    table[name] = {"policy": str(pol), "examples": len(examples["target"]), "accuracy": float(np.mean(got["answer"] == examples["target"])),
                    "mean_loops": float(got["loops"].mean()), "median_loops": float(np.median(got["loops"])),
                    "max_loops": int(got["loops"].max()), "executed_loops": float(got["executed"].mean()),
                    "best_fixed": {"loops": best, "accuracy": by_r[best]},
@@ -117,14 +117,14 @@ def analyze_model(model, params, splits: dict, max_loops: int, policies=None,
           "margins": curves}
 
 
-def write(run_dir: str, analyses: dict, trained_hops: dict | None = None):
+def write(run_dir: str, analyses: dict, trained_hops: dict | None = None, kinds: dict | None = None):
   """analysis.json ({"models": model -> analyze_model's dict}), analysis_accuracy_hop_by_loops.png, margins.png
-  and halting.md in run_dir."""
+  and halting.md (kinds: model -> its model.kind, named beside it) in run_dir."""
   runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
   plots.heatmaps({n: a["sweep"] for n, a in analyses.items()},
                  os.path.join(run_dir, "analysis_accuracy_hop_by_loops.png"), trained_hops)
   plots.margin_curves({n: a["margins"] for n, a in analyses.items()}, os.path.join(run_dir, "margins.png"))
-  report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses))
+  report.write(os.path.join(run_dir, "halting.md"), report.halting(analyses, kinds))
 
 
 def training_free_configs(model_cfgs: dict, spec: str) -> dict:
@@ -135,7 +135,7 @@ def training_free_configs(model_cfgs: dict, spec: str) -> dict:
   spec = ",".join(i for i in items if not i.startswith("model="))
   for name in chosen:
     if name not in model_cfgs:
-      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {', '.join(model_cfgs)})")
+      raise C.ConfigError(f"--training-free model={name!r} is not a model of the run (have {C.choices(name, model_cfgs)})")
   out, errors = {}, []
   for name, cfg in model_cfgs.items():
     if chosen and name not in chosen:
@@ -165,7 +165,8 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
       _check_loops(value, what)
-  run = experiment.load_run(run_dir)
+  with runs.stage("loading the checkpoints"):
+    run = experiment.load_run(run_dir)
   cfg, module = run.cfg, run.module
   out_dir, own = run_dir, experiment.member(module, "analyze_run")
   if training_free_spec is not None:
@@ -187,9 +188,14 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
     raise C.ConfigError(f"halting policy {', '.join(map(str, pols))} applies to no model of the run ('gate' needs a "
                         "model with an exit gate, model.kind=exit_gate)")
   with experiment.inputs_checked():
-    analyses = {name: analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
-                                    margin_loops, mesh, cfg.eval.batch_size) for name, model in built.items()}
+    analyses = {}
+    for name, model in built.items():
+      with runs.stage(f"{name}: sweep over R = 1..{max_loops}, halting, margins"):
+        analyses[name] = analyze_model(model, run.params[entries[name][1]], splits, max_loops, pols, halt_loops,
+                                       margin_loops, mesh, cfg.eval.batch_size)
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()})
+    with runs.stage("figures and halting.md"):
+      write(out_dir, analyses, {name: run.meta[trained]["stage"] for name, (_, trained) in entries.items()},
+            {name: model_cfg.kind or next(iter(C.KINDS)) for name, (model_cfg, _) in entries.items()})
   return os.path.join(out_dir, "analysis.json")

@@ -1,4 +1,5 @@
-"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR]`, and
+"""`python -m looprec experiment NAME [--preset P] [key=value ...] [--resume RUN_DIR] [--show-config]` (`experiment
+--help` lists the experiments, presets and kinds), and
 `python -m looprec analyze RUN_DIR [--max-loops N] [--margin-loops T] [--halt-loops C] [--policy SPEC ...]
 [--training-free window=a:b,substeps=K,damping=B[,model=NAME]]`, and
 `python -m looprec import-checkpoint PATH --experiment NAME [--preset P] [--model M] --out RUN [key=value ...]`,
@@ -13,7 +14,10 @@ a ConfigError raised after the inputs were checked (`experiment.Bug`).
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
 import signal
 import sys
 import traceback
@@ -23,18 +27,72 @@ from looprec import config as C
 from looprec import compile_cache, experiment
 
 
+DESCRIPTION = ("Recurrent-depth (looped) transformers: run an experiment, analyze a run folder, import an official "
+               "checkpoint, summarize runs into results/, regenerate the docs' tables.")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+
+
+def python_command() -> str:
+  """This python and `-m looprec`, as the user can type it again: relative to the working folder when inside it."""
+  rel = os.path.relpath(sys.executable)
+  exe = sys.executable if rel.startswith("..") else rel if os.sep in rel else os.path.join(".", rel)
+  return f"{exe} -m looprec"
+
+
+def one_line(doc: str | None, width: int = 120) -> str:
+  """The first sentence of a docstring's first paragraph; cut before its first `: `, ` (` or `; ` when longer than width."""
+  text = " ".join((doc or "").strip().split("\n\n")[0].split())
+  first = re.split(r"(?<=\.)\s(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+  return first if len(first) <= width else re.split(r":\s| \(|;\s", first, maxsplit=1)[0][:width]
+
+
+def measured(name: str, preset: str) -> str:
+  """`; measured: N s per seed (results/NAME_PRESET.json, C CPUs)` where results/ has a summary of the preset."""
+  path = os.path.join(RESULTS, f"{name}_{preset}.json")
+  try:
+    with open(path) as f:
+      summary = json.load(f)
+    wall, machine = summary["aggregate"]["wall_seconds"], summary["machine"]
+  except (OSError, ValueError, KeyError):
+    return ""
+  machine = machine[0] if isinstance(machine, list) else machine
+  low, high = round(wall["min"]), round(wall["max"])
+  return (f"; measured {low if low == high else f'{low}-{high}'} s per seed on {machine.get('cpu_count')} CPUs "
+          f"(results/{name}_{preset}.json)")
+
+
+def catalog() -> str:
+  """What `experiment --help` lists: each experiment with its presets (one line each, and the measured wall time
+  where results/ has it), and the model kinds."""
+  from looprec import models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
+  lines = ["experiments and their presets (--preset; * the default):"]
+  for name in experiment.names():
+    module = experiment.load(name)
+    lines.append(f"  {name}: {one_line(module.__doc__)}")
+    for preset, make in module.PRESETS.items():
+      star = "*" if preset == module.DEFAULT_PRESET else " "
+      lines.append(f"    {star}{preset}: {one_line(make.__doc__)}{measured(name, preset)}")
+  lines.append("model kinds (models.NAME.model=\"kind=...\", or model.kind=... for every model):")
+  lines += [f"  {kind}: {one_line(sys.modules[k.model.__module__].__doc__)}" for kind, k in C.KINDS.items()]
+  lines.append("see the resolved config and which models each override reaches: --show-config")
+  return "\n".join(lines)
+
+
 def run_experiment(name: str, preset: str | None, overrides: list[str], runs_root: str, resume: str | None) -> int:
   from looprec import train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+  again = f"{python_command()} experiment {name} --resume"
   try:
     run_dir = experiment.run(name, preset, overrides, runs_root, resume)
   except train.Interrupted as e:
-    print(f"interrupted: {e}; resume with: python -m looprec experiment {name} --resume {e.run_dir}",
-          file=sys.stderr)
+    print(f"interrupted: {e}; resume with: {again} {e.run_dir}", file=sys.stderr)
     return 128 + (e.signum or signal.SIGINT)
-  except KeyboardInterrupt:
-    print("interrupted: a second Ctrl-C, stopped at once without a checkpoint; --resume the run folder to "
-          "continue from its last checkpoint", file=sys.stderr)
-    return 130
+  except KeyboardInterrupt as e:  # a second Ctrl-C (experiment.StoppedAtOnce once the run folder exists)
+    where = getattr(e, "run_dir", None)
+    print("interrupted: a second Ctrl-C stopped at once, without a checkpoint" +
+          (f"; resume {where} from its last checkpoint with: {again} {where}" if where else ""), file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # at once: a checkpoint writer's threads would print tracebacks as the interpreter shuts down
   except train.NonFinite as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
@@ -44,16 +102,33 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
   return 0
 
 
-def make_parser() -> OneLineParser:
-  """The command line: experiment, analyze, import-checkpoint, summarize, tables."""
-  parser = OneLineParser(prog="looprec", description=__doc__.splitlines()[0])
+def show_config(name: str, preset: str | None, overrides: list[str], resume: str | None) -> str:
+  """`experiment NAME --show-config`: experiment.show_config of the config a run (or a resume) would use."""
+  if resume:
+    _, module, preset, cfg = experiment.read_run_config(resume)
+    cfg = C.override(cfg, overrides)
+  else:
+    module = experiment.load(name)
+    preset, cfg = experiment.resolve(module, preset, overrides)
+  module.validate(cfg)
+  return experiment.show_config(cfg, preset, overrides)
+
+
+def make_parser(epilog: str | None = None) -> OneLineParser:
+  """The command line: experiment, analyze, import-checkpoint, summarize, tables; epilog: `experiment --help`'s
+  list of experiments, presets and kinds (catalog, which imports every experiment: only when asked for)."""
+  parser = OneLineParser(prog="looprec", description=DESCRIPTION)
   sub = parser.add_subparsers(dest="command", required=True)
-  exp = sub.add_parser("experiment", help="resolve a preset, apply overrides, train and evaluate")
-  exp.add_argument("name")
-  exp.add_argument("overrides", nargs="*", help="dotted.key=value")
-  exp.add_argument("--preset", default=None)
+  exp = sub.add_parser("experiment", help="resolve a preset, apply overrides, train and evaluate",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog)
+  exp.add_argument("name", nargs="?", help="the experiment (listed below)")
+  exp.add_argument("overrides", nargs="*", help="dotted.key=value, optional (e.g. train.steps=500)")
+  exp.add_argument("--preset", default=None, help="the preset (listed below; default: the experiment's *)")
   exp.add_argument("--runs-dir", default=os.environ.get("LOOPREC_RUNS", "runs"))
   exp.add_argument("--resume", default=None, help="a run folder to continue")
+  exp.add_argument("--show-config", action="store_true",
+                   help="print the resolved config, each model's step budget and which models each override "
+                        "reaches; run nothing")
   ana = sub.add_parser("analyze", help="loop sweep, adaptive halting and overthinking margins of a run's models")
   ana.add_argument("run")
   ana.add_argument("--max-loops", type=int, default=None, help="sweep R = 1..N (default: the run's eval.max_loops)")
@@ -82,7 +157,9 @@ def make_parser() -> OneLineParser:
 
 
 def main(argv=None) -> int:
-  parser = make_parser()
+  argv = sys.argv[1:] if argv is None else list(argv)
+  asks_help = argv[:1] == ["experiment"] and bool({"-h", "--help"} & set(argv))
+  parser = make_parser(catalog() if asks_help else None)
   try:
     args, extra = parser.parse_known_args(argv)
     no_overrides = args.command in ("analyze", "summarize", "tables")
@@ -90,6 +167,12 @@ def main(argv=None) -> int:
     if stray:
       raise C.ConfigError(f"unrecognized arguments: {' '.join(stray)}")
     if args.command == "experiment":
+      if not args.name:
+        raise UsageError(f"experiment needs a NAME, one of {', '.join(experiment.names())} (--help lists their "
+                         "presets)")
+      if args.show_config:
+        print(show_config(args.name, args.preset, args.overrides + extra, args.resume))
+        return 0
       compile_cache.enable()
       return run_experiment(args.name, args.preset, args.overrides + extra, args.runs_dir, args.resume)
     if args.command == "import-checkpoint":

@@ -7,6 +7,7 @@ an unknown key or an ill-typed value raises ConfigError naming it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 import sys
@@ -15,6 +16,18 @@ import typing
 
 class ConfigError(ValueError):
   """A bad configuration value; the message is one line naming the culprit."""
+
+
+def choices(value, valid) -> str:
+  """The valid values as `a, b, c`, the closest matches to value first (difflib), for an "unknown X" error."""
+  valid = [str(v) for v in valid]
+  close = difflib.get_close_matches(str(value), valid, n=len(valid), cutoff=0.6)
+  return ", ".join(close + [v for v in valid if v not in close])
+
+
+def one_of(path: str, value, valid) -> str:
+  """The message `path='value' is not one of a, b, c` (closest first)."""
+  return f"{path}={value!r} is not one of {choices(value, valid)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +123,10 @@ def _option_defaults(key: str) -> dict:
   return {name: f.default for name, kind in KINDS.items() for f in dataclasses.fields(kind.options) if f.name == key}
 
 
+POS_EMBS = ("learned", "sinusoidal", "rope", "none")
+INJECTIONS = ("none", "add", "adapter")
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class ModelConfig:
   """The recurrent-depth transformer: embed -> (block of n_layers) x R -> final norm -> tied head. The fields every
@@ -190,26 +207,24 @@ class ModelConfig:
     return bool(self.embed_dropout or self.attn_dropout or self.resid_dropout)
 
   def validate(self):
-    _check(self.kind in KINDS, f"model.kind={self.kind!r} is not one of {', '.join(KINDS)}")
+    _check(self.kind in KINDS, one_of("model.kind", self.kind, KINDS))
     _check(self.d_model % max(self.n_heads, 1) == 0 and self.n_heads >= 1,
            f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
     _check(self.n_layers >= 1, f"model.n_layers={self.n_layers} must be >= 1")
-    _check(self.pos_emb in ("learned", "sinusoidal", "rope", "none"),
-           f"model.pos_emb={self.pos_emb!r} is not one of learned, sinusoidal, rope, none")
+    _check(self.pos_emb in POS_EMBS, one_of("model.pos_emb", self.pos_emb, POS_EMBS))
     _check(self.pos_emb != "rope" or (self.d_model // self.n_heads) % 2 == 0,
            "model.pos_emb=rope needs an even head dimension")
-    _check(self.injection in ("none", "add", "adapter"),
-           f"model.injection={self.injection!r} is not one of none, add, adapter")
+    _check(self.injection in INJECTIONS, one_of("model.injection", self.injection, INJECTIONS))
     _check(self.attn_window >= 0, f"model.attn_window={self.attn_window} must be >= 0")
     for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
       _check(0.0 <= getattr(self, name) < 1.0, f"model.{name}={getattr(self, name)} must be in [0, 1)")
     _check(self.init_std >= 0 and self.embed_init_std >= 0,
            f"model.init_std={self.init_std} and model.embed_init_std={self.embed_init_std} must be >= 0")
     _check(self.ln_eps > 0, f"model.ln_eps={self.ln_eps} must be > 0")
-    _check(self.dtype in ("float32", "bfloat16"), f"model.dtype={self.dtype!r} is not float32 or bfloat16")
+    _check(self.dtype in ("float32", "bfloat16"), one_of("model.dtype", self.dtype, ("float32", "bfloat16")))
     _check(self.eval_dtype in ("", "float32", "bfloat16"),
-           f"model.eval_dtype={self.eval_dtype!r} is not float32, bfloat16 or '' (= model.dtype)")
-    _check(self.attention in ("einsum", "dot_product"), f"model.attention={self.attention!r} is not einsum or dot_product")
+           one_of("model.eval_dtype", self.eval_dtype, ("float32", "bfloat16", "")) + " ('' = model.dtype)")
+    _check(self.attention in ("einsum", "dot_product"), one_of("model.attention", self.attention, ("einsum", "dot_product")))
     _check(self.attention == "einsum" or self.attn_dropout == 0.0,
            "model.attention=dot_product has no dropout on attention probabilities: set model.attn_dropout=0 or use einsum")
     for key, value in self.unowned:
@@ -360,9 +375,9 @@ class TrainConfig:
     _check(self.grokfast_lambda >= 0, f"train.grokfast_lambda={self.grokfast_lambda} must be >= 0")
     self.check_depth(self.unroll, self.remat, self.backprop_loops)
     _check(self.loop_programs in ("per_r", "ahead", "one"),
-           f"train.loop_programs={self.loop_programs!r} is not per_r, ahead or one")
+           one_of("train.loop_programs", self.loop_programs, ("per_r", "ahead", "one")))
     _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
-    _check(self.gate in ("loops", "kl_entropy"), f"train.gate={self.gate!r} is not loops or kl_entropy")
+    _check(self.gate in ("loops", "kl_entropy"), one_of("train.gate", self.gate, ("loops", "kl_entropy")))
     _check(0 < self.stage_lr_gamma <= 1 and self.stage_lr_min >= 0,
            f"train.stage_lr_gamma={self.stage_lr_gamma} must be in (0, 1] and train.stage_lr_min="
            f"{self.stage_lr_min} >= 0")
@@ -371,7 +386,7 @@ class TrainConfig:
   def check_depth(unroll: int, remat: str, backprop_loops: int):
     """The depth-scan options, here and where `loop.Scan` is built from them."""
     _check(unroll >= 1, f"train.unroll={unroll} must be >= 1")
-    _check(remat in ("none", "loop", "dots"), f"train.remat={remat!r} is not one of none, loop, dots")
+    _check(remat in ("none", "loop", "dots"), one_of("train.remat", remat, ("none", "loop", "dots")))
     _check(backprop_loops >= 0, f"train.backprop_loops={backprop_loops} must be >= 0")
 
 
@@ -458,31 +473,41 @@ def _parse_value(text: str, like, path: str):
   raise ConfigError(f"override {path}: cannot set a {kind.__name__} from the command line")
 
 
+def _unknown_key(path: str, keys: list[str], valid) -> ConfigError:
+  """`unknown config key 'a.b'` with the keys valid at that level (closest first)."""
+  prefix = "".join(f"{p}." for p in path.split(".")[:-len(keys)])
+  return ConfigError(f"unknown config key {path!r} (have " +
+                     (", ".join(prefix + k for k in choices(keys[0], valid).split(", ")) if valid else "none") + ")")
+
+
 def _replace(node, keys: list[str], text: str, path: str):
   key, rest = keys[0], keys[1:]
   if dataclasses.is_dataclass(node):
     values = node.settable() if isinstance(node, ModelConfig) else {f.name: getattr(node, f.name)
                                                                      for f in dataclasses.fields(node)}
-    if key not in values:
-      raise ConfigError(f"unknown config key {path!r}")
-    old = values[key]
-    new = _replace(old, rest, text, path) if rest else _parse_value(text, old, path)
-    return dataclasses.replace(node, **{key: new})
-  if isinstance(node, dict):
-    if key not in node:
-      raise ConfigError(f"unknown config key {path!r}")
-    old = node[key]
-    new = _replace(old, rest, text, path) if rest else _parse_value(text, old, path)
-    return {**node, key: new}
-  raise ConfigError(f"unknown config key {path!r}")
+  elif isinstance(node, dict):
+    values = node
+  else:
+    raise ConfigError(f"unknown config key {path!r} ({path.removesuffix('.' + '.'.join(keys))} is a value, not a "
+                      "group of keys)")
+  if key not in values:
+    raise _unknown_key(path, keys, values)
+  new = _replace(values[key], rest, text, path) if rest else _parse_value(text, values[key], path)
+  return dataclasses.replace(node, **{key: new}) if dataclasses.is_dataclass(node) else {**node, key: new}
 
 
 def override(cfg, assignments: typing.Iterable[str]):
-  """Returns cfg with each `dotted.path=value` applied, values typed like the fields they replace."""
+  """Returns cfg with each `dotted.path=value` applied, values typed like the fields they replace; a key given
+  twice is a ConfigError (which of the two was meant is not for the code to guess)."""
+  assignments = list(assignments)
+  seen = {}
   for item in assignments:
     path, sep, text = item.partition("=")
     if not sep or not path:
       raise ConfigError(f"override {item!r} is not of the form key=value")
+    if path in seen:
+      raise ConfigError(f"override key {path!r} given twice ({seen[path]} and {item}); give it once")
+    seen[path] = item
     cfg = _replace(cfg, path.split("."), text, path)
   return cfg
 

@@ -13,7 +13,9 @@ import dataclasses
 import functools
 import importlib
 import os
+import pkgutil
 import re
+import sys
 import time
 import typing
 
@@ -48,6 +50,11 @@ class ExperimentConfig:
       return C.override(dataclasses.replace(self.model, n_layers=run.n_layers), run.model_overrides())
     except ConfigError as e:
       raise ConfigError(f"models.{name}.model: {e}") from None
+
+  def kind(self, name: str) -> str:
+    """models[name]'s model.kind (the default kind where the config leaves it empty)."""
+    from looprec import models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
+    return self.model_cfg(name).kind or next(iter(C.KINDS))
 
   def build_model(self, name: str, vocab_size: int, evaluating: bool = False):
     """models[name]'s model; evaluating: the one that evaluates it (its model.eval_dtype)."""
@@ -101,16 +108,26 @@ def member(module: Experiment, name: str):
   return getattr(module, name, DEFAULTS[name])
 
 
+def names() -> list[str]:
+  """The experiments there are: the modules of the `experiments` package, sorted."""
+  try:
+    package = importlib.import_module("experiments")
+  except ModuleNotFoundError:
+    return []
+  return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_"))
+
+
 def load(name: str) -> Experiment:
-  """The experiment module `experiments.<name>`; ConfigError if there is none, TypeError if it lacks a member
-  of the contract (REQUIRED)."""
+  """The experiment module `experiments.<name>`; ConfigError if there is none (naming those there are),
+  TypeError if it lacks a member of the contract (REQUIRED)."""
+  unknown = ConfigError(f"unknown experiment {name!r} (have {C.choices(name, names()) or 'none'})")
   if not name.isidentifier():
-    raise ConfigError(f"unknown experiment {name!r}")
+    raise unknown
   try:
     module = importlib.import_module(f"experiments.{name}")
   except ModuleNotFoundError as e:
     if e.name in (f"experiments.{name}", "experiments"):
-      raise ConfigError(f"unknown experiment {name!r}") from None
+      raise unknown from None
     raise
   missing = [m for m in REQUIRED if not hasattr(module, m)]
   if missing:
@@ -122,10 +139,57 @@ def resolve(module: Experiment, preset: str | None, overrides: typing.Sequence[s
   """(preset, the preset's config with overrides applied, validated)."""
   preset = preset or module.DEFAULT_PRESET
   if preset not in module.PRESETS:
-    raise ConfigError(f"unknown preset {preset!r} for {module.__name__} (have {', '.join(module.PRESETS)})")
+    raise ConfigError(f"unknown preset {preset!r} for {module.__name__.rpartition('.')[2]} (have "
+                      f"{C.choices(preset, module.PRESETS)})")
   cfg = C.override(module.PRESETS[preset](), overrides)
   module.validate(cfg)
   return preset, cfg
+
+
+def override_reach(cfg: ExperimentConfig, item: str) -> tuple[list[str], list[str]]:
+  """(the models an override `key=value` reaches, `name (why not)` for each it does not): `train.steps` skips a
+  model with its own budget (models.NAME.steps), a shared `model.KEY` a model whose own `model` string sets KEY,
+  `models.NAME.*` reaches only NAME."""
+  key = item.partition("=")[0]
+  reached, missed = [], []
+  for name, mrun in cfg.models.items():
+    own = dict(o.partition("=")[::2] for o in mrun.model_overrides())
+    if key.startswith("models.") and key.split(".")[1] != name:
+      continue
+    if key == "train.steps" and mrun.steps:
+      missed.append(f"{name} (its own models.{name}.steps={mrun.steps})")
+    elif key.startswith("model.") and key[len("model."):] in own:
+      missed.append(f"{name} (its own models.{name}.model sets {key[len('model.'):]}={own[key[len('model.'):]]})")
+    else:
+      reached.append(name)
+  return reached, missed
+
+
+def override_notes(cfg: ExperimentConfig, overrides: typing.Sequence[str]) -> list[str]:
+  """One `note:` line per override that leaves a model as it was (override_reach)."""
+  notes = []
+  for item in overrides:
+    reached, missed = override_reach(cfg, item)
+    if missed:
+      notes.append(f"note: {item} does not change {', '.join(missed)}" +
+                   (f"; it applies to {', '.join(reached)}" if reached else ""))
+  return notes
+
+
+def show_config(cfg: ExperimentConfig, preset: str, overrides: typing.Sequence[str]) -> str:
+  """The resolved config as JSON, then each model's kind, depth, recurrence and step budget (and where the
+  budget comes from), then which models each override reached: what `experiment NAME --show-config` prints."""
+  lines = [C.dumps(cfg), "", f"preset {preset}; models:"]
+  for name, mrun in cfg.models.items():
+    budget = f"models.{name}.steps" if mrun.steps else "train.steps"
+    lines.append(f"  {name}: kind={cfg.kind(name)}, n_layers={mrun.n_layers}, "
+                 f"recurrence={mrun.recurrence}, steps={mrun.steps or cfg.train.steps} ({budget})")
+  lines.append("overrides:" if overrides else "overrides: none")
+  for item in overrides:
+    reached, missed = override_reach(cfg, item)
+    lines.append(f"  {item}: applies to {', '.join(reached) or 'no model'}" +
+                 (f"; not to {', '.join(missed)}" if missed else ""))
+  return "\n".join(lines)
 
 
 def read_run_config(run_dir: str):
@@ -140,6 +204,14 @@ def read_run_config(run_dir: str):
 
 class InputError(ConfigError):
   """Bad input found once a run began: a checkpoint that does not fit the data, or none readable."""
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+  """A second Ctrl-C: the run stopped at once, without a checkpoint; run_dir continues from its last one."""
+
+  def __init__(self, run_dir: str):
+    super().__init__(run_dir)
+    self.run_dir = run_dir
 
 
 class Bug(RuntimeError):
@@ -249,7 +321,8 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
   overrides may change only step budgets and evaluation settings); writes config.json and results.json and
   returns the run folder. ConfigError on bad input, before the folder is created (InputError: a checkpoint found
   later that does not fit); Bug for any other ConfigError once the experiment runs; train.Interrupted (with the
-  run folder to resume) on SIGTERM/SIGINT, after a checkpoint."""
+  run folder to resume) on SIGTERM/SIGINT, after a checkpoint; StoppedAtOnce on a second SIGINT. Prints a `note:`
+  on stderr for each override that leaves a model as it was (override_notes)."""
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
@@ -268,12 +341,17 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
   else:
     preset, cfg = resolve(module, preset, overrides)
     run_dir = _new_run_dir(runs_root, name, preset, main_process)
+  for note in override_notes(cfg, overrides) if main_process else ():
+    print(note, file=sys.stderr)
   if main_process:
     runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
                                                            "config": C.to_dict(cfg)})
   start = time.time()
-  with train.stop_on_signals(), inputs_checked():
-    body = module.run(cfg, run_dir)
+  try:
+    with train.stop_on_signals(), inputs_checked():
+      body = module.run(cfg, run_dir)
+  except KeyboardInterrupt:
+    raise StoppedAtOnce(run_dir) from None
   if main_process:
     runs.write_json(os.path.join(run_dir, "results.json"),
                     {"experiment": name, "preset": preset, "wall_seconds": time.time() - start,

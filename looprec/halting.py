@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from looprec import loop, sharding
-from looprec.config import ConfigError
+from looprec.config import ConfigError, choices
 
 # Each parameter is one test on one signal; a policy stops an example where all of its tests pass.
 TESTS = {
@@ -85,11 +85,11 @@ def stop(signals: dict, values, used):
 def policy(name: str, **params) -> Policy:
   """The named policy with its defaults overridden by params; ConfigError on unknown names or bad values."""
   if name not in RULES:
-    raise ConfigError(f"unknown halting policy {name!r} (have {', '.join(RULES)})")
+    raise ConfigError(f"unknown halting policy {name!r} (have {choices(name, RULES)})")
   defaults = RULES[name]
   for key, value in params.items():
     if key not in defaults:
-      raise ConfigError(f"halting policy {name!r} has no parameter {key!r} (have {', '.join(defaults)})")
+      raise ConfigError(f"halting policy {name!r} has no parameter {key!r} (have {choices(key, defaults)})")
     if key == "n":
       if not float(value).is_integer() or value < 1:
         raise ConfigError(f"{name}: n={value} must be an integer >= 1")

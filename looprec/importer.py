@@ -166,7 +166,7 @@ def import_run(path: str, experiment_name: str, preset: str | None, overrides: l
   module = experiment.load(experiment_name)
   preset, cfg = experiment.resolve(module, preset, overrides)
   if model_name not in cfg.models:
-    raise ConfigError(f"--model {model_name!r} is not a model of the preset (have {', '.join(cfg.models)})")
+    raise ConfigError(f"--model {model_name!r} is not a model of the preset (have {C.choices(model_name, cfg.models)})")
   check_unseen(cfg.model_cfg(model_name), experiment.paper_preset(module).model, overrides)
   cfg = dataclasses.replace(cfg, models={model_name: cfg.models[model_name]},
                             model=dataclasses.replace(cfg.model, ln_eps=OFFICIAL_LN_EPS))

@@ -1,4 +1,5 @@
-"""Run folders: runs/<name>/<preset>-<YYYYmmdd-HHMMSS>[-i]/, a `latest` link, and atomic file writes."""
+"""Run folders: runs/<name>/<preset>-<YYYYmmdd-HHMMSS>[-i]/, a `latest` link, atomic file writes, and the stage
+lines a run prints after training."""
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +8,26 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 
 from looprec.files import write_json_atomic
 from looprec.config import ConfigError
+
+
+@contextlib.contextmanager
+def stage(what: str):
+  """One line on stderr around a phase after training, `what ... N s`, from process 0 only: no phase (evaluation,
+  sweep, halting, lens, figures) runs in silence."""
+  import jax  # pylint: disable=import-outside-toplevel  (jax is slow to import)
+  show, start = jax.process_index() == 0, time.time()
+  if show:
+    print(f"{what} ...", end="", file=sys.stderr, flush=True)
+  try:
+    yield
+  finally:
+    if show:
+      print(f" {time.time() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 CODE = ("looprec", "experiments", "data_gen")  # a change here outside a commit makes the commit "-dirty"

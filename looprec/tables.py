@@ -8,8 +8,9 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer); functools.partial picks models, hops or the split. A table with no summary file (None) is rendered from the
-code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
+x layer); functools.partial picks models, hops or the split. A table of several summaries (a tuple of files:
+run_times, the measured wall time of each preset) gets a list of (summary, file). A table with no summary file (None)
+is rendered from the code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import re
 
 from looprec.files import write_text_atomic
-from looprec.config import ConfigError
+from looprec.config import ConfigError, choices
 
 DOCS = ("README.md", "docs/reproducing.md")
 RESULTS = "results"
@@ -203,6 +204,22 @@ def preset_deviations(name: str, preset: str) -> str:
   return experiment.deviations_text(module.PRESETS[preset](), experiment.paper_preset(module))
 
 
+def run_times(summaries: list) -> str:
+  """command x (seeds, wall time per seed, per-model training time, machine): what a full preset costs."""
+  lines = ["| command | seeds | wall time per seed | training time per model | machine, looprec |", "|---|---|---|---|---|"]
+  for summary, where in summaries:
+    names, get = _models(summary, where)
+    wall = need(summary, where, "aggregate", "wall_seconds")
+    train = ", ".join(f"{n} {stat(get(n, 'train_seconds'), '.0f')} s" for n in names
+                      if stat(get(n, "train_seconds")) != "—")  # not the training-free entries
+    lines.append(f"| `make experiment NAME={need(summary, where, 'experiment')} PRESET={need(summary, where, 'preset')}` "
+                 f"| {len(need(summary, where, 'seeds'))} | {stat(wall, '.0f')} s ({wall['mean'] / 60:.0f} min) | "
+                 f"{train} | {_machines(need(summary, where, 'machine'))}, "
+                 f"{_commits(need(summary, where, 'commit').get('train'), need(summary, where, 'seeds'))} |")
+  return "\n".join(lines + ["", "From " + ", ".join(f"`{w}`" for _, w in summaries) + ": mean (min–max) over seeds; "
+                                 "each seed's run on its own, as `make experiment` runs it."])
+
+
 TABLES = {
     "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
@@ -217,26 +234,33 @@ TABLES = {
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
                             ("systematicity", "cpu_long"), ("variants", "cpu"))},
+    "run_times": (("depth_extrap_cpu.json", "systematicity_cpu.json", "variants_cpu.json"), run_times),
 }
 
 
 def render(table_id: str, root: str = ".") -> str:
   """The markdown of one registered table from its summary file."""
   if table_id not in TABLES:
-    raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {', '.join(TABLES)})")
-  name, renderer = TABLES[table_id]
-  if name is None:
+    raise ConfigError(f"table {table_id!r} is not in looprec.tables.TABLES (have {choices(table_id, TABLES)})")
+  names, renderer = TABLES[table_id]
+  if names is None:
     return renderer()
+  if isinstance(names, tuple):
+    return renderer([_load(name, table_id, root) for name in names])
+  return renderer(*_load(names, table_id, root))
+
+
+def _load(name: str, table_id: str, root: str) -> tuple[dict, str]:
+  """(a summary, its path under results/) for a table."""
   where = os.path.join(RESULTS, name)
   path = os.path.join(root, where)
   if not os.path.isfile(path):
     raise ConfigError(f"{where}: missing (needed by table {table_id!r})")
   try:
     with open(path) as f:
-      summary = json.load(f)
+      return json.load(f), where
   except ValueError as e:
     raise ConfigError(f"{where}: not JSON ({e})") from None
-  return renderer(summary, where)
 
 
 def regenerate(text: str, doc: str, root: str = ".") -> tuple[str, list[str]]:

@@ -25,12 +25,14 @@
 # %% [markdown]
 # ## Setup
 # Installs what is missing, nothing on a machine where looprec is already importable (a clone after
-# `make .venv/.stamp-dev`). On a Colab runtime set `LOOPREC_SOURCE` to the repository's git URL, or upload a
-# clone and give its path; on a TPU runtime the `tpu` extra brings the TPU build of jax, on a GPU runtime the
-# `cuda` extra the CUDA one.
+# `make .venv/.stamp-dev`). This repository has no public URL: on Colab, upload your copy (zip your clone, upload
+# it in the Files pane, then `!unzip -q looprec.zip -d /content`) so that it is at `/content/looprec`, the default
+# below, or set `LOOPREC_SOURCE` to a git URL your runtime can clone. On a TPU runtime the `tpu` extra brings the
+# TPU build of jax, on a GPU runtime the `cuda` extra the CUDA one; a runtime that had imported its own jax before
+# may need *Runtime > Restart session* after the install, then a run from the top.
 
 # %%
-LOOPREC_SOURCE = "git+https://github.com/YOUR-ACCOUNT/looprec.git"  # a git URL, or a path such as "/content/looprec"
+LOOPREC_SOURCE = "/content/looprec"  # the path of your uploaded copy, or a git URL ("git+https://.../looprec.git")
 
 import importlib.util
 import os
@@ -40,8 +42,9 @@ import subprocess
 import sys
 
 if importlib.util.find_spec("looprec") is None:
-  if "YOUR-ACCOUNT" in LOOPREC_SOURCE:
-    raise SystemExit("looprec is not installed: set LOOPREC_SOURCE to its git URL or to the path of a clone")
+  if "://" not in LOOPREC_SOURCE and not os.path.isdir(LOOPREC_SOURCE):
+    raise SystemExit(f"looprec is not installed and LOOPREC_SOURCE={LOOPREC_SOURCE!r} is no folder: upload your copy "
+                     "of the repository there (see above) or set LOOPREC_SOURCE to a git URL")
   ON_TPU = (bool(os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_ACCELERATOR_TYPE"))
             or os.path.exists("/dev/accel0") or importlib.util.find_spec("libtpu") is not None)
   EXTRA = "[tpu]" if ON_TPU else "[cuda]" if shutil.which("nvidia-smi") else ""
@@ -50,6 +53,8 @@ if importlib.util.find_spec("looprec") is None:
   subprocess.run([sys.executable, "-m", "pip", "install", "-q", REQUIREMENT], check=True)
   importlib.invalidate_caches()
   print("installed", REQUIREMENT)
+  if ON_TPU:  # a jax reinstalled under a running kernel may need it
+    print("TPU runtime: if importing jax below fails or finds no TPU, Runtime > Restart session, then run from the top")
 else:
   print("looprec is importable from", pathlib.Path(importlib.util.find_spec("looprec").origin).parent)
 

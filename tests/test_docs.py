@@ -54,6 +54,9 @@ IMPORT = By("tests/test_torch_import.py::test_import_cli_then_analyze",
 COVERED = {
     "looprec experiment depth_extrap --preset cpu": By(SMOKE.format("depth_extrap"), "--preset smoke"),
     "looprec experiment depth_extrap --preset smoke": By(SMOKE.format("depth_extrap")),
+    "looprec experiment systematicity --preset smoke": By(SMOKE.format("systematicity")),
+    "make test TESTS=tests/test_cli.py": By("tests/test_docs.py::test_make_test_runs_the_files_it_is_given",
+                                            "`make -n`: the pytest call it makes; tests/test_cli.py runs in `make test`"),
     "looprec experiment depth_extrap --preset paper": By(SMOKE.format("depth_extrap"), "--preset smoke"),
     "looprec experiment depth_extrap --preset cpu train.steps=500 model.d_model=64":
         By(SMOKE.format("depth_extrap"), "--preset smoke, without the overrides"),
@@ -209,7 +212,7 @@ def canonical(tokens: list[str]) -> list[str]:
     else:
       tokens = (["looprec", "experiment", v["NAME"]] + (["--preset", v["PRESET"]] if v.get("PRESET") else [])
                 + (["--resume", v["RESUME"]] if v.get("RESUME") else []) + v.get("ARGS", "").split())
-  if tokens[:2] == ["looprec", "experiment"] and len(tokens) > 2:
+  if tokens[:2] == ["looprec", "experiment"] and has_name(tokens[2:]):
     name, flags, overrides = experiment_args(tokens[2:])
     if "--resume" not in flags and "--preset" not in flags:
       try:
@@ -219,6 +222,11 @@ def canonical(tokens: list[str]) -> list[str]:
     tokens = (["looprec", "experiment", name] + [x for f in ("--preset", "--resume", "--runs-dir") if f in flags
                                                   for x in (f, flags[f])] + overrides)
   return env + tokens
+
+
+def has_name(args: list[str]) -> bool:
+  """Whether `looprec experiment`'s arguments name an experiment (`experiment --help` does not)."""
+  return any(not t.startswith("-") for t in args)
 
 
 def experiment_args(args: list[str]) -> tuple[str, dict, list[str]]:
@@ -285,7 +293,7 @@ def problems(tokens: list[str]) -> list[str]:
     if usage is None:
       return out + [f"`{cmd[0]}` has no subcommand {cmd[1]!r}"]
     out += [f"`{cmd[0]} {cmd[1]}` has no flag {f}" for f in flags_of(cmd) if f not in usage]
-    if cmd[1] == "experiment" and concrete:
+    if cmd[1] == "experiment" and concrete and has_name(cmd[2:]):
       out += [e for e in [check_experiment(tokens)] if e]
     if cmd[1] == "import-checkpoint" and concrete:
       opts = dict(zip(cmd[2:-1], cmd[3:]))
@@ -475,3 +483,91 @@ def test_python_blocks_run_as_written(path, tmp_path):
                         cwd=tmp_path, capture_output=True, text=True, timeout=900,
                         env={**os.environ, "PYTHONPATH": ROOT})
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_make_test_runs_the_files_it_is_given():
+  """`make test TESTS=FILE` runs pytest on that file alone, after installing the dev extra (pytest) when missing."""
+  env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+  proc = subprocess.run(["make", "-n", "--no-print-directory", "test", "TESTS=tests/test_cli.py"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.stdout.splitlines()[-1].split() == [".venv/bin/python", "-m", "pytest", "-q", "-n", "2", "--dist",
+                                                  "loadfile", "tests/test_cli.py"], proc.stdout
+  assert re.search(r"^test: \$\(VENV\)/\.stamp-dev$", makefile()[1], flags=re.M)  # the dev extra first
+  assert re.search(r'^\$\(VENV\)/\.stamp-dev:.*\n\t\$\(PY\) -m pip install -q -e "\.\[dev\]"', makefile()[1], flags=re.M)
+
+
+def paragraphs() -> list[tuple[str, str]]:
+  """(doc, paragraph with its whitespace collapsed) of the prose of README.md and docs/*.md: code blocks,
+  generated tables and table rows left out, paragraphs under 150 characters too."""
+  out = []
+  for path in DOCS:
+    text = re.sub(r"^```.*?^```", "", open(os.path.join(ROOT, path), encoding="utf-8").read(), flags=re.S | re.M)
+    text = re.sub(r"<!-- table: \S+ -->.*?<!-- /table -->", "", text, flags=re.S)
+    out += [(path, p) for p in (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+            if len(p) >= 150 and not p.startswith("|")]
+  return out
+
+
+def duplicates(paras: list, threshold: float = 0.8) -> list[str]:
+  """`doc: start… ~ doc: start…` for each pair of paragraphs at least `threshold` alike (difflib)."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  found = []
+  for i, (doc_a, a) in enumerate(paras):
+    for doc_b, b in paras[i + 1:]:
+      m = difflib.SequenceMatcher(None, a, b, autojunk=False)
+      if m.real_quick_ratio() >= threshold and m.quick_ratio() >= threshold and m.ratio() >= threshold:
+        found.append(f"{doc_a}: {a[:80]}… ~ {doc_b}: {b[:80]}…")
+  return found
+
+
+def test_no_paragraph_is_said_twice():
+  """A paragraph said twice drifts (one copy gets updated): across README.md and docs/*.md none is 80% alike
+  another."""
+  assert not duplicates(paragraphs()), "\n".join(duplicates(paragraphs()))
+
+
+def test_a_paragraph_said_twice_in_another_tense_is_caught():
+  said = ("`make experiment NAME=systematicity PRESET=paper` likewise: not run on an accelerator either. On this CPU "
+          "it ran end to end in 11 min 6 s, nearly all of it compiling the d = 768 models.")
+  again = said.replace("ran", "runs").replace("likewise:", "is RECIPE task A;")
+  assert len(duplicates([("a.md", said), ("b.md", again), ("c.md", "x" * 150)])) == 1
+
+
+def test_package_docstring_runs_as_written(tmp_path):
+  """looprec/__init__.py's indented examples, in order as one session, in an empty folder (its runs/ land there)."""
+  import looprec  # pylint: disable=import-outside-toplevel
+  code = "\n".join(line[4:] for line in looprec.__doc__.splitlines() if line.startswith("    "))
+  checks = ("\nassert logits_BxTxV.shape[:2] == tokens_BxT.shape and per_loop_RxBxV.shape[0] == 16"
+            "\nassert set(acc) == set(table) == set(curves) == set(splits)"
+            "\nassert {'bridge', 'answer'} <= set(lens['test_inferred_iid'])")
+  (tmp_path / "example.py").write_text(code + checks)
+  proc = subprocess.run([sys.executable, "-c", "from looprec import compile_cache; compile_cache.enable(); "
+                         "exec(compile(open('example.py').read(), 'looprec/__init__.py', 'exec'))"],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+NUMBERS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+COUNT = re.compile(r"\b(" + "|".join(NUMBERS) + r"|\d+) (notebooks|halting policies|policies|model kinds|kinds|"
+                   r"experiments|tests)\b", re.I)
+
+
+def stale_counts(text: str) -> list[str]:
+  """Each `N notebooks|policies|kinds|experiments` in text that is not the count there is now, and any `N tests`
+  (the suite grows: a test count is generated or not written)."""
+  import looprec.models  # pylint: disable=import-outside-toplevel,unused-import  (registers the kinds)
+  actual = {"notebooks": len(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb"))), "policies": len(halting.RULES),
+            "kinds": len(C.KINDS), "experiments": len(experiment.names())}
+  out = []
+  for m in COUNT.finditer(text):
+    n = int(m.group(1)) if m.group(1).isdigit() else NUMBERS[m.group(1).lower()]
+    noun = m.group(2).lower().split()[-1]
+    if noun == "tests" or n != actual[noun]:
+      out.append(f"{m.group(0)!r}" + ("" if noun == "tests" else f" (there are {actual[noun]})"))
+  return out
+
+
+def test_counts_in_the_readme_are_the_counts_there_are():
+  assert not stale_counts(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
+  assert stale_counts("the suite's 266 tests; five halting policies; four notebooks") == [
+      "'266 tests'", f"'five halting policies' (there are {len(halting.RULES)})"]

@@ -173,6 +173,9 @@ def test_smoke_experiment(name, tmp_path, capsys):
   run_dir = experiment.run(name, "smoke", [], runs_root=str(tmp_path))
   with open(os.path.join(run_dir, "results.json")) as f:
     results = json.load(f)
+  stages = [l for l in capsys.readouterr().err.replace("\r", "\n").splitlines() if l.endswith(" s") and " ... " in l]
+  assert [l.split(": sweep")[0] for l in stages[:-1]] == list(results["models"]), stages  # a line per model analyzed
+  assert stages[-1].startswith("figures and report"), stages
   check_golden(name, results)
   check_contract(name, run_dir, results)
   written = os.path.join(run_dir, "analysis.json")

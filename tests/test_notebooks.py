@@ -133,8 +133,9 @@ def test_install_cell_does_nothing_where_looprec_is_importable(monkeypatch):
                                               ({"TPU_ACCELERATOR_TYPE": "v5litepod-1"}, False, "tpu"),
                                               ({}, True, "cuda"), ({}, False, None)])
 @pytest.mark.parametrize("where", ["git+https://example.org/looprec.git", "."])
-def test_install_cell_installs_looprec_with_the_accelerator_extra(monkeypatch, env, nvidia, extra, where):
+def test_install_cell_installs_looprec_with_the_accelerator_extra(monkeypatch, capsys, env, nvidia, extra, where):
   calls = run_install_cell(monkeypatch, where, env, False, nvidia)
+  assert ("Restart session" in capsys.readouterr().out) == (extra == "tpu")  # the TPU runtime's reinstalled jax
   assert len(calls) == 1 and calls[0][:5] == [sys.executable, "-m", "pip", "install", "-q"]
   req = Requirement(calls[0][5])
   assert req.name == "looprec" and req.extras == ({extra} if extra else set())
@@ -143,9 +144,11 @@ def test_install_cell_installs_looprec_with_the_accelerator_extra(monkeypatch, e
     assert extra in extras()
 
 
-def test_install_cell_without_a_source_says_what_to_set(monkeypatch):
-  with pytest.raises(SystemExit, match="LOOPREC_SOURCE"):
-    run_install_cell(monkeypatch, "git+https://github.com/YOUR-ACCOUNT/looprec.git", {}, False)
+def test_install_cell_without_a_source_says_what_to_set(monkeypatch, tmp_path):
+  with pytest.raises(SystemExit, match="LOOPREC_SOURCE=.* is no folder: upload your copy"):
+    run_install_cell(monkeypatch, str(tmp_path / "looprec"), {}, False)
+  cell = code_cells(source(NAMES[0]))[0].source
+  assert cell.startswith('LOOPREC_SOURCE = "/content/looprec"')  # where the upload the setup text describes lands
 
 
 def test_accelerator_extras_stay_within_the_jax_pin():

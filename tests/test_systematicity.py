@@ -284,4 +284,4 @@ def test_report_sentence_reads_right_in_every_branch(case):
     assert "the answer's top-1 rate peaks at 0.50 after layer 3 of 4," in text
   else:
     assert text.startswith("accuracy >= 0.9: training 2-hop facts never, ID test never, OOD test never (final OOD 0.00")
-    assert "at never" not in text and "peaks at 0.00" not in text and "is never top-1" in text
+    assert "at never" not in text and "peaks at 0.00" not in text and "is 0 after every layer (never top-1)" in text

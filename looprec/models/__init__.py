@@ -17,7 +17,7 @@ that one module, imported before its config is read; the built-in ones are impor
 """
 from __future__ import annotations
 
-from looprec.config import KINDS, ConfigError, ModelConfig
+from looprec.config import KINDS, ConfigError, ModelConfig, one_of
 from looprec.models.base import LoopedBase, LoopedModel, count_params, gather_positions, params_checksum
 # the built-in kinds, registered on import in this order (KINDS' order; the first is the default kind)
 from looprec.models import looped  # the paper's: embed -> (L layers) x R -> final norm -> tied head
@@ -30,7 +30,7 @@ from looprec.models import training_free  # inference only: a trained stack's wi
 def build(cfg: ModelConfig, vocab_size: int) -> LoopedModel:
   """The model of kind cfg.kind; ConfigError for an unknown kind."""
   if cfg.kind not in KINDS:
-    raise ConfigError(f"model.kind={cfg.kind!r} is not one of {', '.join(KINDS)}")
+    raise ConfigError(one_of("model.kind", cfg.kind, KINDS))
   return KINDS[cfg.kind].model(cfg, vocab_size)
 
 

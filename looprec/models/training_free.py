@@ -19,7 +19,7 @@ import re
 
 import jax
 
-from looprec.config import ConfigError, KindOptions, ModelConfig, register_kind
+from looprec.config import ConfigError, KindOptions, ModelConfig, choices, register_kind
 from looprec.models.looped import Block, LoopedTransformer, attention_mask
 
 
@@ -64,7 +64,7 @@ def wrap(cfg: ModelConfig, spec: str) -> ModelConfig:
   for item in filter(None, spec.split(",")):
     key, sep, text = item.partition("=")
     if not sep or key not in KEYS:
-      raise ConfigError(f"training-free {item!r} is not one of {', '.join(f'{k}=...' for k in KEYS)}")
+      raise ConfigError(f"training-free {item!r} is not one of {choices(key, KEYS).replace(', ', '=..., ')}=...")
     try:
       values[key] = KEYS[key](text)
     except ValueError:
