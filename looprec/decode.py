@@ -1,0 +1,192 @@
+"""Autoregressive generation for every model kind, with a KV cache whose layout across loops is a policy.
+
+`generate` runs one compiled program per (model, policy, R, prompt length, tokens to write, greedy or sampled):
+a prefill of the prompt, then a `lax.fori_loop` over the positions to write, with the model's depth loop (the
+same scan as training, `LoopedBase.cached_forward`) inside. A batch of prompts of one length decodes together.
+
+The blocks run once per token (a prelude, a coda, the layers outside a training-free window) keep one cache each.
+The looped block's ("core") keys and values are kept by the policy, named as `parse_policy` reads it:
+
+  per_loop     a cache for every (layer, loop): exact, memory prop. to N R
+  first_loop   loop 0's keys and values, read by every loop
+  last_loop    the last loop's, read by every loop
+  cycle:k      Huginn's zero-shot sharing: loop t reads and writes slot t mod k (min(k, R) slots)
+  melt         one cache per layer, the loops' keys and values folded through a learned element-wise gate
+               (`looprec.melt`; params["melt"] holds the gates)
+
+A token always attends to its own keys and values of the loop it is in; the policy decides what it reads of the
+earlier tokens. The prompt is prefilled as one chunk (its tokens attend to each other loop by loop, as in
+training) and written to the cache by the same policy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+
+from looprec.config import ConfigError
+from looprec.models.looped import Cached
+
+POLICIES = ("per_loop", "first_loop", "last_loop", "cycle:k", "melt")
+
+
+class DecodeError(ConfigError):
+  """Bad decoding input (policy, prompt, a model without MELT gates): one line; the CLI exits 2 on it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """How the looped block's keys and values are cached across loops (see the module docstring)."""
+
+  name: str
+  k: int = 0  # cycle's period
+
+  def slots(self, n_loops: int) -> int:
+    """Caches kept for the looped block."""
+    return {"per_loop": n_loops, "cycle": min(self.k, n_loops)}.get(self.name, 1)
+
+  def slot(self, t):
+    """The slot that loop t reads."""
+    return {"per_loop": t, "cycle": t % max(self.k, 1)}.get(self.name, 0)
+
+  def keep(self, new_RxLx, gates=None):
+    """The slots written from the loops' new keys (or values) of the tokens: R x L x ... -> slots x L x ..."""
+    n_loops = new_RxLx.shape[0]
+    if self.name == "per_loop":
+      return new_RxLx
+    if self.name == "first_loop":
+      return new_RxLx[:1]
+    if self.name == "last_loop":
+      return new_RxLx[-1:]
+    if self.name == "cycle":  # slot s holds the last loop t with t mod k = s
+      return new_RxLx[jnp.array([s + self.k * ((n_loops - 1 - s) // self.k) for s in range(self.slots(n_loops))])]
+    return melt_fold(new_RxLx, gates)[None]
+
+
+def parse_policy(spec: str) -> Policy:
+  """A policy from its name (`cycle:k` with k >= 1); DecodeError otherwise."""
+  m = re.fullmatch(r"cycle:(-?\d+)", spec)
+  if m:
+    if int(m.group(1)) < 1:
+      raise DecodeError(f"decode policy {spec!r}: cycle:k needs k >= 1")
+    return Policy("cycle", int(m.group(1)))
+  if spec not in POLICIES or spec == "cycle:k":
+    raise DecodeError(f"decode policy {spec!r} is not one of {', '.join(POLICIES)}")
+  return Policy(spec)
+
+
+def melt_fold(new_RxLxBxTxHxK, gate_LxHxK):
+  """MELT's shared cache entry after R loops: c_0 = x_0, c_t = g c_{t-1} + (1 - g) x_t, g = sigmoid(gate)
+  element-wise per layer: L x B x T x H x K."""
+  g = jax.nn.sigmoid(gate_LxHxK)[:, None, None].astype(jnp.float32)
+  step = lambda c, x: (g * c + (1 - g) * x.astype(jnp.float32), None)
+  c, _ = jax.lax.scan(step, new_RxLxBxTxHxK[0].astype(jnp.float32), new_RxLxBxTxHxK[1:])
+  return c.astype(new_RxLxBxTxHxK.dtype)
+
+
+def kv_dtype(model):
+  return jnp.bfloat16 if model.cfg.dtype == "bfloat16" else jnp.float32
+
+
+def empty_cache(model, policy: Policy, n_loops: int, batch: int, length: int) -> dict:
+  """{site: {"k", "v"}: slots x L x B x S x H x K zeros}; the looped block ("core") has the policy's slots, the
+  others one."""
+  cfg = model.cfg
+  shape = lambda site, n: (policy.slots(n_loops) if site == "core" else 1, n, batch, length, cfg.n_heads,
+                           cfg.d_model // cfg.n_heads)
+  return {site: {name: jnp.zeros(shape(site, n), kv_dtype(model)) for name in ("k", "v")}
+          for site, n in model.cache_layers().items()}
+
+
+def bytes_per_token(model, policy: Policy, n_loops: int) -> int:
+  """The cache's bytes per token of context (every site, keys and values), from its real layout."""
+  cache = jax.eval_shape(lambda: empty_cache(model, policy, n_loops, 1, 1))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(cache))
+
+
+def _reader(cache: dict, key_ok_BxS, policy: Policy, start) -> Cached:
+  def past(site, t):
+    slot = policy.slot(t) if site == "core" else 0
+    return jax.tree_util.tree_map(lambda c: c[slot], cache[site])
+  return Cached(start=start, past=past, key_ok_BxS=key_ok_BxS)
+
+
+def _write(cache: dict, new: dict, policy: Policy, start, gates) -> dict:
+  """The cache with the tokens' new keys and values (kept by the policy for "core") at positions start.."""
+  def put(site, name, c):
+    x = policy.keep(new[site][name], None if gates is None else gates[name]) if site == "core" else new[site][name][None]
+    return jax.lax.dynamic_update_slice_in_dim(c, x.astype(c.dtype), start, axis=3)
+  return {site: {name: put(site, name, c) for name, c in kv.items()} for site, kv in cache.items()}
+
+
+def cached_step(model, params, cache: dict, key_ok_BxS, tokens_BxT, start, n_loops: int, policy: Policy):
+  """The tokens at positions start.. through the model after the cache: (hidden B x T x D, the cache and its
+  valid keys with the tokens written)."""
+  hidden_BxTxD, new = model.cached_forward(params, tokens_BxT, n_loops, _reader(cache, key_ok_BxS, policy, start))
+  cache = _write(cache, new, policy, start, params.get("melt"))
+  return hidden_BxTxD, cache, jax.lax.dynamic_update_slice_in_dim(key_ok_BxS, tokens_BxT != 0, start, axis=1)
+
+
+def _choose(logits_BxV, key, temperature: float):
+  """Greedy (temperature 0) or sampled next tokens: B."""
+  if temperature == 0:
+    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+  return jax.random.categorical(key, logits_BxV / temperature).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops", "n_new", "temperature"))
+def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_new: int, temperature: float):
+  """Prefill, then a fori_loop writing n_new tokens: B x n_new."""
+  b, p = prompt_BxP.shape
+  cache = (empty_cache(model, policy, n_loops, b, p + n_new), jnp.zeros((b, p + n_new), bool))
+
+  def forward(cache, tokens_BxT, start, key):
+    hidden_BxTxD, *cache = cached_step(model, params, *cache, tokens_BxT, start, n_loops, policy)
+    key, sub = jax.random.split(key)
+    return tuple(cache), _choose(model.head(params, hidden_BxTxD[:, -1]), sub, temperature), key
+
+  cache, token_B, key = forward(cache, prompt_BxP, 0, key)
+  out_BxN = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(token_B)
+
+  def body(i, carry):
+    cache, out_BxN, key = carry
+    last_Bx1 = jax.lax.dynamic_slice_in_dim(out_BxN, i - 1, 1, axis=1)
+    cache, token_B, key = forward(cache, last_Bx1, p + i - 1, key)
+    return cache, out_BxN.at[:, i].set(token_B), key
+
+  return jax.lax.fori_loop(1, n_new, body, (cache, out_BxN, key))[1]
+
+
+def check(model, params, prompt_len: int, n_new: int, policy: Policy):
+  """DecodeError for a prompt that does not fit the model's positions or melt without trained gates."""
+  if prompt_len < 1 or n_new < 1:
+    raise DecodeError(f"decoding needs a prompt and tokens to write, got {prompt_len} and {n_new}")
+  if prompt_len + n_new > model.cfg.max_positions:
+    raise DecodeError(f"a prompt of {prompt_len} tokens and {n_new} to write exceed model.max_positions="
+                      f"{model.cfg.max_positions}")
+  if policy.name == "melt" and "melt" not in params:
+    raise DecodeError("decode policy melt: the model has no trained MELT gates; run the MELT phase first "
+                      "(looprec.melt.train)")
+
+
+def generate(model, params, prompt_BxP, n_new: int, n_loops: int, policy: str = "per_loop", *,
+             temperature: float = 0.0, rng=None):
+  """The n_new tokens (B x n_new) each prompt row continues with, R = n_loops loops per token; greedy at
+  temperature 0, else sampled (rng)."""
+  pol = parse_policy(policy)
+  check(model, params, prompt_BxP.shape[1], n_new, pol)
+  key = rng if rng is not None else jax.random.PRNGKey(0)
+  return _program(params, jnp.asarray(prompt_BxP, jnp.int32), key, model=model, policy=pol, n_loops=n_loops,
+                  n_new=n_new, temperature=float(temperature))
+
+
+def generate_uncached(model, params, prompt_BxP, n_new: int, n_loops: int):
+  """Greedy generation by full recomputation (no cache): the reference `per_loop` must equal. B x n_new."""
+  tokens_BxT = jnp.asarray(prompt_BxP, jnp.int32)
+  for _ in range(n_new):
+    logits_BxV = model.apply(params, tokens_BxT, n_loops)[:, -1]
+    tokens_BxT = jnp.concatenate([tokens_BxT, jnp.argmax(logits_BxV, -1).astype(jnp.int32)[:, None]], axis=1)
+  return tokens_BxT[:, prompt_BxP.shape[1]:]
