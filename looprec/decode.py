@@ -1,8 +1,9 @@
 """Autoregressive generation for every model kind, with a KV cache whose layout across loops is a policy.
 
 `generate` runs one compiled program per (model, policy, R, prompt length, tokens to write, greedy or sampled):
-a prefill of the prompt, then a `lax.fori_loop` over the positions to write, with the model's depth loop (the
-same scan as training, `LoopedBase.cached_forward`) inside. A batch of prompts of one length decodes together.
+a `lax.scan` over positions, one token per row per step, with the model's depth loop (the same scan as training,
+`LoopedBase.cached_forward`) inside. The prompt's positions are the prefill (their tokens are given), the rest
+feed back the token chosen at the position before. A batch of prompts of one length decodes together.
 
 The blocks run once per token (a prelude, a coda, the layers outside a training-free window) keep one cache each.
 The looped block's ("core") keys and values are kept by the policy, named as `parse_policy` reads it:
@@ -15,8 +16,8 @@ The looped block's ("core") keys and values are kept by the policy, named as `pa
                (`looprec.melt`; params["melt"] holds the gates)
 
 A token always attends to its own keys and values of the loop it is in; the policy decides what it reads of the
-earlier tokens. The prompt is prefilled as one chunk (its tokens attend to each other loop by loop, as in
-training) and written to the cache by the same policy.
+earlier tokens. The prompt goes through the cache one token at a time like the tokens written, so a policy treats
+both alike (as MELT's training does, `looprec.melt`); for `per_loop` that is exactly the uncached forward pass.
 """
 from __future__ import annotations
 
@@ -107,14 +108,15 @@ def bytes_per_token(model, policy: Policy, n_loops: int) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(cache))
 
 
-def _reader(cache: dict, key_ok_BxS, policy: Policy, start) -> Cached:
+def reader(cache: dict, policy: Policy):
+  """past(site, t) of `looped.Cached` over a cache of this policy's layout."""
   def past(site, t):
     slot = policy.slot(t) if site == "core" else 0
     return jax.tree_util.tree_map(lambda c: c[slot], cache[site])
-  return Cached(start=start, past=past, key_ok_BxS=key_ok_BxS)
+  return past
 
 
-def _write(cache: dict, new: dict, policy: Policy, start, gates) -> dict:
+def write(cache: dict, new: dict, policy: Policy, start, gates=None) -> dict:
   """The cache with the tokens' new keys and values (kept by the policy for "core") at positions start.."""
   def put(site, name, c):
     x = policy.keep(new[site][name], None if gates is None else gates[name]) if site == "core" else new[site][name][None]
@@ -122,12 +124,13 @@ def _write(cache: dict, new: dict, policy: Policy, start, gates) -> dict:
   return {site: {name: put(site, name, c) for name, c in kv.items()} for site, kv in cache.items()}
 
 
-def cached_step(model, params, cache: dict, key_ok_BxS, tokens_BxT, start, n_loops: int, policy: Policy):
-  """The tokens at positions start.. through the model after the cache: (hidden B x T x D, the cache and its
-  valid keys with the tokens written)."""
-  hidden_BxTxD, new = model.cached_forward(params, tokens_BxT, n_loops, _reader(cache, key_ok_BxS, policy, start))
-  cache = _write(cache, new, policy, start, params.get("melt"))
-  return hidden_BxTxD, cache, jax.lax.dynamic_update_slice_in_dim(key_ok_BxS, tokens_BxT != 0, start, axis=1)
+def cached_step(model, params, past, key_ok_BxS, token_B, start, n_loops: int):
+  """One token per row at position `start` through the model after the cache (`past`, `looped.Cached`'s):
+  (hidden B x D, its new keys and values by site, the state after every loop, valid keys with it written)."""
+  tokens_Bx1 = token_B[:, None]
+  hidden_Bx1xD, new, states = model.cached_forward(params, tokens_Bx1, n_loops, Cached(start, past, key_ok_BxS))
+  key_ok_BxS = jax.lax.dynamic_update_slice_in_dim(key_ok_BxS, tokens_Bx1 != 0, start, axis=1)
+  return hidden_Bx1xD[:, 0], new, states, key_ok_BxS
 
 
 def _choose(logits_BxV, key, temperature: float):
@@ -139,25 +142,25 @@ def _choose(logits_BxV, key, temperature: float):
 
 @functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops", "n_new", "temperature"))
 def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_new: int, temperature: float):
-  """Prefill, then a fori_loop writing n_new tokens: B x n_new."""
+  """A scan over positions: the prompt's tokens are given (the prefill), then each chosen token is fed back;
+  B x n_new."""
   b, p = prompt_BxP.shape
-  cache = (empty_cache(model, policy, n_loops, b, p + n_new), jnp.zeros((b, p + n_new), bool))
+  length = p + n_new - 1  # the last token written never enters the cache
+  carry = (empty_cache(model, policy, n_loops, b, length), jnp.zeros((b, length), bool),
+           jnp.zeros((b,), jnp.int32), key)
 
-  def forward(cache, tokens_BxT, start, key):
-    hidden_BxTxD, *cache = cached_step(model, params, *cache, tokens_BxT, start, n_loops, policy)
+  def body(carry, i):
+    cache, key_ok_BxS, token_B, key = carry
+    token_B = jnp.where(i < p, jax.lax.dynamic_index_in_dim(prompt_BxP, jnp.minimum(i, p - 1), 1, False), token_B)
+    hidden_BxD, new, _, key_ok_BxS = cached_step(model, params, reader(cache, policy), key_ok_BxS, token_B, i,
+                                                 n_loops)
+    cache = write(cache, new, policy, i, params.get("melt"))
     key, sub = jax.random.split(key)
-    return tuple(cache), _choose(model.head(params, hidden_BxTxD[:, -1]), sub, temperature), key
+    token_B = _choose(model.head(params, hidden_BxD), sub, temperature)
+    return (cache, key_ok_BxS, token_B, key), token_B
 
-  cache, token_B, key = forward(cache, prompt_BxP, 0, key)
-  out_BxN = jnp.zeros((b, n_new), jnp.int32).at[:, 0].set(token_B)
-
-  def body(i, carry):
-    cache, out_BxN, key = carry
-    last_Bx1 = jax.lax.dynamic_slice_in_dim(out_BxN, i - 1, 1, axis=1)
-    cache, token_B, key = forward(cache, last_Bx1, p + i - 1, key)
-    return cache, out_BxN.at[:, i].set(token_B), key
-
-  return jax.lax.fori_loop(1, n_new, body, (cache, out_BxN, key))[1]
+  _, out_NxB = jax.lax.scan(body, carry, jnp.arange(length))
+  return out_NxB[p - 1:].T
 
 
 def check(model, params, prompt_len: int, n_new: int, policy: Policy):
