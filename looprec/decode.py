@@ -163,6 +163,23 @@ def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_
   return out_NxB[p - 1:].T
 
 
+@functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops"))
+def teacher_forced(params, tokens_BxT, *, model, policy: Policy, n_loops: int):
+  """Next-token logits B x T x V of given sequences fed through the cache one token at a time (what decoding
+  computes at each position when it wrote these tokens)."""
+  b, t_len = tokens_BxT.shape
+
+  def body(carry, i):
+    cache, key_ok_BxS = carry
+    token_B = jax.lax.dynamic_index_in_dim(tokens_BxT, i, 1, False)
+    hidden_BxD, new, _, key_ok_BxS = cached_step(model, params, reader(cache, policy), key_ok_BxS, token_B, i,
+                                                 n_loops)
+    return (write(cache, new, policy, i, params.get("melt")), key_ok_BxS), model.head(params, hidden_BxD)
+
+  carry = (empty_cache(model, policy, n_loops, b, t_len), jnp.zeros((b, t_len), bool))
+  return jnp.moveaxis(jax.lax.scan(body, carry, jnp.arange(t_len))[1], 0, 1)
+
+
 def check(model, params, prompt_len: int, n_new: int, policy: Policy):
   """DecodeError for a prompt that does not fit the model's positions or melt without trained gates."""
   if prompt_len < 1 or n_new < 1:
