@@ -83,6 +83,15 @@ class LoopedBase:
     return loop.scan_loops(step, state, n_loops, rng=k_loops, readout=readout, n_active=n_active,
                            scan=scan)
 
+  def cached_forward(self, params, tokens_BxT, n_loops: int, cached):
+    """The forward pass with cached attention (`looped.Cached`; decoding): (hidden B x T x D, the tokens' new keys
+    and values by site, {"k", "v"}: L x B x T x H x K, with a leading R axis for the looped block's, "core", the
+    state after every loop, stacked on a leading R axis)."""
+    state, step, kv = self.loop_step(params, tokens_BxT, cached=cached)
+    state, (kv_core, states) = loop.scan_loops(step, state, n_loops, readout=lambda state, new: (new, state))
+    hidden_BxTxD, kv_end = self.final_hidden(params, state, cached)
+    return hidden_BxTxD, {**kv, "core": kv_core, **kv_end}, states
+
   def answer_hidden(self, params, state, read_pos_B):
     """The hidden vector the head reads at each example's answer position: B x D."""
     return gather_positions(self.final_hidden(params, state), read_pos_B)

@@ -68,10 +68,10 @@ class Hyperloop(prelude_core_coda.PreludeCoreCoda):
     dyn = lambda name: jnp.tanh(z_BxTxE @ g[f"w_{name}"]) * g[f"c_{name}"]
     return (g["pre"] + dyn("pre"), g["post"] + dyn("post"), g["res"] + dyn("res").reshape(b, t_len, n, n))
 
-  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False, cached=None):
     """prelude_core_coda's step (injection and the core block) on the streams' read-out, written back through
     the gates."""
-    state, core = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer)
+    state, core, *kv = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer, cached=cached)
     y_BxTxNxD = jnp.repeat(state["h"][:, :, None], self.cfg.options.n_streams, axis=2)
 
     def step(state, t, key):
@@ -84,8 +84,8 @@ class Hyperloop(prelude_core_coda.PreludeCoreCoda):
                    + post_BxTxN[..., None] * update_BxTxD[:, :, None])
       return {"h": y_BxTxNxD, "tokens": state["tokens"]}, layers
 
-    return {"h": y_BxTxNxD, "tokens": tokens_BxT}, step
+    return ({"h": y_BxTxNxD, "tokens": tokens_BxT}, step, *kv)
 
-  def final_hidden(self, params, state):
-    return super().final_hidden(params, {"h": state["h"].mean(axis=2), "tokens": state["tokens"]})
+  def final_hidden(self, params, state, cached=None):
+    return super().final_hidden(params, {"h": state["h"].mean(axis=2), "tokens": state["tokens"]}, cached)
 

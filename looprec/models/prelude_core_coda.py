@@ -56,27 +56,32 @@ class PreludeCoreCoda(LoopedTransformer):
         params[name[2:]] = self._stack(name).init(key, x, mask, self._rope(seq_len))["params"]
     return params
 
-  def _run(self, name: str, params, h_BxTxD, tokens_BxT):
-    """The begin or end block (no-op when it has no layers)."""
+  def cache_layers(self) -> dict:
+    sites = {"prelude": self.cfg.options.n_prelude, "core": self.cfg.n_layers, "coda": self.cfg.options.n_coda}
+    return {site: n for site, n in sites.items() if n}
+
+  def _run(self, name: str, params, h_BxTxD, tokens_BxT, cached=None):
+    """The begin or end block (no-op when it has no layers); with `cached`, and {its site: new keys and values}."""
     if not getattr(self.cfg.options, name):
-      return h_BxTxD
-    mask, rope = attention_mask(tokens_BxT, self.cfg.attn_window), self._rope(tokens_BxT.shape[1])
-    return self._stack(name).apply({"params": params[name[2:]]}, h_BxTxD, mask, rope)[0]
+      return h_BxTxD if cached is None else (h_BxTxD, {})
+    return self.run_block(params[name[2:]], getattr(self.cfg.options, name), h_BxTxD, tokens_BxT, name[2:], cached)
 
-  def embed(self, params, tokens_BxT):
+  def embed(self, params, tokens_BxT, cached=None):
     """Token embeddings through the prelude: the state entering loop 1 and the injected input."""
-    return self._run("n_prelude", params, super().embed(params, tokens_BxT), tokens_BxT)
+    if cached is None:
+      return self._run("n_prelude", params, super().embed(params, tokens_BxT), tokens_BxT)
+    return self._run("n_prelude", params, super().embed(params, tokens_BxT, cached)[0], tokens_BxT, cached)
 
-  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False, cached=None):
     """The looped model's step on the "h" part of the state (injection and the core block)."""
-    h_BxTxD, core = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer)
+    h_BxTxD, core, *kv = super().loop_step(params, tokens_BxT, rng=rng, per_layer=per_layer, cached=cached)
 
     def step(state, t, key):
       h_BxTxD, layers = core(state["h"], t, key)
       return {"h": h_BxTxD, "tokens": state["tokens"]}, layers
 
-    return {"h": h_BxTxD, "tokens": tokens_BxT}, step
+    return ({"h": h_BxTxD, "tokens": tokens_BxT}, step, *kv)
 
-  def final_hidden(self, params, state):
-    return self._run("n_coda", params, state["h"], state["tokens"])
+  def final_hidden(self, params, state, cached=None):
+    return self._run("n_coda", params, state["h"], state["tokens"], cached)
 

@@ -18,9 +18,10 @@ import dataclasses
 import re
 
 import jax
+import jax.numpy as jnp
 
 from looprec.config import ConfigError, KindOptions, ModelConfig, choices, register_kind
-from looprec.models.looped import Block, LoopedTransformer, attention_mask
+from looprec.models.looped import Block, LoopedTransformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,35 +83,76 @@ class TrainingFree(LoopedTransformer):
   cfg: ModelConfig
   vocab_size: int
 
-  def _layers(self, params, lo: int, hi: int, h_BxTxD, tokens_BxT, per_layer: bool = False):
-    """Layers lo..hi-1 of the trained stack: (output, per-layer outputs or None)."""
+  def _layers(self, params, lo: int, hi: int, h_BxTxD, tokens_BxT, per_layer: bool = False, cached=None,
+              site: str = "", t=0):
+    """Layers lo..hi-1 of the trained stack: (output, per-layer outputs or None); with `cached`, (output, {site:
+    new keys and values} or {})."""
     if lo == hi:
-      return h_BxTxD, None
+      return h_BxTxD, (None if cached is None else {})
     sub = {f"layer_{i}": params["block"][f"layer_{lo + i}"] for i in range(hi - lo)}
-    mask, rope = attention_mask(tokens_BxT, self.cfg.attn_window), self._rope(tokens_BxT.shape[1])
+    if cached is not None:
+      return self.run_block(sub, hi - lo, h_BxTxD, tokens_BxT, site, cached, t)
+    mask, rope = self.context(tokens_BxT)
     block = Block(dataclasses.replace(self.cfg, n_layers=hi - lo))
     return block.apply({"params": sub}, h_BxTxD, mask, rope, True, per_layer)
 
-  def embed(self, params, tokens_BxT):
+  def cache_layers(self) -> dict:
+    a, b = self.cfg.options.window_layers()
+    sites = {"below": a, "core": (b - a) * self.cfg.options.substeps, "above": self.cfg.n_layers - b}
+    return {site: n for site, n in sites.items() if n}
+
+  def embed(self, params, tokens_BxT, cached=None):
     """Token embeddings through the layers below the window: the window's input."""
     a = self.cfg.options.window_layers()[0]
-    return self._layers(params, 0, a, super().embed(params, tokens_BxT), tokens_BxT)[0]
+    if cached is None:
+      return self._layers(params, 0, a, super().embed(params, tokens_BxT), tokens_BxT)[0]
+    return self._layers(params, 0, a, super().embed(params, tokens_BxT, cached)[0], tokens_BxT, cached=cached,
+                        site="below")
 
-  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False):
+  def _cached_loop(self, params, state, t, cached):
+    """One loop with cached attention: the window's K evaluations each read and write their own keys and values
+    (the loop's are theirs stacked on the layer axis, evaluation by evaluation)."""
+    a, b = self.cfg.options.window_layers()
+    k, beta = self.cfg.options.substeps, self.cfg.options.damping
+    h_in, tokens, news = state["h"], state["tokens"], []
+
+    def window(h_BxTxD, j):
+      take = lambda kv: jax.tree_util.tree_map(lambda x: x[j * (b - a):(j + 1) * (b - a)], kv)
+      sliced = dataclasses.replace(cached, past=lambda site, t: take(cached.past(site, t)))
+      out, new = self._layers(params, a, b, h_BxTxD, tokens, cached=sliced, site="core", t=t)
+      news.append(new["core"])
+      return out
+
+    g_in = window(h_in, 0)
+    h_k = h_in + (g_in - h_in) / k
+    for j in range(1, k):
+      h_k = h_k + (window(h_k, j) - h_k) / k
+    kv = jax.tree_util.tree_map(lambda *x: jnp.concatenate(x), *news)
+    return {"h": beta * g_in + (1 - beta) * h_k, "tokens": tokens}, kv
+
+  def loop_step(self, params, tokens_BxT, *, rng=None, per_layer: bool = False, cached=None):
     del rng  # inference only
     a, b = self.cfg.options.window_layers()
     k, beta = self.cfg.options.substeps, self.cfg.options.damping
 
     def step(state, t, key):
-      del t, key
+      del key
+      if cached is not None:
+        return self._cached_loop(params, state, t, cached)
       h_in, tokens = state["h"], state["tokens"]
       g_in, layers = self._layers(params, a, b, h_in, tokens, per_layer)
       sub = lambda _, h: h + (self._layers(params, a, b, h, tokens)[0] - h) / k
       h_k = jax.lax.fori_loop(1, k, sub, h_in + (g_in - h_in) / k)
       return {"h": beta * g_in + (1 - beta) * h_k, "tokens": tokens}, layers
 
-    return {"h": self.embed(params, tokens_BxT), "tokens": tokens_BxT}, step
+    if cached is None:
+      return {"h": self.embed(params, tokens_BxT), "tokens": tokens_BxT}, step
+    h_BxTxD, kv = self.embed(params, tokens_BxT, cached)
+    return {"h": h_BxTxD, "tokens": tokens_BxT}, step, kv
 
-  def final_hidden(self, params, state):
-    return self._layers(params, self.cfg.options.window_layers()[1], self.cfg.n_layers, state["h"], state["tokens"])[0]
+  def final_hidden(self, params, state, cached=None):
+    b = self.cfg.options.window_layers()[1]
+    if cached is None:
+      return self._layers(params, b, self.cfg.n_layers, state["h"], state["tokens"])[0]
+    return self._layers(params, b, self.cfg.n_layers, state["h"], state["tokens"], cached=cached, site="above")
 
