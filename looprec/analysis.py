@@ -165,8 +165,7 @@ def analyze(run_dir: str, max_loops: int | None = None, policies=None, halt_loop
   for value, what in ((max_loops, "max_loops"), (halt_loops, "halt_loops"), (margin_loops, "margin_loops")):
     if value is not None:
       _check_loops(value, what)
-  with runs.stage("loading the checkpoints"):
-    run = experiment.load_run(run_dir)
+  run = experiment.load_run(run_dir)
   cfg, module = run.cfg, run.module
   out_dir, own = run_dir, experiment.member(module, "analyze_run")
   if training_free_spec is not None:
