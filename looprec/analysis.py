@@ -12,6 +12,7 @@ from looprec import eval as evaluation, experiment, halting, plots, report, runs
 from looprec import config as C
 from looprec import models
 from looprec.eval import sweep  # the accuracy[split][R] sweep, part of this module's API
+from looprec.halting import answer_set_size, halt_examples  # part of this module's API
 from looprec.models import training_free
 
 MARGIN_LOOPS = 50
@@ -20,26 +21,6 @@ MARGIN_LOOPS = 50
 def _check_loops(value: int, what: str):
   if value < 1:
     raise C.ConfigError(f"{what}={value} must be >= 1")
-
-
-def answer_set_size(examples: dict) -> int | None:
-  """The answer-set size an evaluation split carries (`n_answers`, `data.with_answer_set`), or None."""
-  n_answers = examples.get("n_answers")
-  return int(np.max(n_answers)) if n_answers is not None and len(n_answers) else None
-
-
-def halt_examples(model, params, examples: dict, pol: halting.Policy, max_loops: int, mesh,
-                  batch_size: int = 256) -> dict:
-  """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops. A
-  bound relative to the answer set reads its size from the examples (`answer_set_size`)."""
-  fn, thresholds = halting.compiled(model, mesh), pol.thresholds(answer_set_size(examples))
-  loops, predicted, executed = [], [], []
-  run = lambda t, r, _: fn(params, t, r, thresholds, max_loops)
-  for (loops_B, answer_B, ran), size in evaluation.batches(run, examples, mesh, batch_size):
-    loops.append(loops_B[:size])
-    predicted.append(answer_B[:size])
-    executed.append(int(ran))
-  return {"loops": np.concatenate(loops), "answer": np.concatenate(predicted), "executed": np.array(executed)}
 
 
 def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halting.DEFAULT_CAP, mesh=None,

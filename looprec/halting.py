@@ -23,8 +23,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from looprec import loop, sharding
+from looprec import eval as evaluation, loop, sharding
 from looprec.config import ConfigError, choices
 
 # Each parameter is one test on one signal; a policy stops an example where all of its tests pass.
@@ -207,3 +208,23 @@ def compiled(model, mesh):
   data, rep = sharding.data_sharded(mesh), sharding.replicated(mesh)
   return jax.jit(functools.partial(halt_batch, model), in_shardings=(None, data, data, rep, rep),
                  out_shardings=(rep, rep, rep))  # replicated: every process reads all (multi-host)
+
+
+def answer_set_size(examples: dict) -> int | None:
+  """The answer-set size an evaluation split carries (`n_answers`, `data.with_answer_set`), or None."""
+  n_answers = examples.get("n_answers")
+  return int(np.max(n_answers)) if n_answers is not None and len(n_answers) else None
+
+
+def halt_examples(model, params, examples: dict, pol: Policy, max_loops: int, mesh,
+                  batch_size: int = 256) -> dict:
+  """Per example `loops` (where it halted) and `answer` (its prediction there); per batch `executed` loops. A
+  bound relative to the answer set reads its size from the examples (`answer_set_size`)."""
+  fn, thresholds = compiled(model, mesh), pol.thresholds(answer_set_size(examples))
+  loops, predicted, executed = [], [], []
+  run = lambda t, r, _: fn(params, t, r, thresholds, max_loops)
+  for (loops_B, answer_B, ran), size in evaluation.batches(run, examples, mesh, batch_size):
+    loops.append(loops_B[:size])
+    predicted.append(answer_B[:size])
+    executed.append(int(ran))
+  return {"loops": np.concatenate(loops), "answer": np.concatenate(predicted), "executed": np.array(executed)}

@@ -22,7 +22,7 @@ import optax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from looprec import checkpoint, data, eval as evaluation, loop, sharding, throughput
+from looprec import checkpoint, data, eval as evaluation, halting, loop, sharding, throughput
 from looprec.config import ConfigError, Recurrence, TrainConfig
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
@@ -575,9 +575,8 @@ class Trainer:
     halts: KL < 0.5 and entropy < 3 + 12 / T nats (T: the padded length), capped at eval_loops."""
     loops = self.cfg.eval_loops or self.rec.max_loops
     if self.cfg.gate == "kl_entropy" and self.rec.schedule == "dynamic":
-      from looprec import analysis, halting  # pylint: disable=import-outside-toplevel  (analysis imports train)
       pol = halting.policy("kl_entropy", eps=0.5, max_entropy=3.0 + 12.0 / examples["tokens"].shape[1])
-      got = analysis.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)
+      got = halting.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)
       return float(np.mean(got["answer"] == examples["target"]))
     return evaluation.accuracy(self.eval_model, self.state.params, examples, loops, self.mesh, batch_size=1024)
 
