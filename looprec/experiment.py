@@ -179,8 +179,8 @@ class Run:
 
   @functools.cached_property
   def task(self):
-    from looprec import data  # pylint: disable=import-outside-toplevel
-    return data.make_task(self.cfg.data)
+    from looprec import tasks  # pylint: disable=import-outside-toplevel
+    return tasks.make_task(self.cfg.data)
 
   def model(self, name: str):
     return self.cfg.build_model(name, self.task.vocab.size)
