@@ -122,7 +122,11 @@ class TaskConfig:
       raise ConfigError(f"data.ood={self.ood!r} is not a comma-separated list of integers") from None
     return sorted(set(values)) if values else [2 * self.train_max, 3 * self.train_max]
 
-  def validate(self, capacity: int):
+  def validate(self):
+    """The task's checks (`DifficultyTask.__init__`: data.name, the ranges, seq_len)."""
+    make_task(self)
+
+  def check(self, capacity: int):
     """Checks against capacity, the largest difficulty seq_len holds (the task's)."""
     if not 1 <= self.train_min <= self.train_max:
       raise ConfigError(f"data.train_min={self.train_min} and data.train_max={self.train_max} need 1 <= min <= max")
@@ -155,7 +159,7 @@ class DifficultyTask:
   of a difficulty-d example) and `examples(rng, difficulty_B)`."""
 
   def __init__(self, cfg: TaskConfig):
-    cfg.validate(self.capacity(cfg))
+    cfg.check(self.capacity(cfg))
     self.cfg = cfg
     self.curriculum = data.Curriculum(cfg.train_max, cfg.train_max)
 
