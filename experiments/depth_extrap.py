@@ -17,7 +17,7 @@ import os
 import jax
 
 from looprec import config as C
-from looprec import analysis, data, experiment, plots, report as md, runs, selection, sharding
+from looprec import analysis, data, experiment, plots, report as md, runs, selection, sharding, tasks
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
@@ -183,7 +183,7 @@ def validate(cfg: Config):
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < cfg.data.seq_len:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < data.seq_len={cfg.data.seq_len}")
   if cfg.data.source != "generate":
-    eval_splits(data.make_task(cfg.data), cfg.eval.max_hop)  # reads and checks the folder before anything is written
+    eval_splits(tasks.make_task(cfg.data), cfg.eval.max_hop)  # reads and checks the folder before anything is written
 
 
 def eval_splits(task, max_hop: int) -> dict:
@@ -199,7 +199,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   """Trains, evaluates and analyzes every model; returns the `models`, `halting` and `margins` parts of
   results.json and writes the plots, report.md and the files of `analysis.write`."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
-  task = data.make_task(cfg.data)
+  task = tasks.make_task(cfg.data)
   results, analyses, splits = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step

@@ -18,7 +18,7 @@ import jax
 
 from data_gen.composition import SPLITS
 from looprec import config as C
-from looprec import data, eval as evaluation, experiment, lens, plots, report as md, runs, selection, sharding
+from looprec import data, eval as evaluation, experiment, lens, plots, report as md, runs, selection, sharding, tasks
 from looprec.config import CompositionDataConfig, ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 
@@ -151,7 +151,7 @@ def validate(cfg: Config):
   if cfg.model.pos_emb == "learned" and cfg.model.max_positions < width:
     raise ConfigError(f"model.max_positions={cfg.model.max_positions} < {width}, the length of a 2-hop query")
   sharding.check_batch(cfg.train.batch_size, sharding.make_mesh(cfg.train.fsdp))
-  data.make_task(cfg.data)  # builds or reads the dataset: impossible sizes or a bad folder fail here
+  tasks.make_task(cfg.data)  # builds or reads the dataset: impossible sizes or a bad folder fail here
 
 
 def eval_splits(task, max_hop: int) -> dict:
@@ -181,7 +181,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   """Trains and evaluates every model; returns the `models`, `curves`, `stages` and `logit_lens` parts of
   results.json and writes grokking.png, logit_lens.png and report.md."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
-  task = data.make_task(cfg.data)
+  task = tasks.make_task(cfg.data)
   models, curves, lenses = {}, {}, {}
   for name, _, result in experiment.train_models(cfg, task, mesh, run_dir):
     mrun = cfg.models[name]
@@ -211,7 +211,7 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
   N]`): writes analysis.json (accuracy sweep, final accuracy, logit lens per model) and the figures; returns its
   path. restored: model -> (params, checkpoint meta)."""
   mesh = sharding.loading_mesh(cfg.train.fsdp)  # the mesh load_run laid the params out on
-  task = data.make_task(cfg.data)
+  task = tasks.make_task(cfg.data)
   out = {}
   for name, (params, _) in restored.items():
     with runs.stage(f"{name}: sweep and the logit lens"):

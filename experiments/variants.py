@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from experiments import depth_extrap
-from looprec import analysis, data, experiment, halting, models, plots, report as md, runs, selection, sharding
+from looprec import analysis, data, experiment, halting, models, plots, report as md, runs, selection, sharding, tasks
 from looprec.config import ModelRun
 from looprec.models import count_params, params_checksum
 
@@ -112,7 +112,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   """Trains and analyzes every model, then the training-free wrappers of the trained ones; returns the `models`,
   `halting` and `margins` parts of results.json and writes report.md, the heatmaps and `analysis.write`'s files."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
-  task = data.make_task(cfg.data)
+  task = tasks.make_task(cfg.data)
   splits = eval_splits(task, cfg.eval.max_hop)
   def analyze(name, model, params):
     with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):

@@ -36,7 +36,7 @@ LAZY = {
     "sweep": ("looprec.eval", "sweep"), "halt": ("looprec.analysis", "halt"),
     "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
     "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
-    "make_task": ("looprec.data", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
+    "make_task": ("looprec.tasks", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
 __all__ = sorted(LAZY)
 
 

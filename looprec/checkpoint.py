@@ -53,10 +53,9 @@ def fingerprint(vocab_size: int, seq_len: int, data_config: dict) -> dict:
 
 
 def task_fingerprint(task) -> dict:
-  """fingerprint of a task (looprec.data): its vocabulary, the width of its deepest curriculum stage, its config."""
-  from looprec import config, data  # pylint: disable=import-outside-toplevel
-  return fingerprint(task.vocab.size, data.width(task.curriculum.last, task.cfg.answer_at),
-                     config.to_dict(task.cfg))
+  """fingerprint of a task (looprec.tasks): its vocabulary, the width of its training batches, its config."""
+  from looprec import config  # pylint: disable=import-outside-toplevel
+  return fingerprint(task.vocab.size, task.train_width, config.to_dict(task.cfg))
 
 
 def _first_difference(saved: dict, current: dict, prefix: str = "data."):

@@ -101,6 +101,14 @@ class Curriculum:
     return accuracy.get(self.gate_split(stage), 0.0) > self.threshold and epochs >= self.min_epochs
 
 
+class GraphTask:
+  """What the graph tasks share: `train_width`, the tokens of a training batch at the curriculum's last stage."""
+
+  @property
+  def train_width(self) -> int:
+    return width(self.curriculum.last, self.cfg.answer_at)
+
+
 def with_answer_set(examples: dict, vocab: Vocab) -> dict:
   """examples with `n_answers`: the size of the set each answer is drawn from (the entities)."""
   return {**examples, "n_answers": np.full(len(examples["target"]), vocab.n_entities, np.int32)}
@@ -111,7 +119,7 @@ def take(examples: dict, idx) -> dict:
 
 
 @dataclasses.dataclass
-class ChainTask:
+class ChainTask(GraphTask):
   """RECIPE task B: chains over a permutation graph, generated on the fly (`source="generate"`)."""
 
   cfg: ChainDataConfig
@@ -200,7 +208,7 @@ class ChainTask:
 
 
 @dataclasses.dataclass
-class JsonChainTask:
+class JsonChainTask(GraphTask):
   """The same interface over an official-format folder (`train.json`, `test.json`, `vocab.json`)."""
 
   cfg: ChainDataConfig
@@ -283,7 +291,7 @@ def monitor_hops(task, stage: int) -> dict:
 
 
 @dataclasses.dataclass
-class CompositionTask:
+class CompositionTask(GraphTask):
   """RECIPE task A: a finite training set (all atomic facts + the training 2-hop facts) streamed in epochs,
   each a fresh grain shuffle of the rows, and fixed probe splits (`composition.SPLITS`, each held-out one halved
   into test and `val_*`: `halves`). Probe examples of 2-hop facts carry `bridge`, the entity after the first hop

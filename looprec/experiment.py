@@ -257,8 +257,8 @@ class Run:
 
   @functools.cached_property
   def task(self):
-    from looprec import data  # pylint: disable=import-outside-toplevel
-    return data.make_task(self.cfg.data)
+    from looprec import tasks  # pylint: disable=import-outside-toplevel
+    return tasks.make_task(self.cfg.data)
 
   def model(self, name: str):
     """The model that evaluates model `name` (in its evaluation dtype, model.eval_dtype)."""

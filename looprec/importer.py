@@ -32,7 +32,7 @@ import shutil
 import jax
 import numpy as np
 
-from looprec import checkpoint, config as C, data, experiment, models, runs
+from looprec import checkpoint, config as C, experiment, models, runs, tasks
 from looprec.config import ConfigError, ModelConfig
 
 EXTRA = "pip install 'looprec[torch]' (or: pip install -e '.[torch]')"
@@ -171,7 +171,7 @@ def import_run(path: str, experiment_name: str, preset: str | None, overrides: l
   cfg = dataclasses.replace(cfg, models={model_name: cfg.models[model_name]},
                             model=dataclasses.replace(cfg.model, ln_eps=OFFICIAL_LN_EPS))
   module.validate(cfg)
-  vocab_size = data.make_task(cfg.data).vocab.size
+  vocab_size = tasks.make_task(cfg.data).vocab.size
   params = to_params(read_state_dict(path), cfg.model_cfg(model_name), vocab_size)
   last_hop = cfg.data.curriculum.last_hop if hasattr(cfg.data, "curriculum") else 2
   meta = {"stage": trained_hop or last_hop, "stages": [], "done": True, "wall_seconds": 0.0,

@@ -432,7 +432,7 @@ class Trainer:
     self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_dir, "checkpoints", self.name),
                                         self.cfg.keep_checkpoints)
     self.key = jax.random.PRNGKey(self.seed)
-    seq_len = data.width(self.curriculum.last, self.task.cfg.answer_at)
+    seq_len = self.task.train_width
     self.state = init_state(self.model, self.tx, self.key, seq_len, self.mesh)
     if not self._restore():
       self.ckpt.close()

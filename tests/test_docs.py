@@ -71,6 +71,10 @@ COVERED = {
     "looprec experiment variants --preset smoke": By(SMOKE.format("variants")),
     "looprec experiment variants --preset cpu models.hyperloop.model=kind=hyperloop,n_prelude=1,n_coda=1,n_streams=4":
         By(SMOKE.format("variants"), "--preset smoke, without the override"),
+    "looprec experiment length_gen --preset cpu": By(SMOKE.format("length_gen"), "--preset smoke"),
+    "looprec experiment length_gen --preset smoke": By(SMOKE.format("length_gen")),
+    "looprec experiment length_gen --preset cpu data.name=p_hop data.context=32 data.seq_len=56 data.train_max=8":
+        By(SMOKE.format("length_gen"), "--preset smoke, without the overrides"),
     "looprec analyze runs/depth_extrap/latest": ANALYZE,
     "looprec analyze runs/depth_extrap/latest --policy kl_entropy kl_entropy:max_entropy=1.0 kl entropy latent argmax":
         ANALYZE._replace(differs=ANALYZE.differs + ", without --policy: every policy, these among them"),

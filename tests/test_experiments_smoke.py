@@ -156,7 +156,20 @@ def check_summary(run_dir: str, results: dict):
     assert text.startswith("| ") and "From `results/x.json`" in text, render.__name__
 
 
-SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity}
+def check_length_gen(run_dir: str, results: dict):
+  """Every split of the task, ID and OOD, swept to eval.max_loops, and the report says which is which."""
+  assert {"report.md", "accuracy_hop_by_loops.png", "halting.md"} <= set(os.listdir(run_dir))
+  tests = ["atomic", "2hop_test", "3hop_test", "4hop_test", "6hop_test", "8hop_test"]  # lengths 1..4, OOD 6 and 8
+  for m in results["models"].values():
+    assert set(m["accuracy"]) == set(tests) | {selection.val_split(s) for s in tests} and m["trained_max_hop"] == 4
+    assert all(len(by_r) == 6 for by_r in m["accuracy"].values())
+  with open(os.path.join(run_dir, "report.md")) as f:
+    rows = [line.split("|")[1:3] for line in f if line.startswith("| ") and line[2].isdigit()]
+  assert [(int(d), kind.strip()) for d, kind in rows] == [(1, "ID"), (2, "ID"), (3, "ID"), (4, "ID"), (6, "OOD"),
+                                                           (8, "OOD")]
+
+
+SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity, "length_gen": check_length_gen}
 
 
 def test_every_experiment_implements_the_contract():

@@ -1,0 +1,213 @@
+"""The task registry: what a task declares, `register_task`, and `make_task` from a data config.
+
+A task is one module that registers a factory `factory(cfg) -> Task` under a name (`register_task`), as model kinds
+register (config.register_kind). The graph tasks of the paper register their own data configs (`graphs`); a task of
+the length-generalization family reads `TaskConfig` and is chosen by `data.name`:
+
+    @tasks.register_task("toy", difficulty="length")
+    class Toy(tasks.DifficultyTask):
+      ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+
+import numpy as np
+
+from looprec import data
+from looprec.config import ConfigError
+from looprec.selection import val_split
+
+
+class Task(typing.Protocol):
+  """What training and evaluation read from a task."""
+
+  cfg: typing.Any  # its data config (a dataclass; part of the checkpoints' fingerprint)
+  vocab: typing.Any  # .size: the number of token ids
+  curriculum: data.Curriculum  # stages of training data (first == last: one stage)
+  train_width: int  # tokens of a training batch (every stage is padded to it)
+  deepest_eval_hop: int  # the largest difficulty with an evaluation split
+
+  def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
+    """Training examples with the given ids (a pure function of the ids: the grain stream resumes exactly):
+    `tokens` (B x T int32, 0 = pad), `read_pos` (B, where the one answer token is read), `target` (B), `hop` (B,
+    the difficulty)."""
+
+  def eval_split(self, difficulty: int) -> dict:
+    """The held-out test examples at one difficulty, with `n_answers` (the size of the answer set)."""
+
+  def val_split(self, difficulty: int) -> dict:
+    """Validation examples at one difficulty, disjoint from eval_split's."""
+
+  def monitor_splits(self, stage: int) -> dict:
+    """split -> examples that training evaluates at a curriculum stage."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """An evaluation split: its name (`data.split_name`: the names the sweep, halting and summary read), its
+  difficulty, and whether that difficulty is out of the training distribution."""
+
+  name: str
+  difficulty: int
+  ood: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """A registered task: its factory, data config type, difficulty axis and how the answer is read."""
+
+  factory: typing.Callable
+  config: type
+  difficulty: str  # hops | length | p
+  answer: str  # token: one token at read_pos (the only reading the trainer has)
+
+
+TASKS: dict[str, Entry] = {}
+BUILT_IN = ("looprec.tasks.graphs", "looprec.tasks.parity", "looprec.tasks.p_hop")
+
+
+def register_task(name: str, difficulty: str, config: type | None = None, answer: str = "token"):
+  """Decorator: registers factory(cfg) -> Task as task `name` (config: its data config type; default TaskConfig,
+  which selects it by data.name)."""
+  def register(factory):
+    if name in TASKS and TASKS[name].factory is not factory:
+      raise ValueError(f"task {name!r} is already registered (by {TASKS[name].factory.__qualname__})")
+    TASKS[name] = Entry(factory, config or TaskConfig, difficulty, answer)
+    return factory
+  return register
+
+
+def entry_of(cfg) -> tuple[str, Entry]:
+  """(name, entry) of a data config: by data.name for a TaskConfig, else by its type."""
+  for module in BUILT_IN:
+    importlib.import_module(module)
+  if isinstance(cfg, TaskConfig):
+    if cfg.name not in TASKS or TASKS[cfg.name].config is not TaskConfig:
+      names = [n for n, e in TASKS.items() if e.config is TaskConfig]
+      raise ConfigError(f"data.name={cfg.name!r} is not a registered task ({', '.join(names)})")
+    return cfg.name, TASKS[cfg.name]
+  for name, entry in TASKS.items():
+    if isinstance(cfg, entry.config):
+      return name, entry
+  raise ConfigError(f"no task reads a data config of type {type(cfg).__name__}")
+
+
+def make_task(cfg) -> Task:
+  """The registered task a data config selects, its config validated."""
+  return entry_of(cfg)[1].factory(cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """A task of the length-generalization family: train on difficulties train_min..train_max, evaluate the
+  in-distribution ones and the out-of-distribution `ood` ones."""
+
+  name: str = "parity"  # a task registered with this config (parity | p_hop | ...)
+  seed: int = 0
+  train_min: int = 1
+  train_max: int = 8
+  ood: str = ""  # comma-separated OOD difficulties, each > train_max; "" = 2 and 3 times train_max
+  n_eval: int = 256  # examples per evaluation split
+  seq_len: int = 32  # the longest sequence, in tokens: bounds the difficulties
+  n_symbols: int = 4  # p_hop: the alphabet size
+  context: int = 32  # p_hop: the length of the sequence hopped through
+
+  def ood_difficulties(self) -> list[int]:
+    try:
+      values = [int(v) for v in self.ood.split(",") if v.strip()]
+    except ValueError:
+      raise ConfigError(f"data.ood={self.ood!r} is not a comma-separated list of integers") from None
+    return sorted(set(values)) if values else [2 * self.train_max, 3 * self.train_max]
+
+  def validate(self):
+    """The task's checks (`DifficultyTask.__init__`: data.name, the ranges, seq_len)."""
+    make_task(self)
+
+  def check(self, capacity: int):
+    """Checks against capacity, the largest difficulty seq_len holds (the task's)."""
+    if not 1 <= self.train_min <= self.train_max:
+      raise ConfigError(f"data.train_min={self.train_min} and data.train_max={self.train_max} need 1 <= min <= max")
+    inside = [d for d in self.ood_difficulties() if d <= self.train_max]
+    if inside:
+      raise ConfigError(f"data.ood={self.ood!r}: difficulty {inside[0]} is inside the training range "
+                        f"(data.train_max={self.train_max})")
+    deepest = self.ood_difficulties()[-1]
+    if deepest > capacity:
+      raise ConfigError(f"data.seq_len={self.seq_len} holds difficulties up to {capacity} for data.name="
+                        f"{self.name}, not {deepest}")
+    if self.n_eval < 1:
+      raise ConfigError(f"data.n_eval={self.n_eval} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleVocab:
+  """Token ids 0 (pad) .. size - 1, with names for printing."""
+
+  tokens: tuple
+
+  @property
+  def size(self) -> int:
+    return len(self.tokens)
+
+
+class DifficultyTask:
+  """The shared part of a TaskConfig task: a one-stage curriculum, the stream and the splits. A subclass sets
+  `vocab` and `n_answers`, and defines `capacity(cfg)` (the largest difficulty seq_len holds), `width(d)` (tokens
+  of a difficulty-d example) and `examples(rng, difficulty_B)`."""
+
+  def __init__(self, cfg: TaskConfig):
+    cfg.check(self.capacity(cfg))
+    self.cfg = cfg
+    self.curriculum = data.Curriculum(cfg.train_max, cfg.train_max)
+
+  @property
+  def train_width(self) -> int:
+    return self.width(self.cfg.train_max)
+
+  @property
+  def deepest_eval_hop(self) -> int:
+    return self.cfg.ood_difficulties()[-1]
+
+  def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
+    """Difficulties uniform in train_min..train_max, drawn from a generator seeded by the batch's ids."""
+    del stage, pad_hop  # one stage; padded to train_max
+    ids_B = np.asarray(ids_B, np.int64)
+    rng = np.random.default_rng([self.cfg.seed, 0, int(ids_B[0]), len(ids_B)])
+    d_B = rng.integers(self.cfg.train_min, self.cfg.train_max + 1, len(ids_B))
+    return self.padded(self.examples(rng, d_B), self.train_width)
+
+  def _split(self, difficulty: int, salt: int) -> dict:
+    if difficulty > self.capacity(self.cfg):
+      raise ConfigError(f"difficulty {difficulty} needs a longer data.seq_len (at most {self.capacity(self.cfg)})")
+    rng = np.random.default_rng([self.cfg.seed, salt, difficulty])
+    ex = self.examples(rng, np.full(self.cfg.n_eval, difficulty))
+    return {**self.padded(ex, self.width(difficulty)), "n_answers": np.full(self.cfg.n_eval, self.n_answers, np.int32)}
+
+  def eval_split(self, difficulty: int) -> dict:
+    return self._split(difficulty, 1)
+
+  def val_split(self, difficulty: int) -> dict:
+    return self._split(difficulty, 2)
+
+  def splits(self) -> list[Split]:
+    """The evaluation splits: every trained difficulty (in distribution), then the OOD ones."""
+    ids = [Split(data.split_name(d), d, False) for d in range(self.cfg.train_min, self.cfg.train_max + 1)]
+    return ids + [Split(data.split_name(d), d, True) for d in self.cfg.ood_difficulties()]
+
+  def monitor_splits(self, stage: int) -> dict:
+    del stage
+    return {s.name: self.eval_split(s.difficulty) for s in self.splits() if not s.ood}
+
+  def labelled(self) -> dict:
+    """split name -> examples of every test split and its validation split."""
+    out = {s.name: self.eval_split(s.difficulty) for s in self.splits()}
+    return {**out, **{val_split(s.name): self.val_split(s.difficulty) for s in self.splits()}}
+
+  @staticmethod
+  def padded(ex: dict, width: int) -> dict:
+    tokens_BxT = np.zeros((len(ex["target"]), width), np.int32)
+    tokens_BxT[:, :ex["tokens"].shape[1]] = ex["tokens"]
+    return {**ex, "tokens": tokens_BxT}

@@ -1,0 +1,147 @@
+"""The task registry: the paper's graph tasks registered with unchanged data, parity and p-hop induction checked
+against brute-force references, their bad input refused naming the field, and a task added in one file (a
+temporary module) that trains, sweeps and halts through the library as it is."""
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from looprec import analysis, data, models, sharding, tasks, train
+from looprec.config import ChainDataConfig, CompositionDataConfig, ConfigError, ModelConfig, Recurrence, TrainConfig
+from looprec.tasks import TaskConfig, p_hop
+
+
+def test_the_graph_tasks_are_registered_and_build_as_before():
+  chain_cfg = ChainDataConfig(n_entities=8, n_relations=2, seq_len=6, n_eval=16)
+  task = tasks.make_task(chain_cfg)
+  assert type(task) is data.ChainTask and tasks.entry_of(chain_cfg)[0] == "chains"
+  before = data.make_task(chain_cfg)
+  for got, want in ((task.train_examples(3, np.arange(8), 3), before.train_examples(3, np.arange(8), 3)),
+                    (task.eval_split(2), before.eval_split(2))):
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+  assert task.train_width == data.width(chain_cfg.curriculum.last_hop, "last_input")
+  comp = CompositionDataConfig(n_entities=20, n_relations=4, out_degree=3, phi=1.0, n_probe=8)
+  assert tasks.entry_of(comp)[0] == "composition" and type(tasks.make_task(comp)) is data.CompositionTask
+  assert {"chains", "composition", "parity", "p_hop"} <= set(tasks.TASKS)
+
+
+def test_parity_answers_the_parity_of_the_bits_and_labels_its_splits():
+  task = tasks.make_task(TaskConfig(name="parity", train_min=2, train_max=5, ood="8,10", seq_len=11, n_eval=32))
+  batch = task.train_examples(5, np.arange(64))
+  assert batch["tokens"].shape == (64, 6) and set(batch["hop"]) == {2, 3, 4, 5}
+  for tokens, pos, target, d in zip(batch["tokens"], batch["read_pos"], batch["target"], batch["hop"]):
+    assert pos == d and tokens[pos] == 3 and not tokens[pos + 1:].any()  # `=` after d bits, then pads
+    assert target == 1 + int((tokens[:d] == 2).sum()) % 2
+  again = task.train_examples(5, np.arange(64))  # a pure function of the ids: the stream resumes exactly
+  assert all(np.array_equal(batch[k], again[k]) for k in batch)
+  assert not np.array_equal(batch["tokens"][:8], task.train_examples(5, np.arange(64, 128))["tokens"][:8])
+  assert [(s.name, s.difficulty, s.ood) for s in task.splits()] == [
+      ("2hop_test", 2, False), ("3hop_test", 3, False), ("4hop_test", 4, False), ("5hop_test", 5, False),
+      ("8hop_test", 8, True), ("10hop_test", 10, True)]
+  test, val = task.eval_split(10), task.val_split(10)
+  assert test["tokens"].shape == (32, 11) and set(test["n_answers"]) == {2}
+  assert not np.array_equal(test["tokens"], val["tokens"])
+  assert set(task.monitor_splits(5)) == {"2hop_test", "3hop_test", "4hop_test", "5hop_test"}
+  assert set(task.labelled()) == {s.name for s in task.splits()} | {f"{d}hop_val" for d in (2, 3, 4, 5, 8, 10)}
+
+
+def reference_hop(v: list, p: int, none: int) -> int:
+  """hop_p by its definition: p times, i <- 1 + the last j < i with v[j] == v[i]."""
+  i = len(v) - 1
+  for _ in range(p):
+    before = [j for j in range(i) if v[j] == v[i]]
+    if not before:
+      return none
+    i = before[-1] + 1
+  return v[i]
+
+
+def test_p_hop_matches_the_definition():
+  rng = np.random.default_rng(0)
+  v_BxN = rng.integers(0, 3, (200, 12))
+  p_B = rng.integers(1, 7, 200)
+  got = p_hop.hop_targets(v_BxN, p_B, 3)
+  assert got.tolist() == [reference_hop(list(v), int(p), 3) for v, p in zip(v_BxN, p_B)]
+  assert 0 < (got == 3).sum() < 200  # both kinds of answer occur
+  task = tasks.make_task(TaskConfig(name="p_hop", train_max=3, ood="6", seq_len=22, context=16, n_eval=16))
+  batch = task.train_examples(3, np.arange(32))
+  assert batch["tokens"].shape == (32, 19) and np.array_equal(batch["read_pos"], 16 + batch["hop"] - 1)
+  for tokens, target, p in zip(batch["tokens"], batch["target"], batch["hop"]):
+    assert list(tokens[16:16 + p]) == [task.vocab.size - 1] * p and not tokens[16 + p:].any()
+    assert target == 1 + reference_hop(list(tokens[:16] - 1), int(p), 4)
+  assert task.eval_split(6)["tokens"].shape == (16, 22) and set(task.eval_split(6)["n_answers"]) == {5}
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (TaskConfig(name="sorting"), "data.name='sorting' is not a registered task"),
+    (TaskConfig(train_max=8, ood="4,16"), "data.ood='4,16': difficulty 4 is inside the training range"),
+    (TaskConfig(train_max=8, ood="8"), "data.ood='8': difficulty 8 is inside the training range"),
+    (TaskConfig(train_max=8, seq_len=20), "data.seq_len=20 holds difficulties up to 19 for data.name=parity, not 24"),
+    (TaskConfig(name="p_hop", train_max=4, context=32, seq_len=40), "data.seq_len=40 holds difficulties up to 8"),
+    (TaskConfig(ood="x"), "data.ood='x' is not a comma-separated list of integers"),
+    (TaskConfig(train_min=5, train_max=4), "data.train_min=5 and data.train_max=4 need 1 <= min <= max"),
+])
+def test_bad_task_input_is_one_error_naming_the_field(cfg, message):
+  with pytest.raises(ConfigError) as e:
+    tasks.make_task(cfg)
+  assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+TOY = """
+import numpy as np
+from looprec.tasks import DifficultyTask, SimpleVocab, register_task
+
+@register_task("last_bit", difficulty="length")
+class LastBit(DifficultyTask):
+  vocab = SimpleVocab(("<pad>", "0", "1", "="))
+  n_answers = 2
+
+  @staticmethod
+  def capacity(cfg):
+    return cfg.seq_len - 1
+
+  @staticmethod
+  def width(d):
+    return d + 1
+
+  @staticmethod
+  def examples(rng, d_B):
+    bits = rng.integers(0, 2, (len(d_B), int(max(d_B))))
+    tokens = np.concatenate([1 + bits, np.zeros((len(d_B), 1), int)], 1) * (np.arange(max(d_B) + 1) <= d_B[:, None])
+    tokens[np.arange(len(d_B)), d_B] = 3
+    return {"tokens": tokens.astype(np.int32), "read_pos": np.asarray(d_B, np.int32),
+            "target": tokens[np.arange(len(d_B)), d_B - 1].astype(np.int32), "hop": np.asarray(d_B, np.int32)}
+"""
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+  """Task `last_bit`, one file in a temporary folder (importing it registers it); unregistered after."""
+  (tmp_path / "last_bit_task.py").write_text(textwrap.dedent(TOY))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import last_bit_task  # pylint: disable=import-outside-toplevel
+  yield last_bit_task
+  tasks.TASKS.pop("last_bit")
+  sys.modules.pop("last_bit_task")
+
+
+def test_a_task_in_one_file_trains_sweeps_and_halts(toy, tmp_path):
+  cfg = TaskConfig(name="last_bit", train_max=3, ood="6", seq_len=8, n_eval=16)
+  task = tasks.make_task(cfg)
+  assert isinstance(task, toy.LastBit) and tasks.TASKS["last_bit"].difficulty == "length"
+  with pytest.raises(ConfigError, match="data.ood='2'"):
+    tasks.make_task(TaskConfig(name="last_bit", train_max=3, ood="2"))
+  model = models.build(ModelConfig(d_model=16, n_heads=2), task.vocab.size)
+  mesh = sharding.make_mesh()
+  result = train.train_model("toy", model, Recurrence.parse("fixed:2"), 6,
+                             TrainConfig(batch_size=8, warmup_steps=1, eval_every=3, checkpoint_every=6, log_every=3),
+                             task, mesh, str(tmp_path / "run"), 0, {})
+  assert result.steps == 6 and set(result.curves) == {"atomic", "2hop_test", "3hop_test"}
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(result.params))
+  splits = task.labelled()
+  out = analysis.analyze_model(model, result.params, splits, 3, ["kl_entropy"], halt_loops=4, margin_loops=3,
+                               mesh=mesh, batch_size=8)
+  assert set(out["sweep"]) == set(splits) and all(len(by_r) == 4 for by_r in out["sweep"].values())
+  assert set(out["margins"]) == set(splits)
