@@ -17,7 +17,7 @@ import jax
 
 from experiments import depth_extrap
 from looprec import config as C
-from looprec import analysis, experiment, plots, report as md, selection, sharding, tasks
+from looprec import analysis, experiment, plots, report as md, runs, selection, sharding, tasks
 from looprec.config import ConfigError, EvalConfig, ModelConfig, ModelRun, TrainConfig
 from looprec.models import count_params, params_checksum
 from looprec.tasks import TaskConfig
@@ -82,32 +82,37 @@ def run(cfg: Config, run_dir: str) -> dict:
   results, analyses, splits = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
     splits = splits or task.labelled()
-    analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
-                                            batch_size=cfg.eval.batch_size)
+    with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):
+      analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
+                                              batch_size=cfg.eval.batch_size)
     results[name] = {"n_layers": cfg.models[name].n_layers, "train_loops": cfg.models[name].recurrence,
                      "trained_max_hop": cfg.data.train_max, "steps": result.steps,
                      "n_params": count_params(result.params), "params_sum": params_checksum(result.params),
                      "train_seconds": result.wall_seconds, "stages": result.stages,
                      "accuracy": depth_extrap.sweep_accuracy(analyses[name], cfg.eval.max_loops)}
+  sizes = {s: len(ex["target"]) for s, ex in splits.items()}
   if jax.process_index() == 0:
-    plots.heatmaps({n: r["accuracy"] for n, r in results.items()}, os.path.join(run_dir, "accuracy_hop_by_loops.png"),
-                   {n: cfg.data.train_max for n in results})
-    md.write(os.path.join(run_dir, "report.md"), report(cfg, task, results))
-    analysis.write(run_dir, analyses, {n: cfg.data.train_max for n in results})
-  return {"models": results, **depth_extrap.halting_and_margins(analyses)}
+    with runs.stage("figures and reports"):
+      plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
+                     os.path.join(run_dir, "accuracy_hop_by_loops.png"), {n: cfg.data.train_max for n in results})
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, task, results, sizes))
+      analysis.write(run_dir, analyses, {n: cfg.data.train_max for n in results}, {n: cfg.kind(n) for n in results})
+  return {"models": results, "examples": sizes, **depth_extrap.halting_and_margins(analyses)}
 
 
-def report(cfg: Config, task, results: dict) -> str:
+def report(cfg: Config, task, results: dict, sizes: dict) -> str:
   """Per split (difficulty, ID or OOD) and model: test accuracy at the R chosen on validation, and the oracle."""
   names = list(results)
   lines = [f"# Length generalization: {cfg.data.name}", "",
            f"Test accuracy per {tasks.TASKS[cfg.data.name].difficulty} at the R chosen on the validation split "
            f"(R = 1..{cfg.eval.max_loops}), the oracle in brackets; trained on {cfg.data.train_min}.."
            f"{cfg.data.train_max}.", "",
-           "| difficulty | split | " + " | ".join(f"{n} ({results[n]['train_loops']}, L={results[n]['n_layers']})"
-                                                  for n in names) + " |", "|---" * (len(names) + 2) + "|"]
+           "| difficulty | split | test examples | " + " | ".join(
+               f"{md.model_name(n, cfg.kind(n))} ({results[n]['train_loops']}, L={results[n]['n_layers']})"
+               for n in names) + " |", "|---" * (len(names) + 3) + "|"]
   for s in task.splits():
     cells = [selection.text(selection.select(results[n]["accuracy"], s.name)) for n in names]
-    lines.append(f"| {s.difficulty} | {'OOD' if s.ood else 'ID'} | " + " | ".join(cells) + " |")
-  lines += ["", "## Deviations from the papers' setups", "", cfg.deviations, ""]
+    lines.append(f"| {s.difficulty} | {'OOD' if s.ood else 'ID'} | {md.examples(sizes.get(s.name))} | "
+                 + " | ".join(cells) + " |")
+  lines += md.small_note(sizes) + ["", "## Deviations from the papers' setups", "", cfg.deviations, ""]
   return "\n".join(lines)
