@@ -230,6 +230,9 @@ TABLES = {
     "systematicity_cpu/lens_ood": ("systematicity_cpu.json",
                                    functools.partial(systematicity_lens, split="test_inferred_ood")),
     "length_gen_cpu/accuracy": ("length_gen_cpu.json", depth_accuracy),
+    "systematicity_cpu_long/accuracy": ("systematicity_cpu_long.json", systematicity),
+    "systematicity_cpu_long/lens_ood": ("systematicity_cpu_long.json",
+                                        functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))

@@ -124,6 +124,15 @@ def test_summary_refuses_mixed_or_incomplete_runs(tmp_path):
     summary.summarize([a], "cmd")
 
 
+def test_a_presets_prose_is_not_an_override():
+  """A run saved before its preset's deviations / reasons were reworded has the same setting as one saved after."""
+  from experiments import systematicity  # pylint: disable=import-outside-toplevel
+  saved = C.to_dict(systematicity.cpu_long())
+  saved["deviations"], saved["reasons"] = "older wording", {}
+  saved["train"]["steps"] = 50000
+  assert summary.overrides("systematicity", "cpu_long", saved) == ["train.steps=50000"]
+
+
 def test_summarize_command(tmp_path, capsys):
   out = tmp_path / "results" / "x.json"
   runs = [fake_run(tmp_path, 0, 1), fake_run(tmp_path, 1, 2)]
