@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import logging
 import os
 import signal
 import sys
@@ -349,10 +350,12 @@ def stop_on_signals():
   """While active, SIGTERM / SIGINT request a stop (the `Stop` it yields, which the runs started inside obey)
   instead of killing the process: the training loop then checkpoints and raises Interrupted, and a model not yet
   started is not started. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, without a checkpoint."""
-  stop = Stop()
+  stop, quiet = Stop(), []
 
   def handle(signum, _):
     if stop.requested and signum == signal.SIGINT:
+      quiet.append(logging.root.manager.disable)  # stopping at once: an interrupted checkpoint writer logs tracebacks
+      logging.disable(logging.CRITICAL)
       raise KeyboardInterrupt
     stop.requested, stop.signum = True, signum
 
@@ -363,6 +366,8 @@ def stop_on_signals():
   finally:
     for s, handler in old.items():
       signal.signal(s, handler)
+    if quiet:
+      logging.disable(quiet[0])
 
 
 @contextlib.contextmanager
