@@ -47,13 +47,16 @@ def one_line(doc: str | None, width: int = 120) -> str:
 
 
 def measured(name: str, preset: str) -> str:
-  """`; measured: N s per seed (results/NAME_PRESET.json, C CPUs)` where results/ has a summary of the preset."""
+  """`; measured: N s per seed (results/NAME_PRESET.json, C CPUs)` where results/ has a summary of the preset as it
+  stands (a summary of runs with overrides, e.g. a shorter budget, times another setting: nothing)."""
   path = os.path.join(RESULTS, f"{name}_{preset}.json")
   try:
     with open(path) as f:
       summary = json.load(f)
-    wall, machine = summary["aggregate"]["wall_seconds"], summary["machine"]
+    wall, machine, overrides = summary["aggregate"]["wall_seconds"], summary["machine"], summary["overrides"]
   except (OSError, ValueError, KeyError):
+    return ""
+  if overrides:
     return ""
   machine = machine[0] if isinstance(machine, list) else machine
   low, high = round(wall["min"]), round(wall["max"])
@@ -88,7 +91,7 @@ def run_experiment(name: str, preset: str | None, overrides: list[str], runs_roo
     return 128 + (e.signum or signal.SIGINT)
   except KeyboardInterrupt as e:  # a second Ctrl-C (experiment.StoppedAtOnce once the run folder exists)
     where = getattr(e, "run_dir", None)
-    print("interrupted: a second Ctrl-C stopped at once, without a checkpoint" +
+    print("\ninterrupted: a second Ctrl-C stopped at once, without a checkpoint" +  # below a progress bar's line
           (f"; resume {where} from its last checkpoint with: {again} {where}" if where else ""), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -41,6 +41,8 @@ def test_experiment_help_lists_experiments_presets_measured_times_and_kinds(caps
   with open(os.path.join(ROOT, "results", "depth_extrap_cpu.json")) as f:
     wall = json.load(f)["aggregate"]["wall_seconds"]
   assert f"measured {round(wall['min'])}-{round(wall['max'])} s per seed on 2 CPUs (results/depth_extrap_cpu.json)" in out
+  cpu_long = next(l for l in out.splitlines() if l.strip().startswith("cpu_long:"))
+  assert "measured" not in cpu_long  # its summary ran with train.steps=50000: not the preset's cost
 
 
 def test_top_level_help_is_whole_sentences(capsys):
