@@ -569,13 +569,18 @@ def _model_from_dict(data: dict, filled: list | None, prefix: str) -> ModelConfi
   return ModelConfig(**data)
 
 
+PROSE = ("deviations", "reasons")  # config fields that describe a preset and change no result
+
+
 def from_saved(cls, data: dict, where: str):
-  """from_dict of a saved config, saying on stderr (one line) which missing keys took their defaults."""
+  """from_dict of a saved config, saying on stderr (one line) which missing settings took their defaults (a
+  missing prose field is not worth a line)."""
   filled = []
   try:
     cfg = from_dict(cls, data, filled)
   except ConfigError as e:
     raise ConfigError(f"{where}: {e}") from None
+  filled = [key for key in filled if key not in PROSE]
   if filled:
     print(f"note: {where} has no {', '.join(filled)}; using the defaults", file=sys.stderr)
   return cfg

@@ -59,9 +59,6 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
-PROSE = ("deviations", "reasons")  # config fields that describe a preset and change no result
-
-
 def overrides(experiment_name: str, preset: str, saved: dict) -> list[str]:
   """`key=value` for every config value of a run that differs from its preset's, sorted; the SEEDS keys among
   them come last. The preset's prose (`deviations`, `reasons`) is not a setting: a run made before its wording
@@ -73,7 +70,7 @@ def overrides(experiment_name: str, preset: str, saved: dict) -> list[str]:
   # saved read back and written again: an older run's model config lists every kind's options, a newer one its own
   base, got = _flat(C.to_dict(module.PRESETS[preset]())), _flat(C.to_dict(C.from_dict(module.Config, saved)))
   fmt = lambda v: v if isinstance(v, str) else "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-  keys = sorted((k for k in base.keys() | got.keys() if base.get(k) != got.get(k) and k.split(".")[0] not in PROSE),
+  keys = sorted((k for k in base.keys() | got.keys() if base.get(k) != got.get(k) and k.split(".")[0] not in C.PROSE),
                 key=lambda k: (k in SEEDS, k))
   return [f"{k}={fmt(got.get(k))}" for k in keys]
 
