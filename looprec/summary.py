@@ -11,8 +11,9 @@ must be the same experiment, preset and overrides but for `seed` and `data.seed`
     {"schema": 1, "experiment", "preset", "overrides": ["key=value", ...] (the config against the preset's, SEEDS
      left out), "seeds": [...], "max_loops" (R is chosen among 1..eval.max_loops),
      "commands": {"train": [one per run], "analyze": str, "summarize": str},
-     "commit": {"train": sha, null or [one per run], "analysis": sha}, "machine": {"platform", "cpu_count"} or [...],
-     "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "commit", "machine",
+     "commit": {"train": sha, null or [one per run], "analysis": sha or [one per run]},
+     "machine": {"platform", "cpu_count"} or [...],
+     "runs": [{"seed", "seed_overrides": ["seed=1", ...], "run", "wall_seconds", "commit", "analysis_commit", "machine",
                "models": {model: metrics}}],
      "aggregate": {"wall_seconds", "models": ...}}   # every number as {"mean", "min", "max"} over the seeds
 
@@ -23,9 +24,9 @@ Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layer
 results.json), "selected": {test split: selection.select}, "lens": {split of LENS_SPLITS: {reading (answer,
 bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit
 and machine are what its results.json records (`runs.code_commit`, `runs.machine`); runs trained before it
-recorded them take --train-commit and this machine. commit.analysis is this checkout's commit (the code that
-summarizes, assumed to have analyzed). --extend keeps an earlier summary's runs (same setting, other seeds) ahead
-of the new ones, so seeds can be added without the earlier run folders.
+recorded them take --train-commit and this machine. A run's analysis_commit is this checkout's commit (the code
+that summarizes, assumed to have analyzed). --extend keeps an earlier summary's runs (same setting, other seeds)
+ahead of the new ones, with their commits, so seeds can be added without the earlier run folders.
 """
 from __future__ import annotations
 
@@ -149,18 +150,20 @@ def _run_entry(run_dir: str, train_commit: str | None) -> tuple[tuple, dict]:
   seeds = [o for o in over if o.partition("=")[0] in SEEDS]
   entry = {"seed": seed, "seed_overrides": seeds, "run": os.path.basename(os.path.realpath(run_dir)),
            "wall_seconds": wall, "max_loops": max_loops, "commit": results.get("commit") or train_commit,
+           "analysis_commit": runs.code_commit(),
            "machine": results.get("machine") or runs.machine(),
            "models": run_metrics(run_dir, results, analysis, max_loops)}
   return (setting, over[:len(over) - len(seeds)]), entry
 
 
 def _earlier_runs(path: str) -> tuple[tuple, list[dict]]:
-  """The setting and the runs of an earlier summary, each run given that summary's training commit and machine
-  where it records none of its own (schema-1 summaries written before runs carried them)."""
+  """The setting and the runs of an earlier summary, each run given that summary's training and analysis commits
+  and machine where it records none of its own (summaries written before runs carried them)."""
   old = _read(os.path.dirname(path) or ".", os.path.basename(path))
   try:
     setting = ((old["experiment"], old["preset"]), old["overrides"])
-    entries = [{"max_loops": old["max_loops"], "machine": old["machine"], "commit": old["commit"]["train"], **r}
+    entries = [{"max_loops": old["max_loops"], "machine": old["machine"], "commit": old["commit"]["train"],
+                "analysis_commit": old["commit"]["analysis"], **r}
                for r in old["runs"]]
   except (KeyError, TypeError) as e:
     raise ConfigError(f"{path}: no field {e}") from None
@@ -187,11 +190,12 @@ def summarize(run_dirs: list[str], command: str, train_commit: str | None = None
   (name, preset), over = first
   train = f"python -m looprec experiment {name} --preset {preset}"
   commits, machines = [r["commit"] for r in per_run], [r["machine"] for r in per_run]
+  analysed = [r["analysis_commit"] for r in per_run]
   return {"schema": SCHEMA, "experiment": name, "preset": preset, "overrides": over,
           "seeds": [r["seed"] for r in per_run], "max_loops": max_loops.pop(),
           "commands": {"train": [" ".join([train, *over, *r["seed_overrides"]]) for r in per_run],
                        "analyze": "python -m looprec analyze RUN", "summarize": command},
-          "commit": {"train": common(commits), "analysis": runs.code_commit()},
+          "commit": {"train": common(commits), "analysis": common(analysed)},
           "machine": common(machines),
           "runs": per_run,
           "aggregate": {"wall_seconds": aggregate([r["wall_seconds"] for r in per_run]),

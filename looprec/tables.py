@@ -72,7 +72,7 @@ def provenance(summary: dict, where: str) -> str:
   machine = need(summary, where, "machine")
   return (f"From `{where}`: `{base}` with {varied} (n = {len(seeds)} seed{'s' * (len(seeds) != 1)}), then "
           f"`python -m looprec analyze RUN`; looprec {_commits(commit.get('train'), seeds)} "
-          f"(training), {_short(commit.get('analysis'))} (analysis); {_machines(machine)}; wall time per seed "
+          f"(training), {_commits(commit.get('analysis'), seeds)} (analysis); {_machines(machine)}; wall time per seed "
           f"{stat(need(summary, where, 'aggregate', 'wall_seconds'), '.0f')} s. Mean (min–max) over seeds.")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT
 from experiments import depth_extrap
-from looprec import cli, selection, summary, tables
+from looprec import cli, runs, selection, summary, tables
 from looprec import config as C
 from looprec.config import ConfigError
 
@@ -91,6 +91,9 @@ def test_summary_selects_on_validation_and_aggregates_over_seeds(tmp_path):
 def test_extend_adds_seeds_to_an_earlier_summary_keeping_its_commit(tmp_path, capsys):
   old = tmp_path / "old.json"
   assert cli.main(["summarize", "--out", str(old), fake_run(tmp_path, 0, 1), "--train-commit", "abc"]) == 0
+  earlier = json.loads(old.read_text())  # as written before runs carried their analysis commit
+  old.write_text(json.dumps({**earlier, "commit": {**earlier["commit"], "analysis": "0ld0000"},
+                             "runs": [{k: v for k, v in r.items() if k != "analysis_commit"} for r in earlier["runs"]]}))
   new = fake_run(tmp_path, 1, 2)
   with open(os.path.join(new, "results.json")) as f:
     results = json.load(f)
@@ -105,6 +108,9 @@ def test_extend_adds_seeds_to_an_earlier_summary_keeping_its_commit(tmp_path, ca
   assert got["aggregate"]["models"]["looped"]["hops"]["2"]["r"] == {"mean": 1.5, "min": 1, "max": 2}
   assert got["commands"]["summarize"] == f"python -m looprec summarize --out {out} --extend {old} {new}"
   assert "looprec abc (seed 0), def1234 (seed 1) (training)" in tables.provenance(got, "x.json")
+  # each run keeps the commit that analyzed it: the earlier summary's for seed 0, this checkout's for seed 1
+  assert [r["analysis_commit"] for r in got["runs"]] == ["0ld0000", runs.code_commit()]
+  assert "0ld0000 (seed 0), " in tables.provenance(got, "x.json")
   assert "elsewhere, 8 CPUs" in tables.provenance(got, "x.json")
   capsys.readouterr()
   assert cli.main(["summarize", "--out", str(out), "--extend", str(old), fake_run(tmp_path, 2, 1, ())]) == 2
