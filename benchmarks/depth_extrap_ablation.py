@@ -35,7 +35,7 @@ def run_variants(base, variants: dict, out_dir: str) -> dict:
   re-run, so an interrupted sweep resumes at the first unfinished variant (a half-trained one starts over)."""
   table = {}
   for name, extra in variants.items():
-    run_dir = os.path.join(out_dir, name.split(" (")[0].replace(" ", "_"))
+    run_dir = variant_dir(out_dir, name)
     done = os.path.join(run_dir, "variant.json")
     if os.path.isfile(done):
       table[name] = runs.read_json(done)
@@ -46,7 +46,7 @@ def run_variants(base, variants: dict, out_dir: str) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     start = time.time()
     models = depth_extrap.run(cfg, run_dir)["models"]
-    table[name] = {"overrides": extra, "seconds": time.time() - start, "models": {
+    table[name] = {"overrides": extra, "seconds": time.time() - start, "commit": runs.code_commit(), "models": {
         m: {"stages": r["stages"], "steps": r["steps"], "trained_max_hop": r["trained_max_hop"],
             "train_seconds": r["train_seconds"], "accuracy": r["accuracy"],
             "best": {s: depth_extrap.best_over_loops(a) for s, a in r["accuracy"].items()}}
@@ -54,6 +54,11 @@ def run_variants(base, variants: dict, out_dir: str) -> dict:
     runs.write_json(done, table[name])
     print(f"{name}: {table[name]['seconds']:.0f} s", flush=True)
   return table
+
+
+def variant_dir(out_dir: str, name: str) -> str:
+  """A variant's run folder: its name up to any parenthesis, spaces as underscores."""
+  return os.path.join(out_dir, name.split(" (")[0].replace(" ", "_"))
 
 
 def to_markdown(table: dict, title: str, model: str = "looped") -> str:

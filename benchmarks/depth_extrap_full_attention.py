@@ -1,7 +1,7 @@
 """Depth extrapolation with the paper's attention at CPU size: a small grid (issue 19, item 4).
 
-    nice -n 10 .venv/bin/python benchmarks/depth_extrap_full_attention.py          # the grid, ~60 min on 2 cores
-    .venv/bin/python benchmarks/depth_extrap_full_attention.py --cells paper_graph train.max_minutes=1
+    .venv/bin/python benchmarks/depth_extrap_full_attention.py          # the grid, ~60 min on 2 loaded cores
+    .venv/bin/python benchmarks/depth_extrap_full_attention.py --cells "N=200 M=10 k=2" train.max_minutes=1
 
 Every cell is the depth_extrap `paper` preset (full causal attention, NoPE, no input injection, N(0, 1)
 embeddings, zero-initialised output projections (c_scale 0), dropout 0.1 until a stage's first check, AdamW over
@@ -20,9 +20,9 @@ import dataclasses
 import os
 import sys
 
-from depth_extrap_ablation import run_variants, to_markdown
+from depth_extrap_ablation import run_variants, to_markdown, variant_dir
 from experiments import depth_extrap
-from looprec import config as C, runs
+from looprec import config as C, data, runs, selection
 
 # The paper preset at CPU size; every cell shares these
 CPU_SIZE = [
@@ -60,15 +60,34 @@ def base_config(overrides: list[str]):
   return C.override(C.override(dataclasses.replace(paper, models=MODELS), CPU_SIZE), overrides)
 
 
-def summary(table: dict, overrides: list[str], command: str) -> dict:
-  """The results/ summary: per cell its overrides, and per model the stages, steps, time and best-over-R accuracy
-  (accuracy, R) per split."""
+def summary(table: dict, out_dir: str, overrides: list[str], command: str, train_commit: str | None) -> dict:
+  """The results/ summary: per cell its overrides, curriculum depth k and per model the stages, steps, time, the
+  training curves (`curves`) and per hop the test accuracy at the validation-chosen R beside the oracle."""
+  cells = {}
+  for name, row in table.items():
+    k = C.override(base_config(overrides), row["overrides"]).data.curriculum.last_hop
+    cells[name] = {"overrides": row["overrides"], "k": k, "seconds": round(row["seconds"]), "models": {
+        m: {"stages": r["stages"], "steps": r["steps"], "train_seconds": round(r["train_seconds"]),
+            "curves": curves(os.path.join(variant_dir(out_dir, name), "tb", m)),
+            "hops": {str(data.hop_of(s)): selection.select(r["accuracy"], s) for s in r["accuracy"]
+                     if not selection.is_val(s)}}
+        for m, r in row["models"].items()}}
   return {"schema": 1, "study": "depth_extrap_full_attention", "preset": "paper", "cpu_size": CPU_SIZE,
-          "overrides": overrides, "command": command, "commit": runs.code_commit(), "machine": runs.machine(),
-          "cells": {name: {"overrides": row["overrides"], "seconds": round(row["seconds"]),
-                           "models": {m: {k: r[k] for k in ("stages", "steps", "trained_max_hop", "train_seconds",
-                                                             "best")} for m, r in row["models"].items()}}
-                    for name, row in table.items()}}
+          "overrides": overrides, "command": command, "machine": runs.machine(),
+          "commit": {"train": train_commit or next(iter(table.values()), {}).get("commit"),
+                     "summary": runs.code_commit()}, "cells": cells}
+
+
+def curves(tb_dir: str, every: int = 250) -> dict:
+  """From a model's TensorBoard scalars: the training loss (mean over each `every` steps) and the curriculum gate's
+  accuracy at each check, [[step, value], ...]."""
+  scalars = runs.tb_scalars(tb_dir)
+  windows = {}
+  for step, loss in scalars.get("train/loss", []):
+    windows.setdefault((step - 1) // every, []).append(loss)
+  gate = [tag for tag in scalars if tag.startswith("eval/")]
+  return {"loss": [[(w + 1) * every, round(sum(v) / len(v), 3)] for w, v in sorted(windows.items())],
+          "gate": {tag.removeprefix("eval/"): [[s, round(a, 3)] for s, a in scalars[tag]] for tag in gate}}
 
 
 def main():
@@ -76,12 +95,13 @@ def main():
   parser.add_argument("--cells", nargs="+", choices=list(GRID), default=list(GRID))
   parser.add_argument("--out", default="grid", help="folder under runs/depth_extrap_full_attention (resumes)")
   parser.add_argument("--summary", default="results/depth_extrap_full_attention.json")
+  parser.add_argument("--train-commit", help="the commit that trained cells whose variant.json records none")
   args, overrides = parser.parse_known_args()
   base = base_config(overrides)
   out_dir = os.path.join("runs", "depth_extrap_full_attention", args.out)
   table = run_variants(base, {c: GRID[c] for c in args.cells}, out_dir)
   command = " ".join(["benchmarks/depth_extrap_full_attention.py", *sys.argv[1:]])
-  runs.write_json(args.summary, summary(table, overrides, command))
+  runs.write_json(args.summary, summary(table, out_dir, overrides, command, args.train_commit))
   for model in base.models:
     print(to_markdown(table, f"{model}: best-over-R accuracy (R) per split"))
   print(f"summary: {args.summary}")
