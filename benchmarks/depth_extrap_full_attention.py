@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
+import shlex
 
 from depth_extrap_ablation import run_variants, to_markdown, variant_dir
 from experiments import depth_extrap
@@ -100,7 +100,8 @@ def main():
   base = base_config(overrides)
   out_dir = os.path.join("runs", "depth_extrap_full_attention", args.out)
   table = run_variants(base, {c: GRID[c] for c in args.cells}, out_dir)
-  command = " ".join(["benchmarks/depth_extrap_full_attention.py", *sys.argv[1:]])
+  cells = ["--cells", *args.cells] if args.cells != list(GRID) else []
+  command = shlex.join([".venv/bin/python", "benchmarks/depth_extrap_full_attention.py", *cells, *overrides])
   runs.write_json(args.summary, summary(table, out_dir, overrides, command, args.train_commit))
   for model in base.models:
     print(to_markdown(table, f"{model}: best-over-R accuracy (R) per split"))
