@@ -79,14 +79,16 @@ def summary(table: dict, out_dir: str, overrides: list[str], command: str, train
 
 
 def curves(tb_dir: str, every: int = 250) -> dict:
-  """From a model's TensorBoard scalars: the training loss (mean over each `every` steps) and the curriculum gate's
-  accuracy at each check, [[step, value], ...]."""
+  """From a model's TensorBoard scalars: the training loss (at step 0, then the mean over each `every` steps,
+  labelled with the window's last logged step) and the curriculum gate's accuracy at each check, [[step, value],
+  ...]."""
   scalars = runs.tb_scalars(tb_dir)
   windows = {}
   for step, loss in scalars.get("train/loss", []):
-    windows.setdefault((step - 1) // every, []).append(loss)
+    windows.setdefault(-(-step // every), []).append([step, loss])
   gate = [tag for tag in scalars if tag.startswith("eval/")]
-  return {"loss": [[(w + 1) * every, round(sum(v) / len(v), 3)] for w, v in sorted(windows.items())],
+  return {"loss": [[points[-1][0], round(sum(v for _, v in points) / len(points), 3)]
+                   for _, points in sorted(windows.items())],
           "gate": {tag.removeprefix("eval/"): [[s, round(a, 3)] for s, a in scalars[tag]] for tag in gate}}
 
 

@@ -199,9 +199,9 @@ def systematicity_lens(summary: dict, where: str, split: str = "test_inferred_ii
 
 def depth_study(summary: dict, where: str) -> str:
   """(cell, model) x (atomic, hop k, k+1..k+3) of a grid study (benchmarks/depth_extrap_full_attention.py): the steps
-  trained, the curriculum gate's last check, the training loss first and last, and per hop the test accuracy at the
+  trained, the curriculum gate's last check, the training loss at step 0 and over the last 250 steps, and per hop the test accuracy at the
   validation-chosen R beside the oracle."""
-  lines = ["| cell | model | steps | gate at last check | loss, first → last 250 steps | atomic | hop k (trained) "
+  lines = ["| cell | model | steps | gate at last check | training loss: step 0 → last 250 steps | atomic | hop k (trained) "
            "| k+1 | k+2 | k+3 |", "|---" * 10 + "|"]
   for name, cell in need(summary, where, "cells").items():
     k = need(cell, f"{where}: cells.{name}", "k")

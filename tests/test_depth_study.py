@@ -27,7 +27,7 @@ def finished_cell(out_dir) -> dict:
   os.makedirs(run_dir)
   ablation.runs.write_json(os.path.join(run_dir, "variant.json"), row)
   writer = SummaryWriter(os.path.join(run_dir, "tb", "looped"))
-  for step in range(25, 501, 25):
+  for step in range(0, 501, 25):
     writer.add_scalar("train/loss", 4.0 if step <= 250 else 2.0, step)
   writer.add_scalar("eval/2hop_test", 0.25, 500)
   writer.close()
@@ -46,6 +46,6 @@ def test_the_summary_has_each_cells_curves_and_val_chosen_r(tmp_path):
   cell = got["cells"][CELL]
   assert cell["k"] == 2 and got["commit"]["train"] == "abc"
   looped = cell["models"]["looped"]
-  assert looped["curves"] == {"loss": [[250, 4.0], [500, 2.0]], "gate": {"2hop_test": [[500, 0.25]]}}
+  assert looped["curves"] == {"loss": [[0, 4.0], [250, 4.0], [500, 2.0]], "gate": {"2hop_test": [[500, 0.25]]}}
   assert looped["hops"]["3"] == {"r": 4, "test": 0.4, "val": 1.0, "oracle_r": 10, "oracle": 1.0}
   assert set(looped["hops"]) == {"1", "2", "3", "4", "5"}
