@@ -127,7 +127,7 @@ def tb_scalars(tb_dir: str) -> dict:
   a kill ends the file."""
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
   points = {}
-  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+  for path in sorted(glob.glob(os.path.join(glob.escape(tb_dir), "events.out.tfevents.*"))):
     with open(path, "rb") as f:
       blob = f.read()
     at = 0

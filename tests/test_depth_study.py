@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import depth_extrap_ablation as ablation  # noqa: E402  pylint: disable=wrong-import-position
 import depth_extrap_full_attention as study  # noqa: E402  pylint: disable=wrong-import-position
 
-CELL = "N=20 M=4 k=2"
+CELL = "N=20 M=4 k=2 R=[2,4]"  # brackets: a glob pattern if not escaped
 ACCURACY = {s: {str(r): 0.1 * r if s == "3hop_test" else 0.5 for r in range(1, 11)}
             for s in ("atomic", "2hop_test", "3hop_test", "4hop_test", "5hop_test")}
 ACCURACY["3hop_val"] = {str(r): 1.0 if r == 4 else 0.0 for r in range(1, 11)}
