@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import platform
+import struct
 import subprocess
 import sys
 import time
@@ -117,3 +119,26 @@ def write_json(path: str, obj) -> None:
 def read_json(path: str):
   with open(path) as f:
     return json.load(f)
+
+
+def tb_scalars(tb_dir: str) -> dict:
+  """tag -> [[step, value], ...] as TensorBoard shows a run's scalars: events read in order, a SessionLog START at
+  step s (tensorboardX's purge_step, a resume) drops the points at steps >= s read before it; a record cut short by
+  a kill ends the file."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  points = {}
+  for path in sorted(glob.glob(os.path.join(glob.escape(tb_dir), "events.out.tfevents.*"))):
+    with open(path, "rb") as f:
+      blob = f.read()
+    at = 0
+    while at + 12 <= len(blob):
+      (n,) = struct.unpack("<Q", blob[at:at + 8])
+      if at + 12 + n + 4 > len(blob):
+        break
+      ev = event_pb2.Event.FromString(blob[at + 12:at + 12 + n])
+      at += 12 + n + 4
+      if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
+        points = {t: [p for p in pts if p[0] < ev.step] for t, pts in points.items()}
+      for v in ev.summary.value:
+        points.setdefault(v.tag, []).append([ev.step, v.simple_value])
+  return points

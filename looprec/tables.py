@@ -8,9 +8,10 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer); functools.partial picks models, hops or the split. A table of several summaries (a tuple of files:
-run_times, the measured wall time of each preset) gets a list of (summary, file). A table with no summary file (None)
-is rendered from the code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
+x layer), depth_study ((cell, model) x hop of a grid study); functools.partial picks models, hops or the split.
+A table of several summaries (a tuple of files: run_times, the measured wall time of each preset) gets a list of
+(summary, file). A table with no summary file (None) is rendered from the code: `deviations/<experiment>_<preset>`,
+a preset's computed deviations from the paper preset.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -196,6 +197,34 @@ def systematicity_lens(summary: dict, where: str, split: str = "test_inferred_ii
                             "position, *bridge_at_r1* at the first relation's token."])
 
 
+def depth_study(summary: dict, where: str) -> str:
+  """(cell, model) x (atomic, hop k, k+1..k+3) of a grid study (benchmarks/depth_extrap_full_attention.py): the steps
+  trained, the curriculum gate's last check, the training loss at step 0 and over the last 250 steps, and per hop the test accuracy at the
+  validation-chosen R beside the oracle."""
+  lines = ["| cell | model | steps | gate at last check | training loss: step 0 → last 250 steps | atomic | hop k (trained) "
+           "| k+1 | k+2 | k+3 |", "|---" * 10 + "|"]
+  for name, cell in need(summary, where, "cells").items():
+    k = need(cell, f"{where}: cells.{name}", "k")
+    for model, m in need(cell, f"{where}: cells.{name}", "models").items():
+      at = f"{where}: cells.{name}.models.{model}"
+      gates = {split: points[-1] for split, points in need(m, at, "curves", "gate").items() if points}
+      gate = ", ".join(f"{split} {a:.2f}" for split, (_, a) in gates.items()) or "—"
+      gate += f" (step {max(s for s, _ in gates.values())})" if gates else ""
+      loss = need(m, at, "curves", "loss")
+      losses = f"{loss[0][1]:.2f} → {loss[-1][1]:.2f}" if loss else "—"
+      hops = [need(m, at, "hops", str(h)) for h in (1, k, k + 1, k + 2, k + 3)]
+      cells = [f"{chosen(h['test'], h['r'])} [{stat(h['oracle'])}]" for h in hops]
+      lines.append(f"| {name} | {model} | {need(m, at, 'steps')} | {gate} | {losses} | " + " | ".join(cells) + " |")
+  commit = need(summary, where, "commit")
+  return "\n".join(lines + ["", f"From `{where}`: `{need(summary, where, 'command')}`, looprec "
+                            f"{_short(commit.get('train'))} (training), {_machines(need(summary, where, 'machine'))}. "
+                            "Every cell is the depth_extrap paper preset with the summary's `cpu_size` overrides and "
+                            "its own; hops beyond k never appear in training. *gate*: the curriculum check's held-out "
+                            "accuracy of the stage at the training R; each hop: the test accuracy at the R chosen on "
+                            f"the validation split (R = 1..2(k + 3)), in brackets the oracle (the best test accuracy "
+                            "over R, an upper bound)."])
+
+
 def preset_deviations(name: str, preset: str) -> str:
   """The fields where an experiment's preset differs from its paper preset, with their reasons (`experiment.
   deviations_text`)."""
@@ -234,6 +263,7 @@ TABLES = {
     "systematicity_cpu_long/lens_ood": ("systematicity_cpu_long.json",
                                         functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
+    "depth_extrap_full_attention": ("depth_extrap_full_attention.json", depth_study),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),

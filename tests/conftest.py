@@ -1,7 +1,5 @@
-import glob
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -76,21 +74,6 @@ THROUGHPUT_TAGS = ("train/examples_per_second", "train/tokens_per_second", "trai
 
 
 def tb_points(tb_dir: str) -> dict:
-  """tag -> steps as TensorBoard shows them: events read in order, a SessionLog START at step s (tensorboardX's
-  purge_step) drops the points at steps >= s read before it; a record cut short by a kill ends the file."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  points = {}
-  for path in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
-    blob = open(path, "rb").read()
-    at = 0
-    while at + 12 <= len(blob):
-      (n,) = struct.unpack("<Q", blob[at:at + 8])
-      if at + 12 + n + 4 > len(blob):
-        break
-      ev = event_pb2.Event.FromString(blob[at + 12:at + 12 + n])
-      at += 12 + n + 4
-      if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
-        points = {t: [s for s in steps if s < ev.step] for t, steps in points.items()}
-      for v in ev.summary.value:
-        points.setdefault(v.tag, []).append(ev.step)
-  return points
+  """tag -> steps as TensorBoard shows them (`runs.tb_scalars`)."""
+  from looprec import runs  # pylint: disable=import-outside-toplevel
+  return {tag: [step for step, _ in pts] for tag, pts in runs.tb_scalars(tb_dir).items()}

@@ -27,6 +27,20 @@ def test_every_renderer_reads_a_depth_summary():
     tables.depth_by_model(smoke, where, hops=("9",))
 
 
+def test_the_grid_study_table_reads_each_cell_and_names_a_missing_field():
+  hop = lambda acc, r: {"r": r, "test": acc, "val": acc, "oracle_r": r, "oracle": acc}
+  model = {"steps": 900, "curves": {"loss": [[250, 9.5], [500, 3.1]], "gate": {"2hop_test": [[250, 0.1], [500, 0.4]]}},
+           "hops": {"1": hop(1.0, 1), "2": hop(0.5, 4), "3": hop(0.25, 6), "4": hop(0.125, 7), "5": hop(0.0625, 9)}}
+  study = {"command": "c", "commit": {"train": "abcdef0123"}, "machine": {"platform": "p", "cpu_count": 2},
+           "cells": {"N=20 M=4 k=2": {"k": 2, "models": {"looped": model}}}}
+  row = tables.depth_study(study, "x.json").splitlines()[2]
+  assert row == ("| N=20 M=4 k=2 | looped | 900 | 2hop_test 0.40 (step 500) | 9.50 → 3.10 | 1.00, R=1 [1.00] | 0.50, R=4 [0.50] "
+                 "| 0.25, R=6 [0.25] | 0.12, R=7 [0.12] | 0.06, R=9 [0.06] |")
+  del model["hops"]["5"]
+  with pytest.raises(ConfigError, match=r"x.json: cells.N=20 M=4 k=2.models.looped: no field 'hops.5'"):
+    tables.depth_study(study, "x.json")
+
+
 def test_every_registered_table_is_in_a_doc():
   text = "".join(open(os.path.join(ROOT, doc)).read() for doc in tables.DOCS)
   assert [t for t in tables.TABLES if f"<!-- table: {t} -->" not in text] == []
