@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from looprec import loop, models, sharding, train
-from looprec.config import ConfigError, ModelConfig, TrainConfig
+from looprec.config import ConfigError, ModelConfig, Recurrence, TrainConfig
 
 MODEL = models.build(ModelConfig(d_model=32, n_heads=2, n_layers=2, injection="add", attn_window=3), 11)
 PARAMS = MODEL.init(jax.random.PRNGKey(0), 7)
@@ -55,6 +55,9 @@ def test_per_example_loops_equal_each_example_run_alone():
                                                           model=MODEL, n_loops=6, label_smoothing=0.0)[0])(PARAMS)
   assert not np.allclose(float(want[0]), float(grads(PARAMS, 6)[0]))  # R matters, so the check can fail
   assert_close(per_example, want, atol=2e-6)
+  rec = Recurrence.parse("difficulty:4")
+  assert (rec.min_loops, rec.max_loops, str(rec), train.draw_loops(rec, 0, 7)) == (1, 4, "difficulty:4", 4)
+  assert train.with_loops(rec, {"hop": np.array([0, 3, 9])})["loops"].tolist() == [1, 3, 4]
 
 
 @pytest.mark.parametrize("remat", ["loop", "dots"])
