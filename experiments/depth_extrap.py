@@ -198,11 +198,18 @@ def eval_splits(task, max_hop: int) -> dict:
 def run(cfg: Config, run_dir: str) -> dict:
   """Trains, evaluates and analyzes every model; returns the `models`, `halting` and `margins` parts of
   results.json and writes the plots, report.md and the files of `analysis.write`."""
+  return train_and_analyze(cfg, run_dir, eval_splits, lambda task, results, sizes: report(cfg, results, sizes))
+
+
+def train_and_analyze(cfg, run_dir: str, splits_of, report_of) -> dict:
+  """`run` of an experiment over a registered task: trains every model, sweeps, halts and analyzes it on
+  splits_of(task, eval.max_hop), writes the heatmaps, report_of(task, results, sizes) as report.md and the files of
+  `analysis.write`; returns the `models`, `examples`, `halting` and `margins` parts of results.json."""
   mesh = sharding.make_mesh(cfg.train.fsdp)
   task = tasks.make_task(cfg.data)
   results, analyses, splits = {}, {}, {}
   for name, model, result in experiment.train_models(cfg, task, mesh, run_dir):
-    splits = splits or eval_splits(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
+    splits = splits or splits_of(task, cfg.eval.max_hop)  # after the first model trains, not before its first step
     mrun = cfg.models[name]
     with runs.stage(f"{name}: sweep over R = 1..{cfg.eval.max_loops}, halting, margins"):
       analyses[name] = analysis.analyze_model(model, result.params, splits, cfg.eval.max_loops, mesh=mesh,
@@ -217,7 +224,7 @@ def run(cfg: Config, run_dir: str) -> dict:
     with runs.stage("figures and reports"):
       plots.heatmaps({n: r["accuracy"] for n, r in results.items()},
                      os.path.join(run_dir, "accuracy_hop_by_loops.png"), {n: r["trained_max_hop"] for n, r in results.items()})
-      md.write(os.path.join(run_dir, "report.md"), report(cfg, results, sizes))
+      md.write(os.path.join(run_dir, "report.md"), report_of(task, results, sizes))
       analysis.write(run_dir, analyses, {n: r["trained_max_hop"] for n, r in results.items()},
                      {n: cfg.kind(n) for n in results})
   return {"models": results, "examples": sizes, **halting_and_margins(analyses)}

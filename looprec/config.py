@@ -32,22 +32,24 @@ def one_of(path: str, value, valid) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Recurrence:
-  """How many loops a training batch runs: fixed R, or R = clip(Poisson(lam), low, high) per batch."""
+  """How many loops a training batch runs: fixed R, R = clip(Poisson(lam), low, high) per batch, or (difficulty)
+  R per example = its difficulty (the batch's `hop`: a length, p), at most `loops` (Fan et al. 2024's R = n)."""
 
-  schedule: str  # "fixed" | "dynamic"
-  loops: int = 1  # fixed R
+  schedule: str  # "fixed" | "dynamic" | "difficulty"
+  loops: int = 1  # fixed R; difficulty: the largest R
   lam: float = 4.0
   low: int = 2
   high: int = 8
 
   @classmethod
   def parse(cls, spec: str) -> "Recurrence":
-    """Parses "fixed:R" or "dynamic:lam,low,high" (the results.json spelling)."""
-    m = re.fullmatch(r"fixed:(\d+)", spec) or re.fullmatch(r"dynamic:(\d+(?:\.\d*)?),(\d+),(\d+)", spec)
+    """Parses "fixed:R", "dynamic:lam,low,high" or "difficulty:R_max" (the results.json spelling)."""
+    m = (re.fullmatch(r"(fixed|difficulty):(\d+)", spec)
+         or re.fullmatch(r"dynamic:(\d+(?:\.\d*)?),(\d+),(\d+)", spec))
     if m is None:
-      raise ConfigError(f"recurrence {spec!r} is neither 'fixed:R' nor 'dynamic:lam,low,high'")
-    if spec.startswith("fixed"):
-      rec = cls("fixed", loops=int(m.group(1)))
+      raise ConfigError(f"recurrence {spec!r} is neither 'fixed:R', 'dynamic:lam,low,high' nor 'difficulty:R_max'")
+    if not spec.startswith("dynamic"):
+      rec = cls(m.group(1), loops=int(m.group(2)))
     else:
       rec = cls("dynamic", lam=float(m.group(1)), low=int(m.group(2)), high=int(m.group(3)))
     if rec.min_loops < 1 or rec.min_loops > rec.max_loops:
@@ -56,24 +58,24 @@ class Recurrence:
 
   @property
   def min_loops(self) -> int:
-    return self.loops if self.schedule == "fixed" else self.low
+    return {"fixed": self.loops, "difficulty": 1}.get(self.schedule, self.low)
 
   @property
   def max_loops(self) -> int:
-    return self.loops if self.schedule == "fixed" else self.high
+    return self.high if self.schedule == "dynamic" else self.loops
 
   @property
   def mean_loops(self) -> float:
-    """Expected R, for sizing a vanilla model of the same unrolled depth."""
-    if self.schedule == "fixed":
+    """Expected R, for sizing a vanilla model of the same unrolled depth (difficulty: the largest)."""
+    if self.schedule != "dynamic":
       return float(self.loops)
     import numpy as np  # pylint: disable=import-outside-toplevel
     draws = np.clip(np.random.default_rng(0).poisson(self.lam, 200_000), self.low, self.high)
     return float(draws.mean())
 
   def __str__(self) -> str:
-    if self.schedule == "fixed":
-      return f"fixed:{self.loops}"
+    if self.schedule != "dynamic":
+      return f"{self.schedule}:{self.loops}"
     return f"dynamic:{self.lam:g},{self.low},{self.high}"
 
 

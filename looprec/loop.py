@@ -4,6 +4,8 @@
 iterated and differentiated. R = n_loops is static (one compiled program per R; compile time does not grow with R
 thanks to scan) unless `n_active` is given: then the scan runs n_loops = R_max iterations, the first
 R_max - n_active of which are skipped (`lax.cond`), so one program serves every R <= R_max, with exact gradients.
+A per-example n_active_B (R per example, e.g. its length as in Fan et al. 2024) masks the updates instead: example b
+takes the first n_active_B[b] loops and then keeps its state.
 `Scan` chooses how the loop is compiled and differentiated: unrolling, per-loop rematerialisation and truncated
 backpropagation through depth.
 """
@@ -46,19 +48,22 @@ PLAIN = Scan()
 
 def scan_loops(step_fn, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_active=None,
                scan: Scan = PLAIN):
-  """Applies step_fn n_loops times with lax.scan (n_active of them when given, a traced int <= n_loops).
+  """Applies step_fn n_loops times with lax.scan (n_active of them when given: a traced int <= n_loops, or B of
+  them, one per example).
 
   Returns the final state and the per-loop values of `readout(h_BxTxD, extras)` stacked on a leading R axis
-  (None without a readout), where extras is what step_fn returned beside the new state. With n_active the
-  skipped loops come first and the active ones see t = 0..n_active-1; readouts are not available then. scan: see
-  `Scan`.
+  (None without a readout), where extras is what step_fn returned beside the new state. With a scalar n_active
+  the skipped loops come first and the active ones see t = 0..n_active-1; with a per-example one every example
+  sees t = 0.. and its state stops changing after its own count; readouts are not available with either. scan:
+  see `Scan`.
   """
   if n_loops < 1:
     raise ValueError(f"n_loops must be >= 1, got {n_loops}")
   if n_active is not None and readout is not None:
     raise ValueError("per-loop readouts need a static loop count (n_active=None)")
   keys = jax.random.split(rng, n_loops) if rng is not None else jnp.zeros((n_loops,), jnp.uint32)
-  n_skipped = 0 if n_active is None else n_loops - n_active
+  per_example = n_active is not None and jnp.ndim(n_active) == 1
+  n_skipped = 0 if n_active is None or per_example else n_loops - n_active
 
   def body(h, xs):
     t, key = xs
@@ -66,6 +71,10 @@ def scan_loops(step_fn, h_BxTxD, n_loops: int, rng=None, readout=None, *, n_acti
     if n_active is None:
       h, extras = step_fn(h, t, key)
       return h, (readout(h, extras) if readout is not None else None)
+    if per_example:
+      new = step_fn(h, t, key)[0]
+      keep = lambda a, b: jnp.where((t < n_active).reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+      return jax.tree_util.tree_map(keep, new, h), None
     t_active = t - n_skipped
     return jax.lax.cond(t_active >= 0, lambda h: step_fn(h, t_active, key)[0], lambda h: h, h), None
 

@@ -9,9 +9,9 @@ file in results/, renderer). Adding a table: a summary file, one line in TABLES,
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
 x layer), depth_study ((cell, model) x hop of a grid study); functools.partial picks models, hops or the split.
-A table of several summaries (a tuple of files: run_times, the measured wall time of each preset) gets a list of
-(summary, file). A table with no summary file (None) is rendered from the code: `deviations/<experiment>_<preset>`,
-a preset's computed deviations from the paper preset.
+A table of several summaries (a tuple of files: run_times, the measured wall time of each preset; length_gen_papers,
+each task beside its paper) gets a list of (summary, file). A table with no summary file (None) is rendered from
+the code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
 A missing or malformed summary, or an unknown ID, is a ConfigError naming the file and the field.
 """
 from __future__ import annotations
@@ -249,6 +249,40 @@ def run_times(summaries: list) -> str:
                                  "each seed's run on its own, as `make experiment` runs it."])
 
 
+# What the papers report for a task, beside looprec's length_gen table (`length_gen_papers`).
+PAPERS = {
+    "parity": ("Fan et al. 2024", "lengths 1–20 (curriculum), R = n per example, a looped GPT-2 decoder block "
+               "with input injection", "near-perfect parity up to about twice the trained length (~40, as issue 21 "
+               "reads their figure)"),
+    "p_hop": ("Saunshi et al. 2025", "p = 16 over sequences of 256 symbols, a 1-layer block looped 6 times",
+              "99.9% at p = 16 (in distribution; no larger p)"),
+}
+
+
+def length_gen_papers(summaries: list) -> str:
+  """task x (looprec's setup and budget, looped and vanilla accuracy at the deepest trained difficulty and at 1.5
+  times it, the paper's setup and figure)."""
+  from looprec import experiment  # pylint: disable=import-outside-toplevel
+  lines = ["| task | looprec: models, budget | trained d | looped at d / 1.5 d | vanilla at d / 1.5 d | paper: setup "
+           "| paper: reported |", "|---|---|---|---|---|---|---|"]
+  for summary, where in summaries:
+    names, get = _models(summary, where)
+    cfg = experiment.load(need(summary, where, "experiment")).PRESETS[need(summary, where, "preset")]()
+    d, task = cfg.data.train_max, cfg.data.name
+    ood = str(int(1.5 * d))
+    models = "; ".join(f"{n}: {cfg.models[n].n_layers} layer(s), R {get(n, 'train_loops')}" for n in names)
+    budget = ", ".join(f"{n} {stat(get(n, 'steps'), '.0f')} steps / {stat(get(n, 'train_seconds'), '.0f')} s"
+                       for n in names)
+    acc = {n: " / ".join(chosen(get(n, "hops", h, "test"), get(n, "hops", h, "r")) for h in (str(d), ood))
+           for n in names}
+    paper, setup, figure = PAPERS[task]
+    lines.append(f"| {task} (`{where}`) | d_model {cfg.model.d_model}, {models}; {budget} | {cfg.data.train_min}.."
+                 f"{d} | {acc['looped']} | {acc['vanilla']} | {paper}: {setup} | {figure} |")
+  return "\n".join(lines + ["", "Accuracy: the test accuracy at the R chosen on the validation split (mean (min–max) "
+                            "over seeds, with that R). The papers' models are larger and trained far longer; their "
+                            "figures are quoted from the papers, not re-measured."])
+
+
 TABLES = {
     "depth_extrap_smoke/accuracy": ("depth_extrap_smoke.json", depth_accuracy),
     "depth_extrap_smoke/halting": ("depth_extrap_smoke.json", functools.partial(depth_halting, models=("looped",))),
@@ -268,6 +302,8 @@ TABLES = {
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
                             ("systematicity", "cpu_long"), ("variants", "cpu"))},
+    "length_gen/papers": (("length_gen_cpu.json", "length_gen_cpu_p_hop.json"), length_gen_papers),
+    "length_gen_cpu_p_hop/accuracy": ("length_gen_cpu_p_hop.json", depth_accuracy),
     "run_times": (("depth_extrap_cpu.json", "systematicity_cpu.json", "variants_cpu.json"), run_times),
 }
 

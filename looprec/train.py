@@ -123,6 +123,7 @@ def loss_fn(params, batch, rng, n_active=None, *, model, n_loops: int, label_smo
             scan: loop.Scan = loop.PLAIN):
   """(loss, accuracy): the model's own objective (`LoopedBase.loss`: the answer token's cross-entropy unless the
   kind defines another, e.g. exit_gate's expected loss over its exit distribution)."""
+  n_active = batch.get("loops", n_active)  # R per example (recurrence difficulty:R_max; `with_loops`)
   return model.loss(params, batch, n_loops, rng=rng, label_smoothing=label_smoothing, n_active=n_active,
                     scan=scan)
 
@@ -284,10 +285,18 @@ def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int) -> Programs
 
 
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
-  """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
-  if rec.schedule == "fixed":
+  """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step); difficulty: the
+  largest R (the program's; each example runs its own, `with_loops`)."""
+  if rec.schedule != "dynamic":
     return rec.loops
   return int(np.clip(np.random.default_rng([seed, step, 0x52]).poisson(rec.lam), rec.low, rec.high))
+
+
+def with_loops(rec: Recurrence, batch: dict) -> dict:
+  """The batch, with (recurrence difficulty:R_max) `loops`: each example's R, its difficulty clipped to 1..R_max."""
+  if rec.schedule != "difficulty":
+    return batch
+  return {**batch, "loops": np.clip(np.asarray(batch["hop"]), 1, rec.loops).astype(np.int32)}
 
 
 def first_draws(rec: Recurrence, seed: int, start: int, stop: int) -> list[int]:
@@ -499,7 +508,7 @@ class Trainer:
 
   def _upcoming(self):
     """(an example batch, the R values drawn in the next AHEAD_STEPS steps), for `Programs.prepare`."""
-    example = data.stage_dataset(self.task, self.stage, self.cfg.batch_size, self.step)[0]
+    example = with_loops(self.rec, data.stage_dataset(self.task, self.stage, self.cfg.batch_size, self.step)[0])
     draws = first_draws(self.rec, self.seed, self.step, min(self.steps, self.step + AHEAD_STEPS))
     return sharding.put_batch(example, self.mesh), draws
 
@@ -522,7 +531,7 @@ class Trainer:
   def _train_step(self):
     """One step, then whatever falls due after it: the previous log step's line, an evaluation, a checkpoint."""
     n_loops = draw_loops(self.rec, self.seed, self.step)
-    self.batch = sharding.put_batch(next(self.iterator), self.mesh)
+    self.batch = sharding.put_batch(with_loops(self.rec, next(self.iterator)), self.mesh)
     n_programs = self.programs.n_programs
     if self.step == self.cfg.debug_nan_step:
       self.state, metrics = self.programs.nan_step(self.state, self.batch, n_loops)
@@ -577,8 +586,11 @@ class Trainer:
   def _accuracy(self, examples: dict) -> float:
     """A monitor split's accuracy (eval_model): after eval_loops loops (default: the largest training R), or, with
     train.gate=kl_entropy for a dynamic-R model, where the official adaptive forward (`forward_adapative_ent`)
-    halts: KL < 0.5 and entropy < 3 + 12 / T nats (T: the padded length), capped at eval_loops."""
+    halts: KL < 0.5 and entropy < 3 + 12 / T nats (T: the padded length), capped at eval_loops. A difficulty-R
+    model runs R = the split's difficulty (clipped to eval_loops)."""
     loops = self.cfg.eval_loops or self.rec.max_loops
+    if self.rec.schedule == "difficulty":
+      loops = int(with_loops(dataclasses.replace(self.rec, loops=loops), examples)["loops"].max())
     if self.cfg.gate == "kl_entropy" and self.rec.schedule == "dynamic":
       pol = halting.policy("kl_entropy", eps=0.5, max_entropy=3.0 + 12.0 / examples["tokens"].shape[1])
       got = halting.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)

@@ -1,7 +1,10 @@
+import contextlib
+import importlib
 import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -22,6 +25,19 @@ def results_of(proc):
   path = last.removeprefix("results: ")
   with open(path) as f:
     return path, json.load(f)
+
+
+@contextlib.contextmanager
+def temporary_module(tmp_path, monkeypatch, name: str, source: str, registry: dict, key: str):
+  """Module `name` written from source into tmp_path and imported (registering `key` in registry, as a task or a
+  kind registers itself); unregistered and forgotten after."""
+  (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  try:
+    yield importlib.import_module(name)
+  finally:
+    registry.pop(key, None)
+    sys.modules.pop(name, None)
 
 
 @pytest.fixture

@@ -85,6 +85,20 @@ def test_an_unknown_name_lists_the_valid_ones_closest_first(capsys, tmp_path, ar
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("override, want", [
+    ("data.name=sorting", "data.name='sorting' is not a registered task (parity, p_hop"),
+    ("data.seq_len=7", "data.seq_len=7 holds difficulties up to 6 for data.name=parity, not 8"),
+    ("data.ood=3,8", "data.ood='3,8': difficulty 3 is inside the training range (data.train_max=4)"),
+    ("models.looped.recurrence=difficulty:0", "models.looped.recurrence 'difficulty:0': loop counts must satisfy"),
+])
+def test_bad_task_input_is_one_error_line_naming_the_field(capsys, tmp_path, override, want):
+  """An unknown task, a difficulty seq_len cannot hold, an OOD split inside the training range: exit 2 before any
+  run folder is made."""
+  code, _, err = run_main(capsys, "experiment", "length_gen", "--preset", "smoke", override, "--runs-dir", str(tmp_path))
+  assert code == 2 and len(err) == 1 and err[0].startswith("error: " + want), err
+  assert not os.listdir(tmp_path)
+
+
 def test_choices_puts_the_closest_first_and_keeps_every_value():
   assert C.choices("cpu_lon", ["smoke", "cpu", "cpu_long", "paper"]) == "cpu_long, cpu, smoke, paper"
   assert C.choices("zzz", ["b", "a"]) == "b, a"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from looprec import loop, models, sharding, train
-from looprec.config import ConfigError, ModelConfig, TrainConfig
+from looprec.config import ConfigError, ModelConfig, Recurrence, TrainConfig
 
 MODEL = models.build(ModelConfig(d_model=32, n_heads=2, n_layers=2, injection="add", attn_window=3), 11)
 PARAMS = MODEL.init(jax.random.PRNGKey(0), 7)
@@ -41,6 +41,23 @@ def test_one_program_to_r_max_equals_the_static_r_program(r):
   want, got = grads(PARAMS, r), grads(PARAMS, 6, jnp.int32(r))
   assert not np.allclose(float(want[0]), float(grads(PARAMS, r + 1)[0]))  # R matters, so the check can fail
   assert_close(got, want, atol=2e-6)
+
+
+def test_per_example_loops_equal_each_example_run_alone():
+  """R per example (recurrence difficulty:R_max) in one program compiled for R_max = 6: each example's loss and
+  gradient equal those of a static program with its own R; the batch's is their mean."""
+  loops_B = np.array([1, 2, 3, 6, 4, 1, 5, 2], np.int32)
+  def one(b, r):
+    ex = jax.tree_util.tree_map(lambda x: x[b:b + 1], batch())
+    return jax.value_and_grad(lambda p: train.loss_fn(p, ex, None, model=MODEL, n_loops=r, label_smoothing=0.0)[0])(PARAMS)
+  want = jax.tree_util.tree_map(lambda *xs: sum(xs) / len(xs), *(one(b, int(r)) for b, r in enumerate(loops_B)))
+  per_example = jax.value_and_grad(lambda p: train.loss_fn(p, {**batch(), "loops": jnp.asarray(loops_B)}, None,
+                                                          model=MODEL, n_loops=6, label_smoothing=0.0)[0])(PARAMS)
+  assert not np.allclose(float(want[0]), float(grads(PARAMS, 6)[0]))  # R matters, so the check can fail
+  assert_close(per_example, want, atol=2e-6)
+  rec = Recurrence.parse("difficulty:4")
+  assert (rec.min_loops, rec.max_loops, str(rec), train.draw_loops(rec, 0, 7)) == (1, 4, "difficulty:4", 4)
+  assert train.with_loops(rec, {"hop": np.array([0, 3, 9])})["loops"].tolist() == [1, 3, 4]
 
 
 @pytest.mark.parametrize("remat", ["loop", "dots"])

@@ -73,6 +73,7 @@ COVERED = {
         By(SMOKE.format("variants"), "--preset smoke, without the override"),
     "looprec experiment length_gen --preset cpu": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment length_gen --preset smoke": By(SMOKE.format("length_gen")),
+    "looprec experiment length_gen --preset cpu_p_hop": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment length_gen --preset cpu data.name=p_hop data.context=32 data.seq_len=56 data.train_max=8":
         By(SMOKE.format("length_gen"), "--preset smoke, without the overrides"),
     "looprec analyze runs/depth_extrap/latest": ANALYZE,

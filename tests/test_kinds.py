@@ -2,13 +2,12 @@
 with its own hyperparameter, is configured, trained, swept, halted and analyzed through the library as it is."""
 import ast
 import os
-import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import temporary_module
 import looprec
 from looprec import analysis, config as C, data, models, sharding, train
 from looprec.config import ChainDataConfig, ConfigError, ModelConfig, Recurrence, TrainConfig
@@ -122,12 +121,8 @@ class Relaxed(LoopedTransformer):
 @pytest.fixture
 def relaxed(tmp_path, monkeypatch):
   """The module of kind `relaxed`, imported from a temporary folder (which registers it); unregistered after."""
-  (tmp_path / "relaxed_kind.py").write_text(textwrap.dedent(RELAXED))
-  monkeypatch.syspath_prepend(str(tmp_path))
-  import relaxed_kind  # pylint: disable=import-outside-toplevel
-  yield relaxed_kind
-  C.KINDS.pop("relaxed")
-  sys.modules.pop("relaxed_kind")
+  with temporary_module(tmp_path, monkeypatch, "relaxed_kind", RELAXED, C.KINDS, "relaxed") as module:
+    yield module
 
 
 def test_a_new_kind_is_configured_trained_swept_halted_and_analyzed(relaxed, tmp_path):

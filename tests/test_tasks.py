@@ -1,13 +1,11 @@
 """The task registry: the paper's graph tasks registered with unchanged data, parity and p-hop induction checked
 against brute-force references, their bad input refused naming the field, and a task added in one file (a
 temporary module) that trains, sweeps and halts through the library as it is."""
-import sys
-import textwrap
-
 import jax
 import numpy as np
 import pytest
 
+from conftest import temporary_module
 from looprec import analysis, data, models, sharding, tasks, train
 from looprec.config import ChainDataConfig, CompositionDataConfig, ConfigError, ModelConfig, Recurrence, TrainConfig
 from looprec.tasks import TaskConfig, p_hop
@@ -119,12 +117,8 @@ class LastBit(DifficultyTask):
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
   """Task `last_bit`, one file in a temporary folder (importing it registers it); unregistered after."""
-  (tmp_path / "last_bit_task.py").write_text(textwrap.dedent(TOY))
-  monkeypatch.syspath_prepend(str(tmp_path))
-  import last_bit_task  # pylint: disable=import-outside-toplevel
-  yield last_bit_task
-  tasks.TASKS.pop("last_bit")
-  sys.modules.pop("last_bit_task")
+  with temporary_module(tmp_path, monkeypatch, "last_bit_task", TOY, tasks.TASKS, "last_bit") as module:
+    yield module
 
 
 def test_a_task_in_one_file_trains_sweeps_and_halts(toy, tmp_path):
