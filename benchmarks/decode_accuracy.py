@@ -17,22 +17,12 @@ import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from looprec import decode, generation, melt, models
 from looprec.config import ChainDataConfig, ModelConfig
 
 POLICIES = ("per_loop", "first_loop", "last_loop", "cycle:2", "melt")
-
-
-def kl_to_teacher(model, teacher, params, policy: str, ex: dict, hop: int, n_loops: int) -> float:
-  """KL(teacher with per_loop || params with the policy) over the positions that write the path."""
-  tokens = jnp.concatenate([ex["prompt"], ex["path"][:, :-1]], axis=1)
-  logp = lambda p, pol: jax.nn.log_softmax(decode.teacher_forced(p, tokens, model=model, n_loops=n_loops,
-                                                                 policy=decode.parse_policy(pol))[:, hop:])
-  t, s = logp(teacher, "per_loop"), logp(params, policy)
-  return float(jnp.mean(jnp.sum(jnp.exp(t) * (t - s), -1)))
 
 
 def main():
@@ -57,7 +47,7 @@ def main():
       ex = task.eval_split(hop)
       rows[hop] = {f"R={r}": generation.path_accuracy(decode.generate(model, params, ex["prompt"], hop, r, policy),
                                                       ex["path"]) for r in (args.loops, 2 * args.loops)}
-      rows[hop]["kl"] = kl_to_teacher(model, teacher, params, policy, ex, hop, args.loops)
+      rows[hop]["kl"] = decode.kl_to_teacher(model, teacher, params, policy, ex["prompt"], ex["path"], args.loops)
   print(f"| policy | hop | path R={args.loops} | final R={args.loops} | path R={2 * args.loops} | "
         f"final R={2 * args.loops} | KL to per_loop |")
   print("|---|---|---|---|---|---|---|")

@@ -24,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from looprec.config import ConfigError
 from looprec.models.looped import Cached
@@ -210,3 +213,28 @@ def generate_uncached(model, params, prompt_BxP, n_new: int, n_loops: int):
     logits_BxV = model.apply(params, tokens_BxT, n_loops)[:, -1]
     tokens_BxT = jnp.concatenate([tokens_BxT, jnp.argmax(logits_BxV, -1).astype(jnp.int32)[:, None]], axis=1)
   return tokens_BxT[:, prompt_BxP.shape[1]:]
+
+
+def kl_to_teacher(model, teacher, params, policy: str, prompt_BxP, path_BxK, n_loops: int) -> float:
+  """Mean KL(teacher with per_loop || params with the policy) over the positions that write the path, both fed the
+  true path (teacher forcing through the cache)."""
+  tokens_BxT = jnp.concatenate([jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(path_BxK, jnp.int32)[:, :-1]], 1)
+  first = prompt_BxP.shape[1] - 1
+  logp = lambda p, pol: jax.nn.log_softmax(teacher_forced(p, tokens_BxT, model=model, n_loops=n_loops,
+                                                          policy=parse_policy(pol))[:, first:])
+  t, s = logp(teacher, "per_loop"), logp(params, policy)
+  return float(jnp.mean(jnp.sum(jnp.exp(t) * (t - s), -1)))
+
+
+def tokens_per_second(model, params, policy: str, batch: int, n_loops: int, n_new: int, repeats: int = 3,
+                      prompt_len: int = 4) -> float:
+  """Greedy decoding speed: batch x n_new tokens over the median wall time of `repeats` calls of the compiled
+  program (the first call, which compiles, is not timed); random prompts."""
+  prompt = np.random.default_rng(0).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int32)
+  generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return batch * n_new / statistics.median(times)
