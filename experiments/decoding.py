@@ -31,6 +31,7 @@ from looprec.models import count_params, params_checksum
 
 BYTES_AT = (4, 8, 16, 32)  # R of the bytes-per-token column
 SPEED_BATCHES = (1, 64)
+SPEED_PROMPT = 4  # prompt tokens of the tokens/s measurement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ def cpu() -> Config:
       train=TrainConfig(steps=1500, batch_size=64, lr=3e-3),
       eval=EvalConfig(max_hop=6, max_loops=8, batch_size=128),
       models={"per_loop": ModelRun(n_layers=1, recurrence="fixed:3"),
-              "melt": ModelRun(n_layers=1, recurrence="fixed:3", steps=300)})
+              "melt": ModelRun(n_layers=1, recurrence="fixed:3", steps=300)},
+      speed_new=12)
 
 
 PRESETS = {"smoke": smoke, "cpu": cpu}
@@ -97,6 +99,9 @@ def validate(cfg: Config):
   if generation.seq_len(cfg.eval.max_hop) > cfg.model.max_positions:
     raise ConfigError(f"eval.max_hop={cfg.eval.max_hop}: a path of that many hops needs model.max_positions >= "
                       f"{generation.seq_len(cfg.eval.max_hop)}, got {cfg.model.max_positions}")
+  if SPEED_PROMPT + cfg.speed_new > cfg.model.max_positions:
+    raise ConfigError(f"speed_new={cfg.speed_new}: {SPEED_PROMPT} prompt tokens and {cfg.speed_new} written exceed "
+                      f"model.max_positions={cfg.model.max_positions}")
   if cfg.eval.max_hop > cfg.data.fitting_hops():
     raise ConfigError(f"eval.max_hop={cfg.eval.max_hop}: data.seq_len={cfg.data.seq_len} fits "
                       f"{cfg.data.fitting_hops()} hops")
@@ -158,7 +163,7 @@ def memory_and_speed(cfg: Config, model, params: dict) -> dict:
                                        for r in BYTES_AT},
                    "tokens_per_s": {str(b): decode.tokens_per_second(model, params[params_of(policy)], policy, b,
                                                                       train_loops(cfg), cfg.speed_new,
-                                                                      cfg.speed_repeats)
+                                                                      cfg.speed_repeats, SPEED_PROMPT)
                                     for b in SPEED_BATCHES}}
           for policy in policies(cfg)}
 
