@@ -230,8 +230,8 @@ def report(cfg: Config, results: dict, speed: dict, sizes: dict) -> str:
   r, r_max, k = train_loops(cfg), cfg.eval.max_loops, cfg.data.curriculum.last_hop
   lines = ["# Looped models that generate: cache policies and MELT", "",
            f"A looped block (d = {cfg.model.d_model}, {cfg.model.n_layers} layer(s)) trained with R = {r} to write "
-           f"the paths of 1..{k}-hop chains ({cfg.train.steps} steps), MELT from it ({results.get('melt', {}).get('steps', 0)} "
-           f"steps). Held-out chains, greedy decoding; melt decodes with the MELT student's params, every other "
+           f"the paths of 1..{k}-hop chains ({cfg.train.steps} steps), MELT from it "
+           f"({results.get('melt', {}).get('steps', 0)} steps). Held-out chains, greedy decoding; melt decodes with the MELT student's params, every other "
            "policy with the per-loop model's.", "",
            "## Memory and speed", "",
            f"KV-cache bytes per token of context (every cached layer, keys and values) and greedy decode tokens/s at "
