@@ -234,6 +234,7 @@ TABLES = {
     "systematicity_cpu_long/lens_ood": ("systematicity_cpu_long.json",
                                         functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
+    "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
