@@ -11,27 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
-import numpy as np
 
 from looprec import decode, melt, models
 from looprec.config import ModelConfig
 
 POLICIES = ("per_loop", "first_loop", "last_loop", "cycle:4", "melt")
-
-
-def tokens_per_s(model, params, policy: str, batch: int, n_loops: int, n_new: int, repeats: int) -> float:
-  prompt = np.random.default_rng(0).integers(1, model.vocab_size, (batch, 4)).astype(np.int32)
-  decode.generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    decode.generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return batch * n_new / statistics.median(times)
 
 
 def main():
@@ -48,8 +34,8 @@ def main():
   for policy in POLICIES:
     pol = decode.parse_policy(policy)
     rows[policy] = {"bytes_per_token": {r: decode.bytes_per_token(model, pol, r) for r in (4, 8, 16, 32)},
-                    "tokens_per_s": {b: tokens_per_s(model, params, policy, b, args.loops, args.new, args.repeats)
-                                     for b in (1, 64)}}
+                    "tokens_per_s": {b: decode.tokens_per_second(model, params, policy, b, args.loops, args.new,
+                                                                 args.repeats) for b in (1, 64)}}
   print(f"| policy | bytes/token R=4 | R=8 | R=16 | R=32 | tokens/s B=1 | B=64 | B=64 / B=1 |  ({jax.devices()[0].platform}, "
         f"R={args.loops})")
   print("|---|---|---|---|---|---|---|---|")

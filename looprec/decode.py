@@ -15,6 +15,11 @@ The looped block's ("core") keys and values are kept by the policy, named as `pa
   melt         one cache per layer, the loops' keys and values folded through a learned element-wise gate
                (`looprec.melt`; params["melt"] holds the gates)
 
+With a halting policy (`generate_halting`, the policies of `looprec.halting`) each row of each token stops at
+its own loop: every token runs the cap's loops (the batch stays one program, its cache every loop's keys and
+values), and a row's token is the answer read at the loop the policy halts it at (`halting.decide` on the head's
+logits after every loop), so for `per_loop` a halted token is the token fixed-depth decoding at that R writes.
+
 A token always attends to its own keys and values of the loop it is in; the policy decides what it reads of the
 earlier tokens. The prompt goes through the cache one token at a time like the tokens written, so a policy treats
 both alike (as MELT's training does, `looprec.melt`); for `per_loop` that is exactly the uncached forward pass.
@@ -24,10 +29,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from looprec import halting
 from looprec.config import ConfigError
 from looprec.models.looped import Cached
 
@@ -140,10 +149,21 @@ def _choose(logits_BxV, key, temperature: float):
   return jax.random.categorical(key, logits_BxV / temperature).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops", "n_new", "temperature"))
-def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_new: int, temperature: float):
+def _halted(model, params, states, halt: halting.Policy, answers: int | None):
+  """(token_B, loops_B): each row's answer at the loop `halt` stops it (at the latest the last), read from the
+  state after every loop (R x B x 1 x ...)."""
+  hidden_RxBxD = jax.vmap(lambda s: model.final_hidden(params, s))(states)[:, :, 0]
+  exit_RxB = jax.vmap(lambda h: model.exit_prob(params, h))(hidden_RxBxD)
+  loops_B, token_B = halting.decide(halt, model.head(params, hidden_RxBxD), hidden_RxBxD, exit_RxB, answers)
+  return token_B.astype(jnp.int32), loops_B
+
+
+@functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops", "n_new", "temperature", "halt",
+                                             "answers"))
+def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_new: int, temperature: float,
+             halt: halting.Policy | None = None, answers: int | None = None):
   """A scan over positions: the prompt's tokens are given (the prefill), then each chosen token is fed back;
-  B x n_new."""
+  (tokens B x n_new, the loops each was read at B x n_new: n_loops without `halt`)."""
   b, p = prompt_BxP.shape
   length = p + n_new - 1  # the last token written never enters the cache
   carry = (empty_cache(model, policy, n_loops, b, length), jnp.zeros((b, length), bool),
@@ -152,15 +172,18 @@ def _program(params, prompt_BxP, key, *, model, policy: Policy, n_loops: int, n_
   def body(carry, i):
     cache, key_ok_BxS, token_B, key = carry
     token_B = jnp.where(i < p, jax.lax.dynamic_index_in_dim(prompt_BxP, jnp.minimum(i, p - 1), 1, False), token_B)
-    hidden_BxD, new, _, key_ok_BxS = cached_step(model, params, reader(cache, policy), key_ok_BxS, token_B, i,
-                                                 n_loops)
+    hidden_BxD, new, states, key_ok_BxS = cached_step(model, params, reader(cache, policy), key_ok_BxS, token_B, i,
+                                                      n_loops)
     cache = write(cache, new, policy, i, params.get("melt"))
     key, sub = jax.random.split(key)
-    token_B = _choose(model.head(params, hidden_BxD), sub, temperature)
-    return (cache, key_ok_BxS, token_B, key), token_B
+    if halt is None:
+      token_B, loops_B = _choose(model.head(params, hidden_BxD), sub, temperature), jnp.full((b,), n_loops)
+    else:
+      token_B, loops_B = _halted(model, params, states, halt, answers)
+    return (cache, key_ok_BxS, token_B, key), (token_B, loops_B)
 
-  _, out_NxB = jax.lax.scan(body, carry, jnp.arange(length))
-  return out_NxB[p - 1:].T
+  _, (out_NxB, loops_NxB) = jax.lax.scan(body, carry, jnp.arange(length))
+  return out_NxB[p - 1:].T, loops_NxB[p - 1:].T
 
 
 @functools.partial(jax.jit, static_argnames=("model", "policy", "n_loops"))
@@ -200,7 +223,21 @@ def generate(model, params, prompt_BxP, n_new: int, n_loops: int, policy: str = 
   check(model, params, prompt_BxP.shape[1], n_new, pol)
   key = rng if rng is not None else jax.random.PRNGKey(0)
   return _program(params, jnp.asarray(prompt_BxP, jnp.int32), key, model=model, policy=pol, n_loops=n_loops,
-                  n_new=n_new, temperature=float(temperature))
+                  n_new=n_new, temperature=float(temperature))[0]
+
+
+def generate_halting(model, params, prompt_BxP, n_new: int, cap: int, policy: str = "per_loop",
+                     halt: str = "kl_entropy", answers: int | None = None):
+  """Greedy decoding with per-token, per-row adaptive depth: (tokens B x n_new, the loop each was read at
+  B x n_new), at most `cap` loops; halt: a `halting.parse_policy` spec (answers: the answer-set size a relative
+  bound needs). Models whose only cached block is the looped one (the head reads the looped block's state)."""
+  pol, hpol = parse_policy(policy), halting.parse_policy(halt)
+  check(model, params, prompt_BxP.shape[1], n_new, pol)
+  if set(model.cache_layers()) != {"core"}:
+    raise DecodeError(f"adaptive depth while decoding: model.kind={model.cfg.kind} runs cached blocks besides the "
+                      "looped one; it needs a model whose head reads the looped block's state")
+  return _program(params, jnp.asarray(prompt_BxP, jnp.int32), jax.random.PRNGKey(0), model=model, policy=pol,
+                  n_loops=cap, n_new=n_new, temperature=0.0, halt=hpol, answers=answers)
 
 
 def generate_uncached(model, params, prompt_BxP, n_new: int, n_loops: int):
@@ -210,3 +247,28 @@ def generate_uncached(model, params, prompt_BxP, n_new: int, n_loops: int):
     logits_BxV = model.apply(params, tokens_BxT, n_loops)[:, -1]
     tokens_BxT = jnp.concatenate([tokens_BxT, jnp.argmax(logits_BxV, -1).astype(jnp.int32)[:, None]], axis=1)
   return tokens_BxT[:, prompt_BxP.shape[1]:]
+
+
+def kl_to_teacher(model, teacher, params, policy: str, prompt_BxP, path_BxK, n_loops: int) -> float:
+  """Mean KL(teacher with per_loop || params with the policy) over the positions that write the path, both fed the
+  true path (teacher forcing through the cache)."""
+  tokens_BxT = jnp.concatenate([jnp.asarray(prompt_BxP, jnp.int32), jnp.asarray(path_BxK, jnp.int32)[:, :-1]], 1)
+  first = prompt_BxP.shape[1] - 1
+  logp = lambda p, pol: jax.nn.log_softmax(teacher_forced(p, tokens_BxT, model=model, n_loops=n_loops,
+                                                          policy=parse_policy(pol))[:, first:])
+  t, s = logp(teacher, "per_loop"), logp(params, policy)
+  return float(jnp.mean(jnp.sum(jnp.exp(t) * (t - s), -1)))
+
+
+def tokens_per_second(model, params, policy: str, batch: int, n_loops: int, n_new: int, repeats: int = 3,
+                      prompt_len: int = 4) -> float:
+  """Greedy decoding speed: batch x n_new tokens over the median wall time of `repeats` calls of the compiled
+  program (the first call, which compiles, is not timed); random prompts."""
+  prompt = np.random.default_rng(0).integers(1, model.vocab_size, (batch, prompt_len)).astype(np.int32)
+  generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    generate(model, params, prompt, n_new, n_loops, policy).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return batch * n_new / statistics.median(times)

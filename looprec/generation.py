@@ -64,7 +64,14 @@ class GenerationTask:
 
   def eval_split(self, hop: int) -> dict:
     """The held-out chains of one hop: `prompt` (B x (hop + 1)) and `path` (B x hop, the entities to write)."""
-    ex = self._sequences(self.chain.eval_split(hop))
+    return self._prompts(self.chain.eval_split(hop), hop)
+
+  def val_split(self, hop: int) -> dict:
+    """The validation chains of one hop (`data.ChainTask.val_split`), as eval_split lays them out."""
+    return self._prompts(self.chain.val_split(hop), hop)
+
+  def _prompts(self, chain_ex: dict, hop: int) -> dict:
+    ex = self._sequences(chain_ex)
     return {"prompt": ex["tokens"][:, :hop + 1], "path": ex["path"][:, :hop], "hop": ex["hop"]}
 
 

@@ -298,6 +298,7 @@ TABLES = {
                                         functools.partial(systematicity_lens, split="test_inferred_ood")),
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "depth_extrap_full_attention": ("depth_extrap_full_attention.json", depth_study),
+    "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),

@@ -111,6 +111,48 @@ def test_bad_input_is_one_line_and_exit_2(policy, prompt_len, n_new, needs, monk
   assert capsys.readouterr().err.strip().splitlines() == [f"error: {err.value}"]
 
 
+@pytest.mark.parametrize("override, needs", [
+    ("policies=per_loop,cycle:0", "decode policy 'cycle:0': cycle:k needs k >= 1"),
+    ("policies=bogus", "decode policy 'bogus' is not one of per_loop, first_loop, last_loop, cycle:k, melt"),
+    ("eval.max_hop=8", "eval.max_hop=8: a path of that many hops needs model.max_positions >= 17, got 16"),
+    ("models.melt.recurrence=fixed:3", "models.melt.recurrence=fixed:3: both models need the same fixed:R"),
+    ("speed_new=13", "speed_new=13: 4 prompt tokens and 13 written exceed model.max_positions=16"),
+])
+def test_the_decoding_experiments_bad_input_is_one_error_line(override, needs, tmp_path, capsys):
+  """Through the real CLI: refused before a run folder is made."""
+  code = cli.main(["experiment", "decoding", "--preset", "smoke", override, "data.seq_len=10",
+                   "--runs-dir", str(tmp_path)])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and err == [f"error: {needs}"], err
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_halted_token_is_the_token_decoded_at_that_fixed_depth():
+  """Per-row, per-token halting (argmax stable for one loop, cap 6): each token written equals what per_loop
+  decoding at the loop it halted at writes after the same prefix; the loops differ between rows and tokens. A
+  threshold never met runs every row to the cap: fixed-R decoding."""
+  model, params = build("looped")
+  prompt = jnp.asarray(np.random.default_rng(4).integers(1, V, (8, 3)), jnp.int32)
+  tokens, loops = (np.asarray(a) for a in decode.generate_halting(model, params, prompt, 4, 6, halt="argmax:n=1"))
+  assert len(np.unique(loops)) > 1 and loops.min() >= 1 and loops.max() <= 6
+  for i in range(tokens.shape[1]):
+    prefix = jnp.concatenate([prompt, jnp.asarray(tokens[:, :i], jnp.int32)], axis=1)
+    for depth in np.unique(loops[:, i]):
+      logits = decode.teacher_forced(params, prefix, model=model, policy=decode.parse_policy("per_loop"),
+                                     n_loops=int(depth))[:, -1]
+      rows = loops[:, i] == depth
+      np.testing.assert_array_equal(np.argmax(logits, -1)[rows], tokens[rows, i])
+  never, at_cap = decode.generate_halting(model, params, prompt, 4, 3, halt="kl:eps=0")
+  np.testing.assert_array_equal(never, decode.generate(model, params, prompt, 4, 3))
+  assert (np.asarray(at_cap) == 3).all()
+
+
+def test_halting_decode_refuses_a_model_with_a_coda():
+  model, params = build("prelude_core_coda")
+  with pytest.raises(decode.DecodeError, match="runs cached blocks besides the looped one"):
+    decode.generate_halting(model, params, PROMPT, 2, 3)
+
+
 def chain_cfg(last_hop=3):
   c = ChainDataConfig(n_entities=12, n_relations=3, seq_len=8, n_eval=16)
   return dataclasses.replace(c, curriculum=dataclasses.replace(c.curriculum, first_hop=1, last_hop=last_hop))

@@ -169,7 +169,23 @@ def check_length_gen(run_dir: str, results: dict):
                                                            (8, "OOD")]
 
 
-SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity, "length_gen": check_length_gen}
+def check_decoding(run_dir: str, results: dict):
+  """One entry per cache policy; per_loop is its own teacher (KL 0) and cycle:2 equals it at R <= 2 (two slots
+  hold every loop); per_loop's memory grows with R, melt's does not; every policy has tokens/s at batch 1 and 64."""
+  assert "report.md" in os.listdir(run_dir)
+  models, speed = results["models"], results["policies"]
+  assert list(models) == list(speed) == ["per_loop", "first_loop", "last_loop", "cycle:2", "melt"]
+  assert set(models["per_loop"]["kl_to_per_loop"].values()) == {0.0}
+  for split, by_r in models["per_loop"]["accuracy"].items():
+    assert [by_r[r] for r in ("1", "2")] == [models["cycle:2"]["accuracy"][split][r] for r in ("1", "2")], split
+  per_loop, flat = speed["per_loop"]["bytes_per_token"], speed["melt"]["bytes_per_token"]
+  assert [per_loop[r] / per_loop["4"] for r in ("8", "16", "32")] == [2, 4, 8]
+  assert len(set(flat.values())) == 1 and flat["4"] == per_loop["4"] // 4
+  assert all(set(s["tokens_per_s"]) == {"1", "64"} and min(s["tokens_per_s"].values()) > 0 for s in speed.values())
+
+
+SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity, "length_gen": check_length_gen,
+            "decoding": check_decoding}
 
 
 def test_every_experiment_implements_the_contract():
