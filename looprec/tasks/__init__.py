@@ -86,7 +86,7 @@ def entry_of(cfg) -> tuple[str, Entry]:
     importlib.import_module(module)
   if isinstance(cfg, TaskConfig):
     if cfg.name not in TASKS or TASKS[cfg.name].config is not TaskConfig:
-      names = [n for n, e in TASKS.items() if e.config is TaskConfig]
+      names = sorted(n for n, e in TASKS.items() if e.config is TaskConfig)
       raise ConfigError(f"data.name={cfg.name!r} is not a registered task ({', '.join(names)})")
     return cfg.name, TASKS[cfg.name]
   for name, entry in TASKS.items():
