@@ -332,15 +332,6 @@ def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int, min_loops: 
   return {"per_r": Programs, "ahead": AheadPrograms}[cfg.loop_programs](*args)
 
 
-def steps_per_call(cfg: TrainConfig, platform: str | None = None) -> int:
-  """Optimizer steps per compiled call: train.steps_per_call, or when 0 the backend's default: on CPU, where a
-  small model's step is dispatch-bound, up to train.log_every (measured faster, bitwise the same steps:
-  docs/decisions.md); elsewhere 1 (not measured there)."""
-  if cfg.steps_per_call:
-    return cfg.steps_per_call
-  return cfg.log_every if (platform or jax.default_backend()) == "cpu" else 1
-
-
 def draw_loops(rec: Recurrence, seed: int, step: int) -> int:
   """R for a step: fixed, or clip(Poisson(lam), low, high) from a generator keyed by (seed, step)."""
   if rec.schedule == "fixed":
@@ -492,7 +483,6 @@ class Trainer:
       raise Interrupted(f"stopped before training {self.name}", self.run_dir, self.stop.signum)
     self._check_mesh()
     self.programs = make_programs(self.cfg, self.model, self.tx, self.mesh, self.rec.max_loops, self.rec.min_loops)
-    self.per_call = steps_per_call(self.cfg)
     self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_dir, "checkpoints", self.name),
                                         self.cfg.keep_checkpoints)
     self.key = jax.random.PRNGKey(self.seed)
@@ -579,17 +569,18 @@ class Trainer:
             or self.step - self.stages[-1][0] < self.check_every)
 
   def _steps_in_call(self) -> int:
-    """How many steps the next call runs: up to the first step after which something falls due (a log step's
-    successor, an evaluation, a gate, a checkpoint, the end, the debug fault), at most `self.per_call`."""
+    """How many steps the next call runs: up to the first step after which something falls due (the step
+    before a log step, an evaluation, a gate, a checkpoint, the end, the debug fault), at most
+    train.steps_per_call."""
     cfg, start = self.cfg, self.stages[-1][0]
     if self.step == cfg.debug_nan_step:
       return 1
-    for n in range(1, self.per_call):
+    for n in range(1, cfg.steps_per_call):
       done = self.step + n
       if (done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done % cfg.checkpoint_every == 0
           or done == self.steps or (done - start) % self.check_every == 0 or done == cfg.debug_nan_step):
         return n
-    return self.per_call
+    return cfg.steps_per_call
 
   def _train_steps(self):
     """The steps of one call (`_steps_in_call`: one program runs them all, bitwise the one-step programs), then
