@@ -353,6 +353,9 @@ class TrainConfig:
   # per_r: one step per R, compiled when first drawn | ahead: the same steps, compiled at the start in background
   # threads | one: one step to R_max whose scan skips the loops before the last R
   loop_programs: str = "per_r"
+  # optimizer steps per compiled call, a scan over stacked batches, bitwise the same steps (on the 2-core CPU measured
+  # slower than 1 at the cpu presets' sizes: docs/decisions.md)
+  steps_per_call: int = 1
   fsdp: int = 1  # N > 1: params and optimizer state split over a mesh axis of N devices (the data axis gets the rest)
   # The official loop's behaviour (docs/reproducing.md, "What the official loop does"), each off by default:
   dropout_until_check: bool = False  # dropout only from a stage's start to its first curriculum check
@@ -378,6 +381,7 @@ class TrainConfig:
     self.check_depth(self.unroll, self.remat, self.backprop_loops)
     _check(self.loop_programs in ("per_r", "ahead", "one"),
            one_of("train.loop_programs", self.loop_programs, ("per_r", "ahead", "one")))
+    _check(self.steps_per_call >= 1, f"train.steps_per_call={self.steps_per_call} must be >= 1")
     _check(self.fsdp >= 1, f"train.fsdp={self.fsdp} must be >= 1 (1 = parameters replicated)")
     _check(self.gate in ("loops", "kl_entropy"), one_of("train.gate", self.gate, ("loops", "kl_entropy")))
     _check(0 < self.stage_lr_gamma <= 1 and self.stage_lr_min >= 0,

@@ -73,9 +73,10 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh) -> NamedSharding:
-  """Rows split over every device of the mesh (both axes when it has two)."""
-  return NamedSharding(mesh, P(mesh.axis_names))
+def data_sharded(mesh, stacked: bool = False) -> NamedSharding:
+  """Rows split over every device of the mesh (both axes when it has two); stacked: batches stacked on a leading
+  axis, each one's rows split so."""
+  return NamedSharding(mesh, P(None, mesh.axis_names) if stacked else P(mesh.axis_names))
 
 
 def leaf_sharding(shape: tuple, mesh) -> NamedSharding:
@@ -100,6 +101,13 @@ def put_batch(batch: dict, mesh) -> dict:
   """Places this process's rows of a global batch on the mesh, sharded over every device."""
   sharding = data_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def put_batches(batches: list[dict], mesh) -> dict:
+  """`put_batch` of several batches stacked on a leading axis (what `train.Programs.steps` runs)."""
+  sharding = data_sharded(mesh, stacked=True)
+  return {k: jax.make_array_from_process_local_data(sharding, np.stack([b[k] for b in batches]))
+          for k in batches[0]}
 
 
 def jit_over_batch(fn, mesh, n_batch_args: int):

@@ -165,6 +165,20 @@ def nan_step(state: TrainState, batch, n_active=None, *, tx, **loss_options) -> 
   return apply_gradients(state, tx, loss, acc, jax.tree_util.tree_map(lambda g: jnp.full_like(g, jnp.nan), grads))
 
 
+def train_steps(state: TrainState, batches, loops, *, steps: tuple, first: int) -> tuple[TrainState, dict]:
+  """Several optimizer steps in one program: a scan over the batches stacked on a leading K axis and their R
+  values `loops` (int32[K]); step k runs steps[loops[k] - first](state, batch, R) (chosen by `lax.switch`; with
+  one step function, no switch), each the arithmetic of its one-step program. Returns (the state after the K
+  steps, their metrics stacked on K)."""
+  def body(state, xs):
+    batch, n_loops = xs
+    if len(steps) == 1:
+      return steps[0](state, batch, n_loops)
+    return jax.lax.switch(n_loops - first, steps, state, batch, n_loops)
+
+  return jax.lax.scan(body, state, (batches, loops))
+
+
 # ------------------------------------------------------------------ compiled step programs (train.loop_programs)
 
 
@@ -173,8 +187,10 @@ class Programs:
   state keeps its layout (`sharding.state_shardings` on the mesh) in and out, so its buffers are donated.
   `step(state, batch, n_loops)` runs the right program; `nan_step` the debug fault's."""
 
-  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN):
+  def __init__(self, model, tx, mesh, label_smoothing: float, scan: loop.Scan = loop.PLAIN,
+               loop_counts: tuple = ()):
     self.model, self.tx, self.mesh, self.label_smoothing, self.scan = model, tx, mesh, label_smoothing, scan
+    self.loop_counts = tuple(loop_counts)  # the R values a run draws (min..max): the branches of `steps`
     self._cache, self._flops, self._waits = {}, {}, 0  # _cache: (n_loops, masked, entry) -> program (or a Future)
 
   @property
@@ -190,6 +206,31 @@ class Programs:
   def nan_step(self, state: TrainState, batch, n_loops: int) -> tuple[TrainState, dict]:
     """`nan_step` (a debug fault, its own program so that every other step runs the unchanged one)."""
     return self._run(nan_step, state, batch, n_loops)
+
+  def steps(self, state: TrainState, batches, loops: list[int], dropout: bool = True) -> tuple[TrainState, dict]:
+    """len(loops) steps in one call (`train_steps`): batches stacked on a leading axis (`sharding.put_batches`),
+    step k with R = loops[k]; metrics stacked. One program per number of steps, compiled when first met; every
+    step bitwise the one `step` would run."""
+    entry = train_step if dropout else train_step_without_dropout
+    key = (len(loops), "steps", entry)
+    if key not in self._cache:
+      self._cache[key] = self._jit_steps(entry, state)
+      self._waits += 1
+    return self._cache[key](state, batches, np.asarray(loops, np.int32))
+
+  def _step_functions(self, entry) -> tuple[tuple, int]:
+    """(the step function (state, batch, R) of each R in loop_counts, the first R)."""
+    fns = tuple(functools.partial(lambda state, batch, _, n: entry(
+        state, batch, tx=self.tx, model=self.model, n_loops=n, label_smoothing=self.label_smoothing,
+        scan=self.scan), n=n) for n in self.loop_counts)
+    return fns, self.loop_counts[0]
+
+  def _jit_steps(self, entry, state):
+    steps, first = self._step_functions(entry)
+    rep, layout = sharding.replicated(self.mesh), sharding.state_shardings(state, self.mesh)
+    return jax.jit(functools.partial(train_steps, steps=steps, first=first), donate_argnums=0,
+                   in_shardings=(layout, sharding.data_sharded(self.mesh, stacked=True), rep),
+                   out_shardings=(layout, rep))
 
   def _run(self, entry, state, batch, n_loops: int):
     return self.program(entry, n_loops, False, state)(state, batch)
@@ -272,13 +313,21 @@ class OneProgram(Programs):
       raise ValueError(f"R={n_loops} is outside 1..{self.max_loops}, the loop counts this step was compiled for")
     return self.program(entry, self.max_loops, True, state)(state, batch, jnp.int32(n_loops))
 
+  def _step_functions(self, entry) -> tuple[tuple, int]:
+    """The one masked step (R_max = max_loops, R the active loops)."""
+    fn = lambda state, batch, n_active: entry(state, batch, n_active, tx=self.tx, model=self.model,
+                                              n_loops=self.max_loops, label_smoothing=self.label_smoothing,
+                                              scan=self.scan)
+    return (fn,), 1
+
 
 AHEAD_STEPS = 1000  # train.loop_programs=ahead compiles the R values drawn in this many steps; later ones when met
 
 
-def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int) -> Programs:
-  """The step programs of cfg.loop_programs, for a run that draws R <= max_loops."""
-  args = (model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops))
+def make_programs(cfg: TrainConfig, model, tx, mesh, max_loops: int, min_loops: int = 1) -> Programs:
+  """The step programs of cfg.loop_programs, for a run that draws min_loops <= R <= max_loops."""
+  args = (model, tx, mesh, cfg.label_smoothing, loop.Scan(cfg.unroll, cfg.remat, cfg.backprop_loops),
+          range(min_loops, max_loops + 1))
   if cfg.loop_programs == "one":
     return OneProgram(*args, max_loops=max_loops)
   return {"per_r": Programs, "ahead": AheadPrograms}[cfg.loop_programs](*args)
@@ -442,7 +491,7 @@ class Trainer:
     if self.stop.agree(timed_out=False)[1]:
       raise Interrupted(f"stopped before training {self.name}", self.run_dir, self.stop.signum)
     self._check_mesh()
-    self.programs = make_programs(self.cfg, self.model, self.tx, self.mesh, self.rec.max_loops)
+    self.programs = make_programs(self.cfg, self.model, self.tx, self.mesh, self.rec.max_loops, self.rec.min_loops)
     self.ckpt = checkpoint.Checkpointer(os.path.join(self.run_dir, "checkpoints", self.name),
                                         self.cfg.keep_checkpoints)
     self.key = jax.random.PRNGKey(self.seed)
@@ -454,7 +503,7 @@ class Trainer:
     try:
       self._open()
       while self.step < self.steps and not self.finished and not self._should_stop():
-        self._train_step()
+        self._train_steps()
       self._log_pending(with_rates=False)
       self._save()
     finally:
@@ -528,28 +577,54 @@ class Trainer:
     return (not (self.cfg.dropout_until_check and self.model.cfg.any_dropout)
             or self.step - self.stages[-1][0] < self.check_every)
 
-  def _train_step(self):
-    """One step, then whatever falls due after it: the previous log step's line, an evaluation, a checkpoint."""
-    n_loops = draw_loops(self.rec, self.seed, self.step)
-    self.batch = sharding.put_batch(with_loops(self.rec, next(self.iterator)), self.mesh)
+  def _steps_in_call(self) -> int:
+    """How many steps the next call runs: up to the first step after which something falls due (the step
+    before a log step, an evaluation, a gate, a checkpoint, the end, the debug fault), at most
+    train.steps_per_call."""
+    cfg, start = self.cfg, self.stages[-1][0]
+    if self.step == cfg.debug_nan_step:
+      return 1
+    for n in range(1, cfg.steps_per_call):
+      done = self.step + n
+      if (done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done % cfg.checkpoint_every == 0
+          or done == self.steps or (done - start) % self.check_every == 0 or done == cfg.debug_nan_step):
+        return n
+    return cfg.steps_per_call
+
+  def _train_steps(self):
+    """The steps of one call (`_steps_in_call`: one program runs them all, bitwise the one-step programs), then
+    whatever falls due after them: the previous log step's line, an evaluation, a checkpoint."""
+    n = self._steps_in_call()
+    loops = [draw_loops(self.rec, self.seed, step) for step in range(self.step, self.step + n)]
     n_programs = self.programs.n_programs
-    if self.step == self.cfg.debug_nan_step:
-      self.state, metrics = self.programs.nan_step(self.state, self.batch, n_loops)
+    if n == 1:
+      self.batch = sharding.put_batch(with_loops(self.rec, next(self.iterator)), self.mesh)
+      if self.step == self.cfg.debug_nan_step:
+        self.state, metrics = self.programs.nan_step(self.state, self.batch, loops[0])
+      else:
+        self.state, metrics = self.programs.step(self.state, self.batch, loops[0], self._dropout_on())
+      at = lambda i: metrics
     else:
-      self.state, metrics = self.programs.step(self.state, self.batch, n_loops, self._dropout_on())
+      batches = sharding.put_batches([with_loops(self.rec, next(self.iterator)) for _ in range(n)], self.mesh)
+      self.batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batches.items()}
+      self.state, metrics = self.programs.steps(self.state, batches, loops, self._dropout_on())
+      at = lambda i: jax.tree_util.tree_map(lambda m: m[i], metrics)
     if self.programs.n_programs > n_programs:  # compiling is not training: the rates start after it
       self.meter.restart()
     else:
-      self.meter.count(n_loops)
-    if self.pending is not None:  # fetched one step late so the device never waits for the host
+      for n_loops in loops:
+        self.meter.count(n_loops)
+    if self.pending is not None:  # fetched one call late so the device never waits for the host
       self._log_pending(with_rates=True)
       self.meter.restart()
-    if self.step % self.cfg.log_every == 0:  # the health read then: a copy, as the state is donated to the next step
-      lr_step = self.step - self.stages[-1][0] if self.cfg.restart_optimizer else self.step
-      self.pending = ((self.step, metrics, float(self.lr_at(lr_step)) * self.lr_factor, n_loops),
-                      jnp.array(self.state.health, copy=True))
-    self.step += 1
-    self.bar.update(1)
+    for i, n_loops in enumerate(loops):  # the health read then: a copy, as the state is donated to the next call
+      step = self.step + i
+      if step % self.cfg.log_every == 0:
+        lr_step = step - self.stages[-1][0] if self.cfg.restart_optimizer else step
+        self.pending = ((step, at(i), float(self.lr_at(lr_step)) * self.lr_factor, n_loops),
+                        jnp.array(self.state.health, copy=True))
+    self.step += n
+    self.bar.update(n)
     gate = (self.step - self.stages[-1][0]) % self.check_every == 0
     if self.step % self.cfg.eval_every == 0 or self.step == self.steps or gate:
       self._evaluate(gate)

@@ -1,6 +1,7 @@
 """Depth-loop variants are exact: one program for every R, steps compiled ahead, unrolling, per-loop remat,
 truncated backprop through depth."""
 from concurrent import futures
+import dataclasses
 import functools
 
 import chex
@@ -199,3 +200,36 @@ def test_bad_depth_options_are_rejected():
                             ("loop_programs", "two", "train.loop_programs")):
     with pytest.raises(ConfigError, match=msg):
       TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("name, per_example", [("per_r", False), ("one", False), ("one", True)])
+def test_several_steps_per_call_equal_one_step_per_call_bitwise(name, per_example):
+  """train.steps_per_call: six steps with R = 2, 4, 3, 4, 2, 2 and dropout, run as two calls of three steps,
+  give the losses and params of six one-step calls bit for bit; also with each example's own R
+  (recurrence difficulty:R_max, the batch's `loops`)."""
+  dropout_model = models.build(dataclasses.replace(MODEL.cfg, resid_dropout=0.1), 11)
+  mesh = sharding.make_mesh()
+  tx = train.make_optimizer(TrainConfig(warmup_steps=2))
+  programs = train.make_programs(TrainConfig(loop_programs=name), dropout_model, tx, mesh, max_loops=4, min_loops=2)
+  loops = [2, 4, 3, 4, 2, 2]
+  batches = [jax.device_get(batch()) | {"target": np.full((8,), i + 1, np.int32)} for i in range(6)]
+  if per_example:
+    batches = [b | {"loops": np.minimum(np.arange(8) % 4 + 1, r).astype(np.int32)} for b, r in zip(batches, loops)]
+  one = train.init_state(dropout_model, tx, jax.random.PRNGKey(0), 7, mesh)
+  want = []
+  for b, r in zip(batches, loops):
+    one, m = programs.step(one, sharding.put_batch(b, mesh), r)
+    want.append(float(m["loss"]))
+  several = train.init_state(dropout_model, tx, jax.random.PRNGKey(0), 7, mesh)
+  got = []
+  for part in (slice(0, 3), slice(3, 6)):
+    several, m = programs.steps(several, sharding.put_batches(batches[part], mesh), loops[part])
+    got += [float(x) for x in m["loss"]]
+  assert len(set(want)) == 6 and got == want
+  chex.assert_trees_all_equal(several.params, one.params)
+  assert int(several.step) == 6
+
+
+def test_steps_per_call_below_one_is_refused():
+  with pytest.raises(ConfigError, match="train.steps_per_call=0"):
+    TrainConfig(steps_per_call=0).validate()

@@ -450,6 +450,23 @@ def test_corrupt_newest_checkpoint_on_resume_falls_back_and_finishes_equal(tmp_p
 
 
 @pytest.mark.slow
+def test_several_steps_per_call_stopped_and_resumed_equal_one_step_per_call(tmp_path, straight):
+  """train.steps_per_call=7 (calls cut short at logs, evaluations and checkpoints), SIGTERM after a checkpoint,
+  then a resume: the finished run equals the uninterrupted one-step-per-call run."""
+  runs_dir = str(tmp_path / "runs")
+  proc = _start(BASE + ["train.steps_per_call=7", "--runs-dir", runs_dir])
+  looped = os.path.join(runs_dir, "depth_extrap", "latest", "checkpoints", "looped")
+  assert _wait(lambda: os.path.isdir(looped) and any(s.isdigit() for s in os.listdir(looped)), proc, poll=0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 143, err[-2000:]
+  resumed = run_cli("experiment", "depth_extrap", "--resume", os.path.realpath(os.path.dirname(os.path.dirname(
+      looped))))
+  assert resumed.returncode == 0 and "looped: resuming at step" in resumed.stderr, resumed.stderr[-2000:]
+  models_equal(results_of(resumed)[1], straight[1])
+
+
+@pytest.mark.slow
 def test_nan_stops_with_one_line_and_the_newest_checkpoint_is_finite(tmp_path, straight):
   from looprec import checkpoint
   proc = run_cli(*BASE, "train.debug_nan_step=57", "--runs-dir", str(tmp_path))
