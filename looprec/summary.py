@@ -19,7 +19,9 @@ must be the same experiment, preset and overrides but for `seed` and `data.seed`
 
 Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layers", "trained_max_hop", "steps",
 "train_seconds", "hops": {hop: selection.select (r, test, val, oracle_r, oracle)}, "halting": {policy: {hop:
-{"accuracy", "mean_loops"}}}. Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
+{"accuracy", "mean_loops"}}}, and for decoding "kl": {hop: mean KL(per-loop teacher || policy) per written token}.
+A decoding run also keeps "policies": {policy: {"bytes_per_token": {R: bytes}, "tokens_per_s": {batch: tokens/s}}}
+(per run and aggregated). Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
 {split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
 results.json), "selected": {test split: selection.select}, "lens": {split of LENS_SPLITS: {reading (answer,
 bridge, bridge_at_r1): {n: top-1 rate after the n-th layer of the unrolled depth, all loops}}}. A run's commit
@@ -87,7 +89,8 @@ def _depth_metrics(result: dict, analysis: dict, max_loops: int) -> dict:
   return {**{k: result.get(k) for k in ("train_loops", "n_layers", "trained_max_hop", "steps", "train_seconds")},
           "hops": {str(hop_of(s)): selection.select(sweep, s) for s in tests},
           "halting": {pol: {str(hop_of(s)): {k: table[s][k] for k in ("accuracy", "mean_loops")} for s in tests}
-                      for pol, table in analysis["halting"].items()}}
+                      for pol, table in analysis["halting"].items()},
+          **({"kl": analysis["kl"]} if "kl" in analysis else {})}
 
 
 def _composition_metrics(result: dict, analysis: dict, stages: dict, max_loops: int) -> dict:
@@ -152,7 +155,8 @@ def _run_entry(run_dir: str, train_commit: str | None) -> tuple[tuple, dict]:
            "wall_seconds": wall, "max_loops": max_loops, "commit": results.get("commit") or train_commit,
            "analysis_commit": runs.code_commit(),
            "machine": results.get("machine") or runs.machine(),
-           "models": run_metrics(run_dir, results, analysis, max_loops)}
+           "models": run_metrics(run_dir, results, analysis, max_loops),
+           **({"policies": results["policies"]} if "policies" in results else {})}
   return (setting, over[:len(over) - len(seeds)]), entry
 
 
@@ -199,7 +203,9 @@ def summarize(run_dirs: list[str], command: str, train_commit: str | None = None
           "machine": common(machines),
           "runs": per_run,
           "aggregate": {"wall_seconds": aggregate([r["wall_seconds"] for r in per_run]),
-                        "models": aggregate([r["models"] for r in per_run])}}
+                        "models": aggregate([r["models"] for r in per_run]),
+                        **({"policies": aggregate([r["policies"] for r in per_run])}
+                           if all("policies" in r for r in per_run) else {})}}
 
 
 def _rounded(obj):

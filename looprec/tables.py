@@ -8,7 +8,7 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer), depth_study ((cell, model) x hop of a grid study); functools.partial picks models, hops or the split.
+x layer), depth_study ((cell, model) x hop of a grid study), decoding_costs (cache policy x memory, speed, KL); functools.partial picks models, hops or the split.
 A table of several summaries (a tuple of files: run_times, the measured wall time of each preset; length_gen_papers,
 each task beside its paper) gets a list of (summary, file). A table with no summary file (None) is rendered from
 the code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
@@ -23,6 +23,7 @@ import re
 
 from looprec.files import write_text_atomic
 from looprec.config import ConfigError, choices
+from looprec.summary import aggregate
 
 DOCS = ("README.md", "docs/reproducing.md")
 RESULTS = "results"
@@ -225,6 +226,30 @@ def depth_study(summary: dict, where: str) -> str:
                             "over R, an upper bound)."])
 
 
+def decoding_costs(summary: dict, where: str) -> str:
+  """cache policy x (KV bytes per token at R = 4..32, decode tokens/s at batch 1 and 64 and their ratio, KL to
+  the per-loop teacher on the trained hops): what each policy of the decoding experiment costs."""
+  names, get = _models(summary, where)
+  policies = need(summary, where, "aggregate", "policies")
+  r_at = list(need(policies, where, names[0], "bytes_per_token"))
+  lines = ["| policy | " + " | ".join(f"bytes/token R={r}" for r in r_at) + " | tokens/s B=1 | tokens/s B=64 | "
+           "B=64 / B=1 | KL to per_loop, trained hops |", "|---" * (5 + len(r_at)) + "|"]
+  for n in names:
+    at = f"{where}: aggregate.policies.{n}"
+    speed = [need(r, where, "policies", n, "tokens_per_s") for r in need(summary, where, "runs")]
+    ratio = aggregate([s["64"] / s["1"] for s in speed])
+    trained = get(n, "trained_max_hop")
+    kl = [get(n, "kl", h)["mean"] for h in get(n, "kl") if int(h) <= trained["min"]]
+    lines.append(f"| {n} | " + " | ".join(stat(need(policies, at, n, "bytes_per_token", r), ".0f") for r in r_at)
+                 + f" | {stat(need(policies, at, n, 'tokens_per_s', '1'), '.0f')} | "
+                 f"{stat(need(policies, at, n, 'tokens_per_s', '64'), '.0f')} | {stat(ratio, '.1f')} | "
+                 f"{sum(kl) / len(kl):.3f} |")
+  return "\n".join(lines + ["", provenance(summary, where) + " Bytes: the KV cache per token of context, every "
+                            "cached layer, keys and values (`decode.bytes_per_token`); tokens/s: greedy decoding at "
+                            "the training R on this machine, comparable within a run only; KL: the mean over the "
+                            "trained hops of KL(per_loop teacher || policy) per written token at the training R."])
+
+
 def preset_deviations(name: str, preset: str) -> str:
   """The fields where an experiment's preset differs from its paper preset, with their reasons (`experiment.
   deviations_text`)."""
@@ -299,6 +324,7 @@ TABLES = {
     "variants_cpu/accuracy": ("variants_cpu.json", depth_by_model),
     "depth_extrap_full_attention": ("depth_extrap_full_attention.json", depth_study),
     "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
+    "decoding_cpu/costs": ("decoding_cpu.json", decoding_costs),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
