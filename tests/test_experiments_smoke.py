@@ -151,6 +151,9 @@ def check_summary(run_dir: str, results: dict):
   composition_ = all("final" in m for m in got["aggregate"]["models"].values())
   renderers = ((tables.systematicity, tables.systematicity_lens) if composition_
                else (tables.depth_accuracy, tables.depth_by_model, tables.depth_halting))
+  if "policies" in results:  # decoding: each policy's costs travel into the summary
+    assert got["runs"][0]["policies"] == results["policies"]
+    renderers += (tables.decoding_costs,)
   for render in renderers:
     text = render(got, "results/x.json")
     assert text.startswith("| ") and "From `results/x.json`" in text, render.__name__
