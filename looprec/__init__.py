@@ -22,6 +22,17 @@ For notebooks and scripts (see notebooks/):
     run = experiment.load_run(run_dir)                  # its config, task (splits, probes, vocab) and params
     lens = logit_lens(run.model("looped"), run.params["looped"], run.task.probes, n_loops=4)  # bridge / answer
     HALTING_RULES["kl_entropy"]                         # name -> default parameters of each halting rule
+
+Looped models that generate (notebooks/decoding.ipynb; `make experiment NAME=decoding` trains one):
+
+    from looprec import GenerationTask, generate, generate_halting, bytes_per_token, path_accuracy
+    run = experiment.load_run(experiment.run("decoding", "smoke"))  # a per-loop-cache model, MELT trained from it
+    model, params = run.model("per_loop"), run.params
+    chains = GenerationTask(run.cfg.data).eval_split(2)  # held-out 2-hop chains: prompt (head, relations), path
+    written_BxK = generate(model, params["melt"], chains["prompt"], 2, n_loops=2, policy="melt")  # greedy
+    scores = path_accuracy(written_BxK, chains["path"])  # {"path": whole path right, "final": last entity right}
+    memory = [bytes_per_token(model, p, 32) for p in ("per_loop", "cycle:4", "melt")]  # KV bytes per token, R=32
+    tokens_BxK, loops_BxK = generate_halting(model, params["per_loop"], chains["prompt"], 2, cap=8)  # R per token
 """
 import importlib
 
@@ -36,7 +47,9 @@ LAZY = {
     "sweep": ("looprec.eval", "sweep"), "halt": ("looprec.analysis", "halt"),
     "margins": ("looprec.analysis", "margins"), "logit_lens": ("looprec.lens", "logit_lens"),
     "on_eval": ("looprec.train", "on_eval"), "make_mesh": ("looprec.sharding", "make_mesh"),
-    "make_task": ("looprec.tasks", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES")}
+    "make_task": ("looprec.tasks", "make_task"), "HALTING_RULES": ("looprec.halting", "RULES"),
+    **{name: ("looprec.decode", name) for name in ("generate", "generate_halting", "bytes_per_token")},
+    **{name: ("looprec.generation", name) for name in ("GenerationTask", "path_accuracy")}}
 __all__ = sorted(LAZY)
 
 

@@ -111,9 +111,11 @@ def empty_cache(model, policy: Policy, n_loops: int, batch: int, length: int) ->
           for site, n in model.cache_layers().items()}
 
 
-def bytes_per_token(model, policy: Policy, n_loops: int) -> int:
-  """The cache's bytes per token of context (every site, keys and values), from its real layout."""
-  cache = jax.eval_shape(lambda: empty_cache(model, policy, n_loops, 1, 1))
+def bytes_per_token(model, policy: Policy | str, n_loops: int) -> int:
+  """The cache's bytes per token of context (every site, keys and values), from its real layout; policy a
+  `Policy` or its name."""
+  pol = parse_policy(policy) if isinstance(policy, str) else policy
+  cache = jax.eval_shape(lambda: empty_cache(model, pol, n_loops, 1, 1))
   return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(cache))
 
 

@@ -546,7 +546,10 @@ def test_package_docstring_runs_as_written(tmp_path):
   code = "\n".join(line[4:] for line in looprec.__doc__.splitlines() if line.startswith("    "))
   checks = ("\nassert logits_BxTxV.shape[:2] == tokens_BxT.shape and per_loop_RxBxV.shape[0] == 16"
             "\nassert set(acc) == set(table) == set(curves) == set(splits)"
-            "\nassert {'bridge', 'answer'} <= set(lens['test_inferred_iid'])")
+            "\nassert {'bridge', 'answer'} <= set(lens['test_inferred_iid'])"
+            "\nassert written_BxK.shape == chains['path'].shape and set(scores) == {'path', 'final'}"
+            "\nassert memory[0] == 32 * memory[2] and memory[1] == 4 * memory[2]"
+            "\nassert tokens_BxK.shape == loops_BxK.shape and 1 <= loops_BxK.min() and loops_BxK.max() <= 8")
   (tmp_path / "example.py").write_text(code + checks)
   proc = subprocess.run([sys.executable, "-c", "from looprec import compile_cache; compile_cache.enable(); "
                          "exec(compile(open('example.py').read(), 'looprec/__init__.py', 'exec'))"],
@@ -576,5 +579,5 @@ def stale_counts(text: str) -> list[str]:
 
 def test_counts_in_the_readme_are_the_counts_there_are():
   assert not stale_counts(open(os.path.join(ROOT, "README.md"), encoding="utf-8").read())
-  assert stale_counts("the suite's 266 tests; five halting policies; four notebooks") == [
+  assert stale_counts("the suite's 266 tests; five halting policies; five notebooks") == [
       "'266 tests'", f"'five halting policies' (there are {len(halting.RULES)})"]

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ["depth_extrapolation", "systematicity", "inference_depth", "paper_scale_tpu"]
+NAMES = ["depth_extrapolation", "systematicity", "inference_depth", "decoding", "paper_scale_tpu"]
 EXECUTED = ROOT / "runs" / "notebooks"  # executed copies, for a look after `make notebooks`
 
 
