@@ -38,7 +38,7 @@ def smoke() -> Config:
 
 
 def cpu() -> Config:
-  """Parity on lengths 1..8, evaluated at 12, 16 and 24, on a 2-core CPU in about 10 minutes: a 1-layer block looped
+  """Parity on lengths 1..8, evaluated at 12, 16 and 24, on a 2-core CPU in 3 to 7 minutes: a 1-layer block looped
   8 times (one loop per bit at the longest training length, Fan et al.'s T(n) = n) beside an 8-layer vanilla
   model, each at most 4 minutes."""
   return Config(
