@@ -6,6 +6,9 @@
 The PyTorch model is what the paper's code runs: Hugging Face `GPT2Block`s (L of them) looped R times in Python,
 no position embeddings (NoPE), a final LayerNorm and a head tied to the token embedding; the loss is the
 cross-entropy of the answer token at each example's answer position; AdamW with weight decay on matrices only.
+The `torch eager` rows mask pads as keys (sdpa attention) and compute logits at the answer position only, as
+looprec does; the `official step` row is the official loop's simpler step: eager attention with GPT2's own causal
+mask and no pad mask, logits for every position (B x T x V), the loss read at the answer position.
 looprec runs the same model (`injection=none`, `pos_emb=none`, full causal attention, float32) through
 `looprec.models.build` and `looprec.train.Programs` (forward, backward and AdamW in one jitted program): as
 configured by default, and with the options that change speed, not results (`--variants`: `train.unroll=R`,
@@ -107,38 +110,48 @@ def torch_steps(shape, train_cfg: TrainConfig, batch: dict, compile_modes, singl
   d, h, n_layers, n_loops, _, seq_len, vocab = shape
 
   class LoopedGPT2(nn.Module):
-    """L GPT2Blocks looped R times in Python, NoPE, final LayerNorm, head tied to the token embedding."""
+    """L GPT2Blocks looped R times in Python, NoPE, final LayerNorm, head tied to the token embedding. Default: sdpa
+    attention with a pad-and-causal mask, logits at the answer position only (what looprec computes). official:
+    the official code's simpler step: eager attention with GPT2's own causal mask and no pad mask, logits for
+    every position, the loss read at the answer position."""
 
-    def __init__(self):
+    def __init__(self, official: bool = False):
       super().__init__()
       gcfg = GPT2Config(n_embd=d, n_head=h, n_layer=n_layers, n_positions=seq_len, vocab_size=vocab,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
-                        eos_token_id=None, attn_implementation="sdpa")
+                        eos_token_id=None, attn_implementation="eager" if official else "sdpa")
+      self.official = official
       self.wte = nn.Embedding(vocab, d)
       self.blocks = nn.ModuleList(GPT2Block(gcfg, layer_idx=i) for i in range(n_layers))
       self.ln_f = nn.LayerNorm(d, eps=gcfg.layer_norm_epsilon)
       self.attn_implementation = gcfg._attn_implementation  # pylint: disable=protected-access
 
     def forward(self, tokens_BxT, read_pos_B, target_B):
-      t = tokens_BxT.shape[1]
-      allowed_BxTxT = torch.tril(torch.ones(t, t, dtype=torch.bool))[None] & (tokens_BxT != 0)[:, None, :]
-      mask_Bx1xTxT = torch.zeros(allowed_BxTxT.shape, dtype=torch.float32).masked_fill(
-          ~allowed_BxTxT, torch.finfo(torch.float32).min)[:, None]
+      b, t = tokens_BxT.shape
+      mask_Bx1xTxT = None
+      if not self.official:
+        allowed_BxTxT = torch.tril(torch.ones(t, t, dtype=torch.bool))[None] & (tokens_BxT != 0)[:, None, :]
+        mask_Bx1xTxT = torch.zeros(allowed_BxTxT.shape, dtype=torch.float32).masked_fill(
+            ~allowed_BxTxT, torch.finfo(torch.float32).min)[:, None]
       h_BxTxD = self.wte(tokens_BxT)
       for _ in range(n_loops):
         for block in self.blocks:
           h_BxTxD = block(h_BxTxD, attention_mask=mask_Bx1xTxT)
-      h_BxD = self.ln_f(h_BxTxD[torch.arange(tokens_BxT.shape[0]), read_pos_B])
+      if self.official:
+        logits_BxTxV = self.ln_f(h_BxTxD) @ self.wte.weight.T
+        return nn.functional.cross_entropy(logits_BxTxV[torch.arange(b), read_pos_B], target_B)
+      h_BxD = self.ln_f(h_BxTxD[torch.arange(b), read_pos_B])
       return nn.functional.cross_entropy(h_BxD @ self.wte.weight.T, target_B)
 
   threads = len(os.sched_getaffinity(0))
   tensors = [torch.from_numpy(batch[k]).long() for k in ("tokens", "read_pos", "target")]
   runs = {}
-  variants = [("torch eager", None, threads)] + ([("torch eager, 1 thread", None, 1)] if single_thread else [])
-  variants += [(f"torch.compile({m})", m, threads) for m in compile_modes]
-  for name, mode, n_threads in variants:
+  variants = [("torch eager", None, threads, False), ("torch eager, official step", None, threads, True)]
+  variants += [("torch eager, 1 thread", None, 1, False)] if single_thread else []
+  variants += [(f"torch.compile({m})", m, threads, False) for m in compile_modes]
+  for name, mode, n_threads, official in variants:
     torch.manual_seed(0)
-    model = LoopedGPT2()
+    model = LoopedGPT2(official)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": train_cfg.weight_decay},
