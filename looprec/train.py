@@ -577,6 +577,10 @@ class Trainer:
     return (not (self.cfg.dropout_until_check and self.model.cfg.any_dropout)
             or self.step - self.stages[-1][0] < self.check_every)
 
+  def _next_batch(self) -> dict:
+    """The data stream's next batch, with each example's R where the recurrence gives one (`with_loops`)."""
+    return with_loops(self.rec, next(self.iterator))
+
   def _steps_in_call(self) -> int:
     """How many steps the next call runs: up to the first step after which something falls due (the step
     before a log step, an evaluation, a gate, a checkpoint, the end, the debug fault), at most
@@ -598,14 +602,14 @@ class Trainer:
     loops = [draw_loops(self.rec, self.seed, step) for step in range(self.step, self.step + n)]
     n_programs = self.programs.n_programs
     if n == 1:
-      self.batch = sharding.put_batch(with_loops(self.rec, next(self.iterator)), self.mesh)
+      self.batch = sharding.put_batch(self._next_batch(), self.mesh)
       if self.step == self.cfg.debug_nan_step:
         self.state, metrics = self.programs.nan_step(self.state, self.batch, loops[0])
       else:
         self.state, metrics = self.programs.step(self.state, self.batch, loops[0], self._dropout_on())
       at = lambda i: metrics
     else:
-      batches = sharding.put_batches([with_loops(self.rec, next(self.iterator)) for _ in range(n)], self.mesh)
+      batches = sharding.put_batches([self._next_batch() for _ in range(n)], self.mesh)
       self.batch = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batches.items()}
       self.state, metrics = self.programs.steps(self.state, batches, loops, self._dropout_on())
       at = lambda i: jax.tree_util.tree_map(lambda m: m[i], metrics)
@@ -665,7 +669,7 @@ class Trainer:
     model runs R = the split's difficulty (clipped to eval_loops)."""
     loops = self.cfg.eval_loops or self.rec.max_loops
     if self.rec.schedule == "difficulty":
-      loops = int(with_loops(dataclasses.replace(self.rec, loops=loops), examples)["loops"].max())
+      loops = int(np.clip(np.max(examples["hop"]), 1, loops))
     if self.cfg.gate == "kl_entropy" and self.rec.schedule == "dynamic":
       pol = halting.policy("kl_entropy", eps=0.5, max_entropy=3.0 + 12.0 / examples["tokens"].shape[1])
       got = halting.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)
