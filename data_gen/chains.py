@@ -6,6 +6,8 @@ chain can never be drawn for training, whatever the sampling order. Atomic facts
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _MAX_ATTEMPTS = 256
@@ -15,19 +17,31 @@ _SALT_TRAIN, _SALT_SPLIT, _SALT_TEST = 0x7261696E, 0x73706C74, 0x74657374
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-  """splitmix64 finaliser: a well-mixed uint64 hash of each element."""
+  """splitmix64 finaliser: a well-mixed uint64 hash of each element (of an array of x's shape; the arithmetic
+  runs on a 1-d array, whose wrap-around numpy does not warn about, so no errstate context is paid per call)."""
   x = np.asarray(x, dtype=np.uint64)
-  with np.errstate(over="ignore"):
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+  shape, x = x.shape, x.reshape(-1)
+  x = x + np.uint64(0x9E3779B97F4A7C15)
+  x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return (x ^ (x >> np.uint64(31))).reshape(shape)
 
 
 def hash_columns(seed: int, *columns) -> np.ndarray:
-  """Hash of (seed, column_0[i], column_1[i], ...) for each row i."""
+  """Hash of (seed, column_0[i], column_1[i], ...) for each row i; a scalar column is the same value in every row
+  (hashed once while no array column came before it)."""
+  lead = next((i for i, col in enumerate(columns) if np.ndim(col)), len(columns))
+  h = _scalar_prefix(seed, tuple(int(col) for col in columns[:lead])).copy()
+  for col in columns[lead:]:
+    h = mix64(h ^ np.asarray(col).astype(np.uint64))
+  return h
+
+
+@functools.lru_cache(maxsize=1024)
+def _scalar_prefix(seed: int, scalars: tuple) -> np.ndarray:
+  """hash_columns of a seed and scalar columns (cached: every batch starts with the same few)."""
   h = mix64(np.uint64(seed % (1 << 64)))
-  for col in columns:
+  for col in scalars:
     h = mix64(h ^ np.asarray(col).astype(np.uint64))
   return h
 
@@ -58,17 +72,18 @@ def is_held_out(seed: int, heads_B, rels_BxK, test_fraction: float) -> np.ndarra
   rels_BxK = np.asarray(rels_BxK)
   if rels_BxK.shape[1] < 2:
     return np.zeros(rels_BxK.shape[0], dtype=bool)
-  hop = np.full(rels_BxK.shape[0], rels_BxK.shape[1])
-  h = hash_columns(seed ^ _SALT_SPLIT, hop, heads_B, *rels_BxK.T)
+  h = hash_columns(seed ^ _SALT_SPLIT, rels_BxK.shape[1], heads_B, *rels_BxK.T)
   return uniform01(h) < test_fraction
 
 
 def _draw(seed: int, salt: int, n_entities: int, n_relations: int, hop: int, ids_B, attempt: int):
-  ids_B = np.asarray(ids_B)
-  base = (seed ^ salt, np.full(ids_B.shape, hop), ids_B, np.full(ids_B.shape, attempt))
-  heads = hash_columns(*base, np.zeros_like(ids_B)) % np.uint64(n_entities)
-  rels = [hash_columns(*base, np.full(ids_B.shape, j + 1)) % np.uint64(n_relations) for j in range(hop)]
-  return heads.astype(np.int32), np.stack(rels, axis=1).astype(np.int32).reshape(len(ids_B), hop)
+  """Chain ids_B[i]'s head and relations: column j of hash_columns(seed ^ salt, hop, id, attempt, j) for j = 0
+  (the head) .. hop, the shared prefix hashed once and the hop + 1 columns in one array."""
+  prefix_B = hash_columns(seed ^ salt, hop, np.asarray(ids_B), attempt)
+  h_JxB = mix64(prefix_B[None, :] ^ np.arange(hop + 1, dtype=np.uint64)[:, None])
+  heads = h_JxB[0] % np.uint64(n_entities)
+  rels_BxK = (h_JxB[1:] % np.uint64(n_relations)).T
+  return heads.astype(np.int32), rels_BxK.astype(np.int32).reshape(len(prefix_B), hop)
 
 
 def train_chains(seed: int, n_entities: int, n_relations: int, hop: int, chain_ids, test_fraction: float):
@@ -146,7 +161,7 @@ def held_out_chains(seed: int, n_entities: int, n_relations: int, hop: int, n: i
     if hop > 1:
       keep = is_held_out(seed, heads, rels, test_fraction)
       heads, rels = heads[keep], rels[keep]
-    order = np.argsort(hash_columns(seed ^ _SALT_TEST, np.full(len(heads), hop), np.arange(len(heads))))
+    order = np.argsort(hash_columns(seed ^ _SALT_TEST, hop, np.arange(len(heads))))
     order = order[:n]
     return heads[order], rels[order]
   seen, out_h, out_r, start = set(), [], [], 0

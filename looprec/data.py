@@ -155,7 +155,7 @@ class ChainTask(GraphTask):
     never appear), padded to fit pad_hop hops."""
     c = self.cfg
     ids_B = np.asarray(ids_B, np.int64)
-    u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, np.full(len(ids_B), stage), ids_B))
+    u = chains.uniform01(chains.hash_columns(c.seed ^ _SALT_HOP, stage, ids_B))
     hops_B = 1 + np.searchsorted(np.cumsum(self.hop_weights(stage))[:-1], u, side="right")
     heads_B = np.zeros(len(ids_B), np.int32)
     rels_BxK = np.full((len(ids_B), stage), -1, np.int32)

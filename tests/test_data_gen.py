@@ -13,7 +13,8 @@ from data_gen import (SPLITS, Facts, Vocab, chain_space, facts_to_rows, follow, 
                       make_composition, permutation_graph, read_dataset, rows_to_facts, train_chains,
                       write_dataset)
 from data_gen.__main__ import main
-from data_gen.chains import distinct_train_chains
+from data_gen import chains
+from data_gen.chains import distinct_train_chains, hash_columns
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,6 +82,20 @@ def test_chains_deterministic_in_seed():
   a, b, c = data(1), data(1), data(2)
   assert all(np.array_equal(x, y) for x, y in zip(a, b))
   assert all(not np.array_equal(x, z) for x, z in zip(a, c))
+
+
+@pytest.mark.parametrize("hop", [2, 5])
+def test_chain_draws_are_the_per_column_hashes(hop):
+  """`_draw` hashes the shared prefix once and the hop + 1 columns in one array: the values of hashing each
+  column's full row (seed ^ salt, hop, id, attempt, j), as chains were drawn before (golden streams unchanged)."""
+  ids_B = np.arange(1000, 1300)
+  for seed, attempt in [(0, 0), (7, 3), (-5, 255)]:
+    full = lambda v: np.full(ids_B.shape, v)
+    cols = [hash_columns(seed ^ 0x7261696E, full(hop), ids_B, full(attempt), full(j)) for j in range(hop + 1)]
+    heads, rels = chains._draw(seed, 0x7261696E, 50, 6, hop, ids_B, attempt)
+    np.testing.assert_array_equal(heads, cols[0] % np.uint64(50))
+    np.testing.assert_array_equal(rels, np.stack(cols[1:], 1) % np.uint64(6))
+  np.testing.assert_array_equal(hash_columns(3, full(hop), ids_B), hash_columns(3, hop, ids_B))
 
 
 def test_hop_one_never_held_out():
