@@ -89,8 +89,8 @@ def test_chain_draws_are_the_per_column_hashes(hop):
   """`_draw` hashes the shared prefix once and the hop + 1 columns in one array: the values of hashing each
   column's full row (seed ^ salt, hop, id, attempt, j), as chains were drawn before (golden streams unchanged)."""
   ids_B = np.arange(1000, 1300)
+  full = lambda v: np.full(ids_B.shape, v)
   for seed, attempt in [(0, 0), (7, 3), (-5, 255)]:
-    full = lambda v: np.full(ids_B.shape, v)
     cols = [hash_columns(seed ^ 0x7261696E, full(hop), ids_B, full(attempt), full(j)) for j in range(hop + 1)]
     heads, rels = chains._draw(seed, 0x7261696E, 50, 6, hop, ids_B, attempt)
     np.testing.assert_array_equal(heads, cols[0] % np.uint64(50))
