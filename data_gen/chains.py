@@ -31,8 +31,12 @@ def hash_columns(seed: int, *columns) -> np.ndarray:
   """Hash of (seed, column_0[i], column_1[i], ...) for each row i; a scalar column is the same value in every row
   (hashed once while no array column came before it)."""
   lead = next((i for i, col in enumerate(columns) if np.ndim(col)), len(columns))
-  h = _scalar_prefix(seed, tuple(int(col) for col in columns[:lead])).copy()
-  for col in columns[lead:]:
+  return _fold(_scalar_prefix(seed, tuple(int(col) for col in columns[:lead])).copy(), columns[lead:])
+
+
+def _fold(h: np.ndarray, columns) -> np.ndarray:
+  """h mixed with each column in turn."""
+  for col in columns:
     h = mix64(h ^ np.asarray(col).astype(np.uint64))
   return h
 
@@ -40,10 +44,7 @@ def hash_columns(seed: int, *columns) -> np.ndarray:
 @functools.lru_cache(maxsize=1024)
 def _scalar_prefix(seed: int, scalars: tuple) -> np.ndarray:
   """hash_columns of a seed and scalar columns (cached: every batch starts with the same few)."""
-  h = mix64(np.uint64(seed % (1 << 64)))
-  for col in scalars:
-    h = mix64(h ^ np.asarray(col).astype(np.uint64))
-  return h
+  return _fold(mix64(np.uint64(seed % (1 << 64))), scalars)
 
 
 def uniform01(h: np.ndarray) -> np.ndarray:
