@@ -15,14 +15,13 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+
+import side_by_side
 
 CASES = (("depth_extrap", "cpu", 2), ("depth_extrap", "cpu", 4), ("depth_extrap", "paper", 2),
          ("depth_extrap", "paper", 20))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse():
@@ -52,40 +51,21 @@ def time_cases(batches: int) -> dict:
   return out
 
 
-def round_in(tree: str, batches: int) -> dict:
-  env = {**os.environ, "PYTHONPATH": tree}
-  out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "chain_batches.py"), "--once",
-                        "--batches", str(batches)], cwd=tree, env=env, capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.splitlines()[-1])
-
-
 def main():
   args = parse()
   if args.once:
     print(json.dumps(time_cases(args.batches)))
     return 0
-  trees = {"this checkout": ROOT}
-  with tempfile.TemporaryDirectory() as tmp:
-    if args.against:
-      other = os.path.join(tmp, "against")
-      subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", other, args.against], check=True)
-      trees[args.against] = other
-    try:
-      print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
-      times = {t: [] for t in trees}
-      for i in range(args.rounds):  # the order alternates too: neither tree always runs first
-        for tree, path in list(trees.items())[::1 if i % 2 == 0 else -1]:
-          times[tree].append(round_in(path, args.batches))
-    finally:
-      if args.against:
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True)
+  with side_by_side.trees(args.against) as trees:
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    times = side_by_side.rounds(trees, "chain_batches.py", ["--batches", str(args.batches)], args.rounds)
   same = True
-  for case in times["this checkout"][0]:
+  for case in times[side_by_side.HERE][0]:
     cells = []
     for tree in trees:
       ms = statistics.median(r[case][0] for r in times[tree])
       cells.append(f"{tree}: {ms:6.3f} ms")
-      same &= times[tree][0][case][1] == times["this checkout"][0][case][1]
+      same &= times[tree][0][case][1] == times[side_by_side.HERE][0][case][1]
     ratio = ""
     if args.against:
       ms = [statistics.median(r[case][0] for r in times[t]) for t in trees]
