@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -56,22 +55,20 @@ def main():
   if args.once:
     print(json.dumps(time_cases(args.batches)))
     return 0
-  with side_by_side.trees(args.against) as trees:
-    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    times = side_by_side.rounds(trees, "chain_batches.py", ["--batches", str(args.batches)], args.rounds)
+  times = side_by_side.measure(args.against, "chain_batches.py", ["--batches", str(args.batches)], args.rounds)
   same = True
   for case in times[side_by_side.HERE][0]:
     cells = []
-    for tree in trees:
+    for tree in times:
       ms = statistics.median(r[case][0] for r in times[tree])
       cells.append(f"{tree}: {ms:6.3f} ms")
       same &= times[tree][0][case][1] == times[side_by_side.HERE][0][case][1]
     ratio = ""
     if args.against:
-      ms = [statistics.median(r[case][0] for r in times[t]) for t in trees]
+      ms = [statistics.median(r[case][0] for r in times[t]) for t in times]
       ratio = f"   speed-up {ms[1] / ms[0]:.2f}x"
     print(f"{case:40s} " + "   ".join(cells) + ratio)
-  print(f"load average {os.getloadavg()[0]:.1f}; the same batches in both trees: {same}")
+  print(f"the same batches in both trees: {same}")
   return 0 if same else 1
 
 

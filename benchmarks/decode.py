@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
 
@@ -103,9 +102,7 @@ def main():
     print(json.dumps(measure(args)))
     return 0
   passed = [f"--{k}={v}" for k, v in vars(args).items() if k in ("loops", "new", "repeats", "widths", "policies")]
-  with side_by_side.trees(args.against) as trees:
-    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    runs = side_by_side.rounds(trees, "decode.py", passed, args.rounds)
+  runs = side_by_side.measure(args.against, "decode.py", passed, args.rounds)
   first = runs[side_by_side.HERE][0]
   speed = lambda tree, row, b: statistics.median(r["rows"][row]["tokens_per_s"][str(b)] for r in runs[tree])
   print(f"| tree | width, policy | bytes/token R=4 | R=8 | R=16 | R=32 | tokens/s B=1 | B=64 | B=64 / B=1 |  "
@@ -113,15 +110,13 @@ def main():
   print("|---|---|---|---|---|---|---|---|---|")
   same = True
   for row, cells in first["rows"].items():
-    for tree in trees:
+    for tree in runs:
       b, s1, s64 = runs[tree][0]["rows"][row].get("bytes_per_token", {}), speed(tree, row, 1), speed(tree, row, 64)
       same &= runs[tree][0]["rows"][row].get("tokens") == cells.get("tokens")
       print(f"| {tree} | {row} | " + " | ".join(str(b.get(str(r), "")) for r in (4, 8, 16, 32))
             + f" | {s1:.0f} | {s64:.0f} | {s64 / s1:.1f} |")
-  print(f"load average {os.getloadavg()[0]:.1f}; the same tokens in every tree: {same}")
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"args": vars(args), "rounds": runs}, f, indent=1)
+  print(f"the same tokens in every tree: {same}")
+  side_by_side.save(args.out, args, runs)
   return 0 if same else 1
 
 

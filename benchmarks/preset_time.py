@@ -52,22 +52,18 @@ def main():
     print(json.dumps(run_once(args)))
     return 0
   passed = [args.name, *args.overrides] + (["--preset", args.preset] if args.preset else [])
-  with side_by_side.trees(args.against) as trees:
-    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
-    runs = side_by_side.rounds(trees, "preset_time.py", passed, args.rounds)
+  runs = side_by_side.measure(args.against, "preset_time.py", passed, args.rounds)
   median = lambda tree, get: statistics.median(get(r) for r in runs[tree])
   first = runs[side_by_side.HERE][0]["models"]
   print(f"{args.name} {args.preset or '(default preset)'} {' '.join(args.overrides)}; median of {args.rounds} round(s)")
-  for tree in trees:
+  for tree in runs:
     cells = [f"end to end {median(tree, lambda r: r['wall']):.1f} s"] + [
         f"{n} trains {median(tree, lambda r, n=n: r['models'][n]['train_seconds']):.1f} s" for n in first]
     print(f"  {tree:16s} " + ", ".join(cells))
-  same = all(r["models"][n][k] == first[n][k] for t in trees for r in runs[t] for n in first
+  same = all(r["models"][n][k] == first[n][k] for t in runs for r in runs[t] for n in first
              for k in ("steps", "params_sum", "accuracy"))
-  print(f"load average {os.getloadavg()[0]:.1f}; the same models in every round and tree: {same}")
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump({"args": vars(args), "rounds": runs}, f, indent=1)
+  print(f"the same models in every round and tree: {same}")
+  side_by_side.save(args.out, args, runs)
   return 0 if same else 1
 
 

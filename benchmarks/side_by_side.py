@@ -31,6 +31,23 @@ def trees(against: str | None):
       subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", other], check=True)
 
 
+def measure(against: str | None, script: str, args: list, n: int) -> dict:
+  """{tree: [each round's JSON]} for this checkout and REF (in that order), the load average printed before and
+  after."""
+  with trees(against) as found:
+    print(f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    out = rounds(found, script, args, n)
+  print(f"load average {os.getloadavg()[0]:.1f}")
+  return out
+
+
+def save(path: str | None, args, runs: dict):
+  """Every round's figures and the arguments as JSON, where a path is given."""
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({"args": vars(args), "rounds": runs}, f, indent=1)
+
+
 def rounds(found: dict, script: str, args: list, n: int) -> dict:
   """{tree: [each round's JSON]}: `python benchmarks/<script> --once ARGS` with the tree's code, n rounds."""
   out = {name: [] for name in found}
