@@ -5,7 +5,8 @@ and MELT's gated shared cache trained from the per-loop model.
     make experiment NAME=decoding PRESET=smoke        # seconds, used by the tests
 
 A looped model (`per_loop`: it is the per-loop-cache teacher) trains with teacher forcing on the generation task
-(`looprec.generation`: write the k entities of a chain's path), then MELT (`looprec.melt.train`, models.melt.steps
+(`looprec.generation`: write the k entities of a chain's path, or with written=final only its last entity after
+the prompt, the implicit variant), then MELT (`looprec.melt.train`, models.melt.steps
 split evenly between the transition and the distillation) from it. Every policy of `policies` decodes the
 held-out chains (test and validation) of hops 1..eval.max_hop greedily at R = 1..eval.max_loops; melt with the
 MELT student's params, the others with the per-loop model's. results.json's `models` has one entry per policy,
@@ -31,6 +32,7 @@ from looprec.models import count_params, params_checksum
 
 BYTES_AT = (4, 8, 16, 32)  # R of the bytes-per-token column
 SPEED_BATCHES = (1, 64)
+WHAT_IS_WRITTEN = {"path": "the paths", "final": "only the final entity (the implicit variant)"}
 SPEED_PROMPT = 4  # prompt tokens of the tokens/s measurement
 
 
@@ -38,6 +40,7 @@ SPEED_PROMPT = 4  # prompt tokens of the tokens/s measurement
 class Config(experiment.ExperimentConfig):
   data: ChainDataConfig = ChainDataConfig()
   policies: str = "per_loop,first_loop,last_loop,cycle:2,melt"  # decode.parse_policy names, comma-separated
+  written: str = "path"  # generation.WRITTEN: the whole path, or only the final entity (the implicit variant)
   melt_beta: float = 1.0  # weight of the per-loop state alignment in MELT's distillation phase
   speed_new: int = 16  # tokens written per row in the tokens/s measurement
   speed_repeats: int = 3  # timed calls per measurement (the median is kept)
@@ -71,7 +74,22 @@ def cpu() -> Config:
       speed_new=12)
 
 
-PRESETS = {"smoke": smoke, "cpu": cpu}
+def cpu_implicit() -> Config:
+  """The implicit variant (written=final: only the final entity after the prompt) with the depth task's recipe
+  (20 entities, NoPE, a 2-token attention window, input injection; experiments/depth_extrap.py), trained with
+  R = 4 on hops 1..4 so that the teacher extrapolates in depth when it loops more; evaluated on hops 1..8 at
+  R = 1..12; about 8 minutes on a quiet 2-core CPU."""
+  base = cpu()
+  return dataclasses.replace(
+      base, written="final",
+      data=dataclasses.replace(base.data, n_entities=20, seq_len=12),
+      model=dataclasses.replace(base.model, pos_emb="none", attn_window=2, injection="add"),
+      eval=dataclasses.replace(base.eval, max_hop=8, max_loops=12),
+      models={"per_loop": ModelRun(n_layers=1, recurrence="fixed:4"),
+              "melt": ModelRun(n_layers=1, recurrence="fixed:4", steps=4000)})
+
+
+PRESETS = {"smoke": smoke, "cpu": cpu, "cpu_implicit": cpu_implicit}
 DEFAULT_PRESET = "cpu"
 
 
@@ -96,9 +114,12 @@ def validate(cfg: Config):
     decode.parse_policy(p)
   if not policies(cfg):
     raise ConfigError("policies: name at least one cache policy")
-  if generation.seq_len(cfg.eval.max_hop) > cfg.model.max_positions:
-    raise ConfigError(f"eval.max_hop={cfg.eval.max_hop}: a path of that many hops needs model.max_positions >= "
-                      f"{generation.seq_len(cfg.eval.max_hop)}, got {cfg.model.max_positions}")
+  if cfg.written not in generation.WRITTEN:
+    raise ConfigError(f"written={cfg.written!r}: one of {', '.join(generation.WRITTEN)}")
+  longest = generation.seq_len(cfg.eval.max_hop, cfg.written)
+  if longest > cfg.model.max_positions:
+    raise ConfigError(f"eval.max_hop={cfg.eval.max_hop}: a chain of that many hops needs model.max_positions >= "
+                      f"{longest}, got {cfg.model.max_positions}")
   if SPEED_PROMPT + cfg.speed_new > cfg.model.max_positions:
     raise ConfigError(f"speed_new={cfg.speed_new}: {SPEED_PROMPT} prompt tokens and {cfg.speed_new} written exceed "
                       f"model.max_positions={cfg.model.max_positions}")
@@ -107,9 +128,9 @@ def validate(cfg: Config):
                       f"{cfg.data.fitting_hops()} hops")
 
 
-def eval_splits(task, max_hop: int) -> dict:
+def eval_splits(task, max_hop: int, written: str) -> dict:
   """split -> the held-out chains of hops 1..max_hop as generation prompts and paths (test and validation)."""
-  gen = generation.GenerationTask(task.cfg)
+  gen = generation.GenerationTask(task.cfg, written)
   out = {}
   for hop in range(1, max_hop + 1):
     out[split_name(hop)] = gen.eval_split(hop)
@@ -122,7 +143,7 @@ def params_of(name: str) -> str:
   return "melt" if name == "melt" else "per_loop"
 
 
-def sweep(model, params, policy: str, splits: dict, max_loops: int) -> dict:
+def sweep(model, params, policy: str, splits: dict, max_loops: int, written: str) -> dict:
   """{"accuracy", "path_accuracy"}: split -> {str(R): final-entity / whole-path accuracy} for R = 1..max_loops.
   The splits of one hop decode as one batch (one compiled program per hop and R)."""
   out = {"accuracy": {}, "path_accuracy": {}}
@@ -132,7 +153,8 @@ def sweep(model, params, policy: str, splits: dict, max_loops: int) -> dict:
   for hop, group in by_hop.items():
     prompt = np.concatenate([ex["prompt"] for _, ex in group])
     for r in range(1, max_loops + 1):
-      generated, start = np.asarray(decode.generate(model, params, prompt, hop, r, policy)), 0
+      n_new = generation.n_written(hop, written)
+      generated, start = np.asarray(decode.generate(model, params, prompt, n_new, r, policy)), 0
       for split, ex in group:
         n = len(ex["path"])
         got = generation.path_accuracy(generated[start:start + n], ex["path"])
@@ -150,7 +172,7 @@ def evaluate(cfg: Config, model, params: dict, splits: dict) -> dict:
   for policy in policies(cfg):
     with runs.stage(f"{policy}: sweep over R = 1..{cfg.eval.max_loops}, KL to per_loop"):
       p = params[params_of(policy)]
-      got = sweep(model, p, policy, splits, cfg.eval.max_loops)
+      got = sweep(model, p, policy, splits, cfg.eval.max_loops, cfg.written)
       kl = {str(hop_of(s)): decode.kl_to_teacher(model, params["per_loop"], p, policy, ex["prompt"], ex["path"], r)
             for s, ex in splits.items() if not selection.is_val(s)}
       out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "kl": kl, "halting": {}}
@@ -172,7 +194,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   """Trains the per-loop model and MELT from it (each checkpointed), evaluates every policy, writes report.md and
   analysis.json; returns the body of results.json."""
   chain_task = tasks.make_task(cfg.data)
-  task = generation.GenerationTask(cfg.data)
+  task = generation.GenerationTask(cfg.data, cfg.written)
   model = cfg.build_model("per_loop", task.vocab.size)
   r = train_loops(cfg)
   fingerprint = checkpoint.task_fingerprint(chain_task)
@@ -188,7 +210,7 @@ def run(cfg: Config, run_dir: str) -> dict:
   for name, p in params.items():
     checkpoint.save_params(os.path.join(run_dir, "checkpoints", name), p,
                            {"data_fingerprint": fingerprint, "steps": trained[name]}, step=trained[name])
-  splits = eval_splits(chain_task, cfg.eval.max_hop)
+  splits = eval_splits(chain_task, cfg.eval.max_hop, cfg.written)
   analyses = evaluate(cfg, model, params, splits)
   results = {}
   for policy, a in analyses.items():
@@ -214,7 +236,8 @@ def analyze_run(cfg: Config, run_dir: str, restored: dict, max_loops: int | None
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_loops=max_loops))
   chain_task = tasks.make_task(cfg.data)
   model = cfg.build_model("per_loop", chain_task.vocab.size)
-  analyses = evaluate(cfg, model, {n: p for n, (p, _) in restored.items()}, eval_splits(chain_task, cfg.eval.max_hop))
+  splits = eval_splits(chain_task, cfg.eval.max_hop, cfg.written)
+  analyses = evaluate(cfg, model, {n: p for n, (p, _) in restored.items()}, splits)
   path = os.path.join(run_dir, "analysis.json")
   runs.write_json(path, {"models": analyses})
   return path
@@ -230,9 +253,9 @@ def report(cfg: Config, results: dict, speed: dict, sizes: dict) -> str:
   r, r_max, k = train_loops(cfg), cfg.eval.max_loops, cfg.data.curriculum.last_hop
   lines = ["# Looped models that generate: cache policies and MELT", "",
            f"A looped block (d = {cfg.model.d_model}, {cfg.model.n_layers} layer(s)) trained with R = {r} to write "
-           f"the paths of 1..{k}-hop chains ({cfg.train.steps} steps), MELT from it "
-           f"({results.get('melt', {}).get('steps', 0)} steps). Held-out chains, greedy decoding; melt decodes with the MELT student's params, every other "
-           "policy with the per-loop model's.", "",
+           f"{WHAT_IS_WRITTEN[cfg.written]} of 1..{k}-hop chains ({cfg.train.steps} steps), MELT from it "
+           f"({results.get('melt', {}).get('steps', 0)} steps). Held-out chains, greedy decoding; melt decodes with "
+           "the MELT student's params, every other policy with the per-loop model's.", "",
            "## Memory and speed", "",
            f"KV-cache bytes per token of context (every cached layer, keys and values) and greedy decode tokens/s at "
            f"R = {r} ({cfg.speed_new} tokens per row, {jax.devices()[0].platform}; speeds are comparable only within "

@@ -1,9 +1,11 @@
 """The generation task: a chain whose answer is generated, one entity per step.
 
-Given a head entity and k relations, the model writes the k entities of the path: the sequence is
-`h r_1 .. r_k e_1 .. e_k` with e_i = r_i(e_{i-1}) (e_0 = h); the prompt is its first k + 1 tokens and position
-k + i - 1 predicts e_i (teacher forcing in training, the model's own tokens when decoding). The graph, the chains
-(training chains and the held-out ones, split by chain) and the curriculum are the depth task's
+Given a head entity and k relations, the model writes the k entities of the path (`written="path"`): the sequence
+is `h r_1 .. r_k e_1 .. e_k` with e_i = r_i(e_{i-1}) (e_0 = h); the prompt is its first k + 1 tokens and position
+k + i - 1 predicts e_i (teacher forcing in training, the model's own tokens when decoding). The implicit variant
+(`written="final"`) writes only e_k after the prompt, `h r_1 .. r_k e_k`: every hop is composed inside the depth
+loop, as in the depth task, and the prompt's cached keys and values are what the policies share. The graph, the
+chains (training chains and the held-out ones, split by chain) and the curriculum are the depth task's
 (`data.ChainTask`), so a chain held out of the depth task is held out here too.
 """
 from __future__ import annotations
@@ -19,9 +21,17 @@ from looprec import data
 from looprec.config import ChainDataConfig
 
 
-def seq_len(hop: int) -> int:
-  """Tokens of a hop-k example: head, k relations, k entities."""
-  return 2 * hop + 1
+WRITTEN = ("path", "final")
+
+
+def seq_len(hop: int, written: str = "path") -> int:
+  """Tokens of a hop-k example: head, k relations, and the k entities of the path or the final one."""
+  return hop + 1 + n_written(hop, written)
+
+
+def n_written(hop: int, written: str = "path") -> int:
+  """Tokens the model writes after a hop-k prompt."""
+  return hop if written == "path" else 1
 
 
 @dataclasses.dataclass
@@ -29,8 +39,11 @@ class GenerationTask:
   """`data.ChainTask`'s chains, written out as paths. Batches are dicts of numpy arrays."""
 
   cfg: ChainDataConfig
+  written: str = "path"  # path: every entity of the path; final: only the last one
 
   def __post_init__(self):
+    if self.written not in WRITTEN:
+      raise ValueError(f"written={self.written!r}: one of {', '.join(WRITTEN)}")
     self.chain = data.ChainTask(self.cfg)
     self.vocab, self.curriculum = self.chain.vocab, self.chain.curriculum
 
@@ -48,12 +61,14 @@ class GenerationTask:
     rel_ids_BxK = np.where(rels_BxK > 0, rels_BxK - self.vocab.relation_offset, -1)
     path_BxK = self._paths(ex["tokens"][:, 0] - self.vocab.entity_offset, rel_ids_BxK)
     b, k = path_BxK.shape
-    tokens_BxT = np.zeros((b, seq_len(k)), np.int32)
+    rows_B = np.arange(b)
+    if self.written == "final":
+      path_BxK = path_BxK[rows_B, hops_B - 1][:, None]
+    tokens_BxT = np.zeros((b, seq_len(k, self.written)), np.int32)
     tokens_BxT[:, :1 + k] = ex["tokens"][:, :1 + k]
-    targets_BxT = np.full((b, seq_len(k)), -1, np.int32)  # -1: no loss at this position
-    for i in range(k):
+    targets_BxT = np.full((b, seq_len(k, self.written)), -1, np.int32)  # -1: no loss at this position
+    for i in range(path_BxK.shape[1]):
       live_B = i < hops_B
-      rows_B = np.arange(b)
       tokens_BxT[rows_B, hops_B + 1 + i] = np.where(live_B, path_BxK[:, i], tokens_BxT[rows_B, hops_B + 1 + i])
       targets_BxT[rows_B, hops_B + i] = np.where(live_B, path_BxK[:, i], -1)
     return {"tokens": tokens_BxT, "targets": targets_BxT, "hop": hops_B, "path": path_BxK}
@@ -63,7 +78,8 @@ class GenerationTask:
     return self._sequences(self.chain.train_examples(stage, ids_B, stage))
 
   def eval_split(self, hop: int) -> dict:
-    """The held-out chains of one hop: `prompt` (B x (hop + 1)) and `path` (B x hop, the entities to write)."""
+    """The held-out chains of one hop: `prompt` (B x (hop + 1)) and `path` (B x n_written(hop), the entities to
+    write)."""
     return self._prompts(self.chain.eval_split(hop), hop)
 
   def val_split(self, hop: int) -> dict:
@@ -72,7 +88,8 @@ class GenerationTask:
 
   def _prompts(self, chain_ex: dict, hop: int) -> dict:
     ex = self._sequences(chain_ex)
-    return {"prompt": ex["tokens"][:, :hop + 1], "path": ex["path"][:, :hop], "hop": ex["hop"]}
+    return {"prompt": ex["tokens"][:, :hop + 1], "path": ex["path"][:, :n_written(hop, self.written)],
+            "hop": ex["hop"]}
 
 
 def sequence_loss(model, params, batch, n_loops: int):

@@ -99,7 +99,8 @@ model, params = run.model("per_loop"), run.params
 trained_r, hop = cfg.models["per_loop"].rec.loops, cfg.data.curriculum.last_hop
 policies = cfg.policies.split(",")
 vocab = run.task.vocab
-chains = GenerationTask(cfg.data).eval_split(hop)
+chains = GenerationTask(cfg.data, cfg.written).eval_split(hop)
+n_new = chains["path"].shape[1]  # the whole path, or only the final entity (cfg.written)
 weights = {p: params["melt" if p == "melt" else "per_loop"] for p in policies}
 print(f"{RUN_DIR}: d = {model.cfg.d_model}, L = {model.cfg.n_layers}, trained with R = {trained_r} on paths of "
       f"<= {hop} hops; {len(chains['path'])} held-out {hop}-hop chains; policies {', '.join(policies)}")
@@ -114,7 +115,7 @@ print(f"{RUN_DIR}: d = {model.cfg.d_model}, L = {model.cfg.n_layers}, trained wi
 prompt, path = chains["prompt"][:1], chains["path"][0]
 print("prompt:", vocab.decode(prompt[0]), "| true path:", vocab.decode(path))
 for r in range(1, MAX_LOOPS + 1):
-  written = np.asarray(generate(model, params["per_loop"], prompt, hop, n_loops=r, policy="per_loop"))[0]
+  written = np.asarray(generate(model, params["per_loop"], prompt, n_new, n_loops=r, policy="per_loop"))[0]
   marks = " ".join(f"{vocab.decode([t])}{'+' if t == want else '-'}" for t, want in zip(written, path))
   print(f"R = {r}{' (trained)' if r == trained_r else ''}: {marks}")
 
@@ -125,7 +126,7 @@ for r in range(1, MAX_LOOPS + 1):
 
 # %% tags=["figure"]
 loops = range(1, MAX_LOOPS + 1)
-accuracy = {p: [path_accuracy(generate(model, weights[p], chains["prompt"], hop, n_loops=r, policy=p),
+accuracy = {p: [path_accuracy(generate(model, weights[p], chains["prompt"], n_new, n_loops=r, policy=p),
                               chains["path"])["final"] for r in loops] for p in policies}
 fig, ax = plt.subplots(figsize=(7, 4))
 for (p, acc), marker in zip(accuracy.items(), "osD^v"):
@@ -162,7 +163,7 @@ for p, b in memory.items():
 
 # %%
 tokens_BxK, loops_BxK = (np.asarray(x) for x in generate_halting(
-    model, params["per_loop"], chains["prompt"], hop, cap=MAX_LOOPS, halt="kl_entropy"))
+    model, params["per_loop"], chains["prompt"], n_new, cap=MAX_LOOPS, halt="kl_entropy"))
 print("mean loops per written position:", np.round(loops_BxK.mean(0), 2))
 print(f"final-entity accuracy {path_accuracy(tokens_BxK, chains['path'])['final']:.2f} with halting, "
       f"{accuracy['per_loop'][trained_r - 1]:.2f} at the trained R = {trained_r}")

@@ -114,7 +114,8 @@ def test_bad_input_is_one_line_and_exit_2(policy, prompt_len, n_new, needs, monk
 @pytest.mark.parametrize("override, needs", [
     ("policies=per_loop,cycle:0", "decode policy 'cycle:0': cycle:k needs k >= 1"),
     ("policies=bogus", "decode policy 'bogus' is not one of per_loop, first_loop, last_loop, cycle:k, melt"),
-    ("eval.max_hop=8", "eval.max_hop=8: a path of that many hops needs model.max_positions >= 17, got 16"),
+    ("eval.max_hop=8", "eval.max_hop=8: a chain of that many hops needs model.max_positions >= 17, got 16"),
+    ("written=every", "written='every': one of path, final"),
     ("models.melt.recurrence=fixed:3", "models.melt.recurrence=fixed:3: both models need the same fixed:R"),
     ("speed_new=13", "speed_new=13: 4 prompt tokens and 13 written exceed model.max_positions=16"),
 ])
@@ -180,6 +181,25 @@ def test_generation_task_writes_the_depth_task_paths():
   wrong_first = ev["path"].copy()
   wrong_first[:, 0] = 0
   assert generation.path_accuracy(wrong_first, ev["path"]) == {"path": 0.0, "final": 1.0}
+
+
+def test_the_implicit_variant_writes_only_the_final_entity():
+  """written="final": the same prompts, the path's last entity as the one token to write, one target per training
+  row (at the last relation) and that entity after it."""
+  path, final = generation.GenerationTask(chain_cfg()), generation.GenerationTask(chain_cfg(), "final")
+  for hop in (1, 3):
+    ev_path, ev_final = path.eval_split(hop), final.eval_split(hop)
+    np.testing.assert_array_equal(ev_final["prompt"], ev_path["prompt"])
+    np.testing.assert_array_equal(ev_final["path"], ev_path["path"][:, -1:])
+    assert generation.n_written(hop, "final") == 1 and generation.seq_len(hop, "final") == hop + 2
+  tr_path, tr = path.train_examples(3, np.arange(64)), final.train_examples(3, np.arange(64))
+  assert tr["tokens"].shape[1] == 3 + 2
+  for row, hop in enumerate(tr["hop"]):
+    np.testing.assert_array_equal(tr["tokens"][row, :hop + 1], tr_path["tokens"][row, :hop + 1])
+    assert tr["tokens"][row, hop + 1] == tr["targets"][row, hop] == tr_path["path"][row, hop - 1]
+    assert (tr["targets"][row] >= 0).sum() == 1 and (tr["tokens"][row, hop + 2:] == 0).all()
+  with pytest.raises(ValueError, match="written"):
+    generation.GenerationTask(chain_cfg(), "every")
 
 
 def test_melt_training_moves_the_gates_and_decodes():
