@@ -1,6 +1,8 @@
 """Cached decoding (looprec.decode), the generation task and MELT: per_loop caching is the uncached forward pass
 for every kind, the other policies' exact special cases, the cache's bytes per token, bad input."""
 import dataclasses
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +202,26 @@ def test_the_implicit_variant_writes_only_the_final_entity():
     assert (tr["targets"][row] >= 0).sum() == 1 and (tr["tokens"][row, hop + 2:] == 0).all()
   with pytest.raises(ValueError, match="written"):
     generation.GenerationTask(chain_cfg(), "every")
+
+
+def test_the_decoding_experiment_writes_only_the_final_entity_end_to_end(tmp_path, capsys):
+  """The smoke preset with written=final through the CLI: one token written per chain, so the whole-path accuracy is
+  the final-entity accuracy at every split and R; the report says what was written, and `analyze` (which rebuilds
+  the splits from the run's config) gives the sweep of the run itself."""
+  assert cli.main(["experiment", "decoding", "--preset", "smoke", "written=final", "--runs-dir", str(tmp_path)]) == 0
+  run_dir = os.path.join(tmp_path, "decoding", "latest")
+  with open(os.path.join(run_dir, "results.json")) as f:
+    results = json.load(f)["models"]
+  assert set(results) == {"per_loop", "first_loop", "last_loop", "cycle:2", "melt"}
+  for m in results.values():
+    assert m["path_accuracy"] == m["accuracy"]
+  with open(os.path.join(run_dir, "report.md")) as f:
+    assert "to write only the final entity (the implicit variant) of 1..2-hop chains" in f.read()
+  assert cli.main(["analyze", run_dir]) == 0
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    analyses = json.load(f)["models"]
+  assert {p: a["sweep"] for p, a in analyses.items()} == {p: m["accuracy"] for p, m in results.items()}
+  capsys.readouterr()
 
 
 def test_melt_training_moves_the_gates_and_decodes():

@@ -76,6 +76,7 @@ COVERED = {
     "looprec experiment length_gen --preset cpu_p_hop": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment decoding --preset cpu": By(SMOKE.format("decoding"), "--preset smoke"),
     "looprec experiment decoding --preset smoke": By(SMOKE.format("decoding")),
+    "looprec experiment decoding --preset cpu_implicit": By(SMOKE.format("decoding"), "--preset smoke"),
     "looprec experiment length_gen --preset cpu data.name=p_hop data.context=32 data.seq_len=56 data.train_max=8":
         By(SMOKE.format("length_gen"), "--preset smoke, without the overrides"),
     "looprec analyze runs/depth_extrap/latest": ANALYZE,
