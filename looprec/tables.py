@@ -325,6 +325,7 @@ TABLES = {
     "depth_extrap_full_attention": ("depth_extrap_full_attention.json", depth_study),
     "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
     "decoding_cpu/costs": ("decoding_cpu.json", decoding_costs),
+    "decoding_cpu_implicit/accuracy": ("decoding_cpu_implicit.json", depth_by_model),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
