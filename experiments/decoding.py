@@ -12,8 +12,10 @@ held-out chains (test and validation) of hops 1..eval.max_hop greedily at R = 1.
 MELT student's params, the others with the per-loop model's. results.json's `models` has one entry per policy,
 `accuracy[split][R]` the final-entity accuracy (`path_accuracy` the whole path's); `policies` the KV bytes per
 token at R = 4, 8, 16, 32, decode tokens/s at batch 1 and 64 (at the trained R, `decode.tokens_per_second`) and
-the KL to the per-loop teacher per hop at the trained R. `python -m looprec analyze RUN` evaluates the
-checkpoints again into analysis.json.
+the KL to the per-loop teacher per hop at the trained R. analysis.json also has each policy's `halting`: per rule
+of `halting`, the final entity decoded with adaptive depth per row and token (`decode.generate_halting`, at most
+eval.max_loops loops) and the loops it was read at. `python -m looprec analyze RUN` evaluates the checkpoints
+again into analysis.json.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import os
 import jax
 import numpy as np
 
-from looprec import checkpoint, decode, experiment, generation, melt, report as md, runs, selection, tasks
+from looprec import checkpoint, decode, experiment, generation, halting, melt, report as md, runs, selection, tasks
 from looprec import config as C
 from looprec.config import ChainDataConfig, ConfigError, CurriculumConfig, EvalConfig, ModelConfig, ModelRun
 from looprec.config import TrainConfig
@@ -41,6 +43,7 @@ class Config(experiment.ExperimentConfig):
   data: ChainDataConfig = ChainDataConfig()
   policies: str = "per_loop,first_loop,last_loop,cycle:2,melt"  # decode.parse_policy names, comma-separated
   written: str = "path"  # generation.WRITTEN: the whole path, or only the final entity (the implicit variant)
+  halting: str = "kl_entropy_rel,argmax"  # halting.parse_policy specs, comma-separated; "" = none
   melt_beta: float = 1.0  # weight of the per-loop state alignment in MELT's distillation phase
   speed_new: int = 16  # tokens written per row in the tokens/s measurement
   speed_repeats: int = 3  # timed calls per measurement (the median is kept)
@@ -97,6 +100,10 @@ def policies(cfg: Config) -> list[str]:
   return [p for p in cfg.policies.split(",") if p]
 
 
+def halting_rules(cfg: Config) -> list[str]:
+  return [h for h in cfg.halting.split(",") if h]
+
+
 def train_loops(cfg: Config) -> int:
   return cfg.models["per_loop"].rec.loops
 
@@ -114,6 +121,8 @@ def validate(cfg: Config):
     decode.parse_policy(p)
   if not policies(cfg):
     raise ConfigError("policies: name at least one cache policy")
+  for h in halting_rules(cfg):
+    halting.parse_policy(h)
   if cfg.written not in generation.WRITTEN:
     raise ConfigError(f"written={cfg.written!r}: one of {', '.join(generation.WRITTEN)}")
   longest = generation.seq_len(cfg.eval.max_hop, cfg.written)
@@ -143,39 +152,64 @@ def params_of(name: str) -> str:
   return "melt" if name == "melt" else "per_loop"
 
 
+def by_hop(splits: dict) -> dict:
+  """hop -> (the prompts of its splits as one batch, [(split, its chains, its first row)])."""
+  groups = {}
+  for split, ex in splits.items():
+    groups.setdefault(hop_of(split), []).append((split, ex))
+  out = {}
+  for hop, group in groups.items():
+    starts = np.cumsum([0] + [len(ex["path"]) for _, ex in group])
+    out[hop] = (np.concatenate([ex["prompt"] for _, ex in group]),
+                [(split, ex, start) for (split, ex), start in zip(group, starts)])
+  return out
+
+
 def sweep(model, params, policy: str, splits: dict, max_loops: int, written: str) -> dict:
   """{"accuracy", "path_accuracy"}: split -> {str(R): final-entity / whole-path accuracy} for R = 1..max_loops.
   The splits of one hop decode as one batch (one compiled program per hop and R)."""
   out = {"accuracy": {}, "path_accuracy": {}}
-  by_hop = {}
-  for split, ex in splits.items():
-    by_hop.setdefault(hop_of(split), []).append((split, ex))
-  for hop, group in by_hop.items():
-    prompt = np.concatenate([ex["prompt"] for _, ex in group])
+  for hop, (prompt, group) in by_hop(splits).items():
     for r in range(1, max_loops + 1):
-      n_new = generation.n_written(hop, written)
-      generated, start = np.asarray(decode.generate(model, params, prompt, n_new, r, policy)), 0
-      for split, ex in group:
-        n = len(ex["path"])
-        got = generation.path_accuracy(generated[start:start + n], ex["path"])
-        start += n
+      generated = np.asarray(decode.generate(model, params, prompt, generation.n_written(hop, written), r, policy))
+      for split, ex, start in group:
+        got = generation.path_accuracy(generated[start:start + len(ex["path"])], ex["path"])
         out["accuracy"].setdefault(split, {})[str(r)] = got["final"]
         out["path_accuracy"].setdefault(split, {})[str(r)] = got["path"]
   return out
 
 
+def halt(model, params, policy: str, splits: dict, cfg: Config) -> dict:
+  """halting rule -> split -> {"accuracy", "mean_loops", "median_loops"}: the final entity decoded with adaptive
+  depth per row and token (`decode.generate_halting`, at most eval.max_loops loops), and the loop it was read at.
+  The splits of one hop decode as one batch."""
+  out = {}
+  for rule in halting_rules(cfg):
+    for hop, (prompt, group) in by_hop(splits).items():
+      tokens, loops = (np.asarray(x) for x in decode.generate_halting(
+          model, params, prompt, generation.n_written(hop, cfg.written), cfg.eval.max_loops, policy, rule,
+          answers=cfg.data.n_entities))
+      for split, ex, start in group:
+        rows = slice(start, start + len(ex["path"]))
+        out.setdefault(rule, {})[split] = {
+            "accuracy": generation.path_accuracy(tokens[rows], ex["path"])["final"],
+            "mean_loops": float(loops[rows, -1].mean()), "median_loops": float(np.median(loops[rows, -1]))}
+  return out
+
+
 def evaluate(cfg: Config, model, params: dict, splits: dict) -> dict:
-  """policy -> its sweep (`sweep`), its KL to the per-loop teacher per hop at the trained R, and `halting` (none:
-  the summary's contract); one `runs.stage` line per policy."""
+  """policy -> its sweep (`sweep`), its KL to the per-loop teacher per hop at the trained R, and its `halting`;
+  one `runs.stage` line per policy."""
   out = {}
   r = train_loops(cfg)
   for policy in policies(cfg):
-    with runs.stage(f"{policy}: sweep over R = 1..{cfg.eval.max_loops}, KL to per_loop"):
+    with runs.stage(f"{policy}: sweep over R = 1..{cfg.eval.max_loops}, KL to per_loop, halting"):
       p = params[params_of(policy)]
       got = sweep(model, p, policy, splits, cfg.eval.max_loops, cfg.written)
       kl = {str(hop_of(s)): decode.kl_to_teacher(model, params["per_loop"], p, policy, ex["prompt"], ex["path"], r)
             for s, ex in splits.items() if not selection.is_val(s)}
-      out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "kl": kl, "halting": {}}
+      out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "kl": kl,
+                     "halting": halt(model, p, policy, splits, cfg)}
   return out
 
 
@@ -225,8 +259,8 @@ def run(cfg: Config, run_dir: str) -> dict:
   if jax.process_index() == 0:
     with runs.stage("figures and reports"):
       runs.write_json(os.path.join(run_dir, "analysis.json"), {"models": analyses})
-      md.write(os.path.join(run_dir, "report.md"), report(cfg, results, speed, {s: len(ex["path"])
-                                                                                for s, ex in splits.items()}))
+      sizes = {s: len(ex["path"]) for s, ex in splits.items()}
+      md.write(os.path.join(run_dir, "report.md"), report(cfg, results, speed, sizes, analyses))
   return {"models": results, "policies": speed, "melt_kl": kls}
 
 
@@ -247,9 +281,10 @@ def _at(by_split: dict, hop: int, r: int) -> float:
   return by_split[split_name(hop)][str(r)]
 
 
-def report(cfg: Config, results: dict, speed: dict, sizes: dict) -> str:
+def report(cfg: Config, results: dict, speed: dict, sizes: dict, analyses: dict) -> str:
   """Per policy: memory and speed; per policy and hop: final-entity and path accuracy at the trained R and at the
-  largest R, the R chosen on validation, and the KL to the per-loop teacher."""
+  largest R, the R chosen on validation, the KL to the per-loop teacher, and each halting rule's accuracy and
+  loops."""
   r, r_max, k = train_loops(cfg), cfg.eval.max_loops, cfg.data.curriculum.last_hop
   lines = ["# Looped models that generate: cache policies and MELT", "",
            f"A looped block (d = {cfg.model.d_model}, {cfg.model.n_layers} layer(s)) trained with R = {r} to write "
@@ -281,5 +316,16 @@ def report(cfg: Config, results: dict, speed: dict, sizes: dict) -> str:
                    f"{_at(res['path_accuracy'], hop, r):.3f} | {_at(res['accuracy'], hop, r_max):.3f} | "
                    f"{_at(res['path_accuracy'], hop, r_max):.3f} | {chosen['test']:.3f} (R={chosen['r']}) | "
                    f"{res['kl_to_per_loop'][str(hop)]:.4f} |")
+  lines += ["", "## Adaptive depth while decoding", "",
+            f"Final-entity test accuracy / mean loops it was read at, with a halting rule per row and token "
+            f"(`decode.generate_halting`, at most R = {r_max}; every token runs the {r_max} loops, so the prompt's "
+            f"cached keys and values are those of all {r_max}); rules: `looprec.halting`.", "",
+            "| policy | rule | " + " | ".join(f"hop {h}" for h in range(1, cfg.eval.max_hop + 1)) + " |",
+            "|---" * (2 + cfg.eval.max_hop) + "|"]
+  for policy, a in analyses.items():
+    for rule, table in a["halting"].items():
+      cells = [f"{table[split_name(h)]['accuracy']:.3f} / {table[split_name(h)]['mean_loops']:.1f}"
+               for h in range(1, cfg.eval.max_hop + 1)]
+      lines.append(f"| {policy} | {rule} | " + " | ".join(cells) + " |")
   lines += md.small_note(sizes) + [""]
   return "\n".join(lines)

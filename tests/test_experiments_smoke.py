@@ -214,6 +214,17 @@ def check_decoding(run_dir: str, results: dict):
   assert [per_loop[r] / per_loop["4"] for r in ("8", "16", "32")] == [2, 4, 8]
   assert len(set(flat.values())) == 1 and flat["4"] == per_loop["4"] // 4
   assert all(set(s["tokens_per_s"]) == {"1", "64"} and min(s["tokens_per_s"].values()) > 0 for s in speed.values())
+  with open(os.path.join(run_dir, "analysis.json")) as f:
+    analyses = json.load(f)["models"]
+  cap = experiment.read_run_config(run_dir)[3].eval.max_loops
+  for policy, a in analyses.items():  # every rule, every split; a split read at the cap throughout is R = cap
+    assert set(a["halting"]) == {"kl_entropy_rel", "argmax"}, policy
+    for rule, table in a["halting"].items():
+      assert set(table) == set(models[policy]["accuracy"]), (policy, rule)
+      for split, row in table.items():
+        assert 1 <= row["mean_loops"] <= cap and 0.0 <= row["accuracy"] <= 1.0, (policy, rule, split)
+        if row["mean_loops"] == cap:
+          assert row["accuracy"] == models[policy]["accuracy"][split][str(cap)], (policy, rule, split)
 
 
 SPECIFIC = {"depth_extrap": check_depth_extrap, "systematicity": check_systematicity, "length_gen": check_length_gen,
