@@ -210,6 +210,9 @@ def evaluate(cfg: Config, model, params: dict, splits: dict) -> dict:
             for s, ex in splits.items() if not selection.is_val(s)}
       out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "kl": kl,
                      "halting": halt(model, p, policy, splits, cfg)}
+    # Each compiled (hop, R) program maps its machine code: a few hundred of them per policy, kept for the whole
+    # run, exhaust the process's memory maps (vm.max_map_count, 65,530 by default; LLVM "Cannot allocate memory").
+    jax.clear_caches()
   return out
 
 
