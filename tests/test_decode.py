@@ -224,6 +224,21 @@ def test_the_decoding_experiment_writes_only_the_final_entity_end_to_end(tmp_pat
   capsys.readouterr()
 
 
+def test_the_evaluation_does_not_keep_its_compiled_programs():
+  """decoding.evaluate compiles a program per (hop, R) and halting rule; it drops them after each policy, since
+  hundreds kept at once exhaust the process's memory maps (vm.max_map_count) and the run dies."""
+  from experiments import decoding
+  smoke = decoding.smoke()
+  cfg = dataclasses.replace(smoke, policies="per_loop,first_loop", halting="argmax",
+                            eval=dataclasses.replace(smoke.eval, max_hop=2, max_loops=2))
+  chains = decoding.tasks.make_task(cfg.data)
+  model = cfg.build_model("per_loop", chains.vocab.size)
+  splits = decoding.eval_splits(chains, cfg.eval.max_hop, cfg.written)
+  got = decoding.evaluate(cfg, model, {"per_loop": model.init(jax.random.PRNGKey(0), 8)}, splits)
+  assert set(got) == {"per_loop", "first_loop"} and set(got["per_loop"]["halting"]) == {"argmax"}
+  assert decode._program._cache_size() == 0
+
+
 def test_melt_training_moves_the_gates_and_decodes():
   """A few steps of both phases: the gates train (they get gradients through the shared cache), the KL is
   finite, and the melt policy then decodes."""
