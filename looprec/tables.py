@@ -326,6 +326,8 @@ TABLES = {
     "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
     "decoding_cpu/costs": ("decoding_cpu.json", decoding_costs),
     "decoding_cpu_implicit/accuracy": ("decoding_cpu_implicit.json", depth_by_model),
+    "decoding_cpu_implicit/halting": ("decoding_cpu_implicit.json",
+                                      functools.partial(depth_halting, models=("per_loop", "melt"))),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
