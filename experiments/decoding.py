@@ -183,15 +183,15 @@ def halt(model, params, policy: str, splits: dict, cfg: Config) -> dict:
   """halting rule -> split -> {"accuracy", "mean_loops", "median_loops"}: the final entity decoded with adaptive
   depth per row and token (`decode.generate_halting`, at most eval.max_loops loops), and the loop it was read at.
   The splits of one hop decode as one batch."""
-  out = {}
-  for rule in halting_rules(cfg):
-    for hop, (prompt, group) in by_hop(splits).items():
+  out = {rule: {} for rule in halting_rules(cfg)}
+  for hop, (prompt, group) in by_hop(splits).items():
+    for rule in out:
       tokens, loops = (np.asarray(x) for x in decode.generate_halting(
           model, params, prompt, generation.n_written(hop, cfg.written), cfg.eval.max_loops, policy, rule,
           answers=cfg.data.n_entities))
       for split, ex, start in group:
         rows = slice(start, start + len(ex["path"]))
-        out.setdefault(rule, {})[split] = {
+        out[rule][split] = {
             "accuracy": generation.path_accuracy(tokens[rows], ex["path"])["final"],
             "mean_loops": float(loops[rows, -1].mean()), "median_loops": float(np.median(loops[rows, -1]))}
   return out

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from looprec import cli, decode, experiment, generation, melt, models
+from looprec import cli, decode, experiment, generation, melt, models, tasks
 from looprec.config import ChainDataConfig, ConfigError, ModelConfig
 
 V = 13
@@ -231,7 +231,7 @@ def test_the_evaluation_does_not_keep_its_compiled_programs():
   smoke = decoding.smoke()
   cfg = dataclasses.replace(smoke, policies="per_loop,first_loop", halting="argmax",
                             eval=dataclasses.replace(smoke.eval, max_hop=2, max_loops=2))
-  chains = decoding.tasks.make_task(cfg.data)
+  chains = tasks.make_task(cfg.data)
   model = cfg.build_model("per_loop", chains.vocab.size)
   splits = decoding.eval_splits(chains, cfg.eval.max_hop, cfg.written)
   got = decoding.evaluate(cfg, model, {"per_loop": model.init(jax.random.PRNGKey(0), 8)}, splits)
