@@ -60,12 +60,13 @@ def cpu_p_hop() -> Config:
   return Config(
       deviations=("Saunshi et al. train p = 16 over sequences of 256 with a 1-layer block looped 6 times and "
                   "evaluate in distribution; here p = 1..4 over 32 symbols of 4 (a jump that finds no previous "
-                  "occurrence answers `none`: about 3% of answers at p = 4, 14% at 6, 37% at 8), R = p per "
-                  "example in training, a 2-layer block (one layer to find the previous occurrence, one to hop), "
-                  "d=64, NoPE, input injection, lr 1e-3, batch 64, 1500 steps per model."),
+                  "occurrence answers `none`: about 3% of answers at p = 4, 14% at 6, 37% at 8), p given as p "
+                  "markers before the symbols, hop_p supervised at every symbol (Sanford et al.'s output) and read "
+                  "at the last, R = p per example in training, a 2-layer block, d=64, RoPE, input injection, lr "
+                  "1e-3, batch 64, 1500 steps per model."),
       data=TaskConfig(name="p_hop", train_min=1, train_max=4, ood="6,8", context=32, n_symbols=4, seq_len=40,
                       n_eval=256),
-      model=ModelConfig(d_model=64, n_heads=4, n_layers=2, pos_emb="none", injection="add"),
+      model=ModelConfig(d_model=64, n_heads=4, n_layers=2, pos_emb="rope", injection="add"),
       train=TrainConfig(steps=1500, max_minutes=12, batch_size=64, lr=1e-3, warmup_steps=200, eval_every=250,
                         checkpoint_every=500),
       eval=EvalConfig(max_hop=8, max_loops=12),

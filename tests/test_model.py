@@ -161,3 +161,24 @@ def test_zero_loops_rejected():
   params = model.init(jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="n_loops"):
     model.apply(params, tokens(), 0)
+
+
+def test_every_position_targets_give_the_mean_cross_entropy_of_the_supervised_positions():
+  """A batch with `targets` (a task that supervises every position) is scored by the mean cross-entropy of its
+  nonzero targets, from `apply`'s logits; with the answer as the only target it is the answer-token loss."""
+  model = LoopedTransformer(ModelConfig(d_model=32, n_heads=2, n_layers=1, injection="add"), VOCAB)
+  params = model.init(jax.random.PRNGKey(0), 6)
+  toks = tokens()
+  read_pos, target = jnp.array([3, 1, 5]), jnp.array([4, 6, 8])
+  targets = jnp.array([[0, 2, 3, 4, 0, 0], [5, 6, 0, 0, 0, 0], [1, 0, 0, 9, 2, 8]])
+  loss, acc = model.loss(params, {"tokens": toks, "read_pos": read_pos, "target": target, "targets": targets}, 3)
+  logp = jax.nn.log_softmax(model.apply(params, toks, 3))
+  rows, cols = np.nonzero(np.asarray(targets))
+  want = -np.mean(np.asarray(logp)[rows, cols, np.asarray(targets)[rows, cols]])
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  answers = np.asarray(jnp.argmax(gather_positions(logp, read_pos), -1))
+  assert float(acc) == np.mean(answers == np.asarray(target))
+  only_answer = jnp.zeros_like(targets).at[jnp.arange(3), read_pos].set(target)
+  got = model.loss(params, {"tokens": toks, "read_pos": read_pos, "target": target, "targets": only_answer}, 3)
+  chex.assert_trees_all_close(got, model.loss(params, {"tokens": toks, "read_pos": read_pos, "target": target}, 3),
+                              atol=1e-6)

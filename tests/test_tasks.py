@@ -65,10 +65,14 @@ def test_p_hop_matches_the_definition():
   assert 0 < (got == 3).sum() < 200  # both kinds of answer occur
   task = tasks.make_task(TaskConfig(name="p_hop", train_max=3, ood="6", seq_len=22, context=16, n_eval=16))
   batch = task.train_examples(3, np.arange(32))
-  assert batch["tokens"].shape == (32, 19) and np.array_equal(batch["read_pos"], 16 + batch["hop"] - 1)
-  for tokens, target, p in zip(batch["tokens"], batch["target"], batch["hop"]):
-    assert list(tokens[16:16 + p]) == [task.vocab.size - 1] * p and not tokens[16 + p:].any()
-    assert target == 1 + reference_hop(list(tokens[:16] - 1), int(p), 4)
+  assert batch["tokens"].shape == batch["targets"].shape == (32, 19)
+  assert np.array_equal(batch["read_pos"], 16 + batch["hop"] - 1)
+  for tokens, target, targets, p in zip(batch["tokens"], batch["target"], batch["targets"], batch["hop"]):
+    assert list(tokens[:p]) == [task.vocab.size - 1] * p and not tokens[p + 16:].any()
+    v = list(tokens[p:p + 16] - 1)
+    assert target == 1 + reference_hop(v, int(p), 4)
+    assert [t - 1 for t in targets[p:p + 16]] == [reference_hop(v[:i + 1], int(p), 4) for i in range(16)]
+    assert not targets[:p].any() and not targets[p + 16:].any()  # markers and pads: no answer
   assert task.eval_split(6)["tokens"].shape == (16, 22) and set(task.eval_split(6)["n_answers"]) == {5}
 
 

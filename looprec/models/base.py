@@ -59,11 +59,21 @@ class LoopedBase:
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
            scan: loop.Scan = loop.PLAIN):
     """(scalar training loss, accuracy) on a batch ({"tokens", "read_pos", "target"}) after n_loops loops (n_active
-    of them in a program compiled for n_loops, when given); scan: see `loop.Scan`."""
-    logits_BxV = self.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng, n_active=n_active,
-                                    scan=scan)
-    loss_B = answer_cross_entropy(logits_BxV, batch["target"], label_smoothing)
-    return loss_B.mean(), jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+    of them in a program compiled for n_loops, when given); scan: see `loop.Scan`. A batch with `targets` (B x T,
+    0 = none: a task that supervises every position) is scored by the mean cross-entropy over its supervised
+    positions; the accuracy is the answer token's either way."""
+    if "targets" not in batch:
+      logits_BxV = self.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng,
+                                      n_active=n_active, scan=scan)
+      loss_B = answer_cross_entropy(logits_BxV, batch["target"], label_smoothing)
+      return loss_B.mean(), jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+    state, _ = self.forward(params, batch["tokens"], n_loops, rng=rng, n_active=n_active, scan=scan)
+    logits_BxTxV = self.head(params, self.final_hidden(params, state))
+    supervised_BxT = batch["targets"] > 0
+    loss_BxT = answer_cross_entropy(logits_BxTxV, batch["targets"], label_smoothing)
+    loss = jnp.sum(jnp.where(supervised_BxT, loss_BxT, 0.0)) / jnp.maximum(supervised_BxT.sum(), 1)
+    answer_B = jnp.argmax(gather_positions(logits_BxTxV, batch["read_pos"]), -1)
+    return loss, jnp.mean(answer_B == batch["target"])
 
   def exit_prob(self, params, hidden_BxD):
     """The probability of exiting after this loop given the answer position's hidden state: B (0 without a gate)."""

@@ -64,7 +64,8 @@ class ExitGate(prelude_core_coda.PreludeCoreCoda):
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
            scan: loop.Scan = loop.PLAIN):
     """(sum_t p(t) L_t - beta H(p), averaged over the batch; accuracy after the last loop). It reads every loop,
-    so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`)."""
+    so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`). It reads the answer token
+    only: a batch's every-position `targets` are not used."""
     if n_active is not None:
       raise ValueError("model.kind=exit_gate reads every loop: it needs train.loop_programs=per_r")
 

@@ -33,7 +33,8 @@ class Task(typing.Protocol):
   def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
     """Training examples with the given ids (a pure function of the ids: the grain stream resumes exactly):
     `tokens` (B x T int32, 0 = pad), `read_pos` (B, where the one answer token is read), `target` (B), `hop` (B,
-    the difficulty)."""
+    the difficulty); optionally `targets` (B x T, 0 = none): an answer at every position, which the training loss
+    then reads (`LoopedBase.loss`)."""
 
   def eval_split(self, difficulty: int) -> dict:
     """The held-out test examples at one difficulty, with `n_answers` (the size of the answer set)."""
@@ -208,6 +209,10 @@ class DifficultyTask:
 
   @staticmethod
   def padded(ex: dict, width: int) -> dict:
-    tokens_BxT = np.zeros((len(ex["target"]), width), np.int32)
-    tokens_BxT[:, :ex["tokens"].shape[1]] = ex["tokens"]
-    return {**ex, "tokens": tokens_BxT}
+    """The examples with `tokens` (and `targets`, where the task supervises every position) right-padded to width."""
+    out = dict(ex)
+    for key in ("tokens", "targets"):
+      if key in ex:
+        out[key] = np.zeros((len(ex["target"]), width), np.int32)
+        out[key][:, :ex[key].shape[1]] = ex[key]
+    return out

@@ -1,32 +1,39 @@
-"""p-hop induction (Sanford et al., 2024; the setting of Saunshi et al., 2025): a sequence v over an alphabet, then
-p hop markers; the answer, read at the last marker, is hop_p: from the last symbol, p times jump to the position
-just after the previous occurrence of the current symbol, and read the symbol there (`none` where a jump has no
-previous occurrence). The difficulty is p (see docs/decisions.md for the format and where it differs)."""
+"""p-hop induction (Sanford et al., 2024; the setting of Saunshi et al., 2025): p hop markers, then a sequence v over
+an alphabet; hop_p at a position: p times jump to the position just after the previous occurrence of the current
+symbol, and read the symbol there (`none` where a jump has no previous occurrence). The answer is hop_p at the last
+position; training supervises hop_p at every position of v (Sanford et al. define the output as that sequence).
+The difficulty is p (see docs/decisions.md for the format and where it differs)."""
 import numpy as np
 
 from looprec.tasks import DifficultyTask, SimpleVocab, TaskConfig, register_task
 
 
-def hop_targets(v_BxN, p_B, none: int) -> np.ndarray:
-  """hop_p of each row of v_BxN (symbol ids), `none` where a jump finds no previous occurrence."""
+def hop_all(v_BxN, p_B, none: int) -> np.ndarray:
+  """B x N: entry i is hop_p of row b's prefix v[:i + 1] (symbol ids), `none` where a jump finds no previous
+  occurrence. A jump only moves back, so hop_p of a prefix is the chase from its last position."""
   b, n = v_BxN.shape
-  rows = np.arange(b)
+  rows = np.arange(b)[:, None]
   after_BxN = np.full((b, n), -1)  # after[i] = 1 + the last j < i with v[j] == v[i], else -1
   last_BxS = np.full((b, int(v_BxN.max()) + 1), -1)
   for i in range(n):
-    prev = last_BxS[rows, v_BxN[:, i]]
+    prev = last_BxS[rows[:, 0], v_BxN[:, i]]
     after_BxN[:, i] = np.where(prev >= 0, prev + 1, -1)
-    last_BxS[rows, v_BxN[:, i]] = i
-  pos_B = np.full(b, n - 1)
+    last_BxS[rows[:, 0], v_BxN[:, i]] = i
+  pos_BxN = np.broadcast_to(np.arange(n), (b, n)).copy()
   for k in range(int(np.max(p_B))):
-    jump = (k < p_B) & (pos_B >= 0)
-    pos_B = np.where(jump, after_BxN[rows, np.maximum(pos_B, 0)], pos_B)
-  return np.where(pos_B >= 0, v_BxN[rows, np.maximum(pos_B, 0)], none)
+    jump_BxN = (k < np.asarray(p_B))[:, None] & (pos_BxN >= 0)
+    pos_BxN = np.where(jump_BxN, after_BxN[rows, np.maximum(pos_BxN, 0)], pos_BxN)
+  return np.where(pos_BxN >= 0, v_BxN[rows, np.maximum(pos_BxN, 0)], none)
+
+
+def hop_targets(v_BxN, p_B, none: int) -> np.ndarray:
+  """hop_p of each row of v_BxN (at its last position)."""
+  return hop_all(v_BxN, p_B, none)[:, -1]
 
 
 @register_task("p_hop", difficulty="p")
 class PHop(DifficultyTask):
-  """Sequences of data.context symbols of data.n_symbols, then p markers."""
+  """p markers, then data.context symbols of data.n_symbols."""
 
   def __init__(self, cfg: TaskConfig):
     super().__init__(cfg)
@@ -41,10 +48,17 @@ class PHop(DifficultyTask):
     return self.cfg.context + difficulty
 
   def examples(self, rng: np.random.Generator, p_B) -> dict:
-    """Symbols uniform (token 1 + s); p markers after them, the answer read at the last."""
+    """Symbols uniform (token 1 + s) after p markers (left-aligned: p_max - p pads after the symbols); the answer
+    read at the last symbol, `targets` hop_p at every symbol."""
     c, p_B = self.cfg, np.asarray(p_B)
-    v_BxN = rng.integers(0, c.n_symbols, (len(p_B), c.context))
-    marks_BxP = np.where(np.arange(p_B.max())[None, :] < p_B[:, None], c.n_symbols + 2, 0)
-    return {"tokens": np.concatenate([1 + v_BxN, marks_BxP], axis=1).astype(np.int32),
-            "read_pos": (c.context + p_B - 1).astype(np.int32),
-            "target": (1 + hop_targets(v_BxN, p_B, c.n_symbols)).astype(np.int32), "hop": p_B.astype(np.int32)}
+    n, width = c.context, c.context + int(p_B.max())
+    v_BxN = rng.integers(0, c.n_symbols, (len(p_B), n))
+    cols_BxN = p_B[:, None] + np.arange(n)
+    rows_BxN = np.broadcast_to(np.arange(len(p_B))[:, None], cols_BxN.shape)
+    tokens_BxT = np.where(np.arange(width)[None, :] < p_B[:, None], c.n_symbols + 2, 0)
+    tokens_BxT[rows_BxN, cols_BxN] = 1 + v_BxN
+    targets_BxT = np.zeros_like(tokens_BxT)
+    targets_BxT[rows_BxN, cols_BxN] = 1 + hop_all(v_BxN, p_B, c.n_symbols)
+    return {"tokens": tokens_BxT.astype(np.int32), "read_pos": (p_B + n - 1).astype(np.int32),
+            "target": targets_BxT[np.arange(len(p_B)), p_B + n - 1].astype(np.int32),
+            "targets": targets_BxT.astype(np.int32), "hop": p_B.astype(np.int32)}
