@@ -60,7 +60,7 @@ def cpu_p_hop() -> Config:
   return Config(
       deviations=("Saunshi et al. train p = 16 over sequences of 256 with a 1-layer block looped 6 times and "
                   "evaluate in distribution; here p = 1..4 over 32 symbols of 4 (a jump that finds no previous "
-                  "occurrence answers `none`: about 3% of answers at p = 4, 14% at 6, 37% at 8), p given as p "
+                  "occurrence answers `none`: about 3% of answers at p = 4, 15% at 6, 39% at 8), p given as p "
                   "markers before the symbols, hop_p supervised at every symbol (Sanford et al.'s output) and read "
                   "at the last, R = p per example in training, a 2-layer block, d=64, RoPE, input injection, lr "
                   "1e-3, batch 64, 1500 steps per model."),

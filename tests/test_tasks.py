@@ -1,6 +1,8 @@
 """The task registry: the paper's graph tasks registered with unchanged data, parity and p-hop induction checked
 against brute-force references, their bad input refused naming the field, and a task added in one file (a
 temporary module) that trains, sweeps and halts through the library as it is."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -73,6 +75,8 @@ def test_p_hop_matches_the_definition():
     assert target == 1 + reference_hop(v, int(p), 4)
     assert [t - 1 for t in targets[p:p + 16]] == [reference_hop(v[:i + 1], int(p), 4) for i in range(16)]
     assert not targets[:p].any() and not targets[p + 16:].any()  # markers and pads: no answer
+  answer_only = tasks.make_task(dataclasses.replace(task.cfg, every_position=False)).train_examples(3, np.arange(32))
+  assert "targets" not in answer_only and np.array_equal(answer_only["tokens"], batch["tokens"])
   assert task.eval_split(6)["tokens"].shape == (16, 22) and set(task.eval_split(6)["n_answers"]) == {5}
 
 

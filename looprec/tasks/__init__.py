@@ -115,6 +115,7 @@ class TaskConfig:
   seq_len: int = 32  # the longest sequence, in tokens: bounds the difficulties
   n_symbols: int = 4  # p_hop: the alphabet size
   context: int = 32  # p_hop: the length of the sequence hopped through
+  every_position: bool = True  # p_hop: supervise hop_p at every symbol in training (False: the answer token only)
 
   def ood_difficulties(self) -> list[int]:
     try:

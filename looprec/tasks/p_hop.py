@@ -12,18 +12,18 @@ def hop_all(v_BxN, p_B, none: int) -> np.ndarray:
   """B x N: entry i is hop_p of row b's prefix v[:i + 1] (symbol ids), `none` where a jump finds no previous
   occurrence. A jump only moves back, so hop_p of a prefix is the chase from its last position."""
   b, n = v_BxN.shape
-  rows = np.arange(b)[:, None]
+  rows_B = np.arange(b)
   after_BxN = np.full((b, n), -1)  # after[i] = 1 + the last j < i with v[j] == v[i], else -1
   last_BxS = np.full((b, int(v_BxN.max()) + 1), -1)
   for i in range(n):
-    prev = last_BxS[rows[:, 0], v_BxN[:, i]]
+    prev = last_BxS[rows_B, v_BxN[:, i]]
     after_BxN[:, i] = np.where(prev >= 0, prev + 1, -1)
-    last_BxS[rows[:, 0], v_BxN[:, i]] = i
+    last_BxS[rows_B, v_BxN[:, i]] = i
   pos_BxN = np.broadcast_to(np.arange(n), (b, n)).copy()
   for k in range(int(np.max(p_B))):
     jump_BxN = (k < np.asarray(p_B))[:, None] & (pos_BxN >= 0)
-    pos_BxN = np.where(jump_BxN, after_BxN[rows, np.maximum(pos_BxN, 0)], pos_BxN)
-  return np.where(pos_BxN >= 0, v_BxN[rows, np.maximum(pos_BxN, 0)], none)
+    pos_BxN = np.where(jump_BxN, after_BxN[rows_B[:, None], np.maximum(pos_BxN, 0)], pos_BxN)
+  return np.where(pos_BxN >= 0, v_BxN[rows_B[:, None], np.maximum(pos_BxN, 0)], none)
 
 
 def hop_targets(v_BxN, p_B, none: int) -> np.ndarray:
@@ -49,7 +49,7 @@ class PHop(DifficultyTask):
 
   def examples(self, rng: np.random.Generator, p_B) -> dict:
     """Symbols uniform (token 1 + s) after p markers (left-aligned: p_max - p pads after the symbols); the answer
-    read at the last symbol, `targets` hop_p at every symbol."""
+    read at the last symbol, `targets` hop_p at every symbol (data.every_position)."""
     c, p_B = self.cfg, np.asarray(p_B)
     n, width = c.context, c.context + int(p_B.max())
     v_BxN = rng.integers(0, c.n_symbols, (len(p_B), n))
@@ -59,6 +59,6 @@ class PHop(DifficultyTask):
     tokens_BxT[rows_BxN, cols_BxN] = 1 + v_BxN
     targets_BxT = np.zeros_like(tokens_BxT)
     targets_BxT[rows_BxN, cols_BxN] = 1 + hop_all(v_BxN, p_B, c.n_symbols)
-    return {"tokens": tokens_BxT.astype(np.int32), "read_pos": (p_B + n - 1).astype(np.int32),
-            "target": targets_BxT[np.arange(len(p_B)), p_B + n - 1].astype(np.int32),
-            "targets": targets_BxT.astype(np.int32), "hop": p_B.astype(np.int32)}
+    out = {"tokens": tokens_BxT.astype(np.int32), "read_pos": (p_B + n - 1).astype(np.int32),
+           "target": targets_BxT[np.arange(len(p_B)), p_B + n - 1].astype(np.int32), "hop": p_B.astype(np.int32)}
+    return {**out, "targets": targets_BxT.astype(np.int32)} if c.every_position else out
