@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
+
 from experiments import depth_extrap
 from looprec import config as C
 from looprec import experiment, report as md, selection, sharding, tasks
@@ -98,21 +100,24 @@ def run(cfg: Config, run_dir: str) -> dict:
 
 
 def report(cfg: Config, task, results: dict, sizes: dict) -> str:
-  """Per split (difficulty, ID or OOD) and model: test accuracy at the R chosen on validation, and the oracle."""
+  """Per split (difficulty, ID or OOD) and model: test accuracy at the R chosen on validation, and the oracle;
+  beside them the accuracy of always giving the split's most frequent answer."""
   names = list(results)
   lines = [f"# Length generalization: {cfg.data.name}", "",
            f"Test accuracy per {tasks.TASKS[cfg.data.name].difficulty} at the R chosen on the validation split "
            f"(R = 1..{cfg.eval.max_loops}), the oracle in brackets; trained on {cfg.data.train_min}.."
-           f"{cfg.data.train_max}.", "",
-           "| difficulty | split | test examples | " + " | ".join(
+           f"{cfg.data.train_max}. *Most frequent answer*: the accuracy of always answering the test split's most "
+           "frequent answer.", "",
+           "| difficulty | split | test examples | most frequent answer | " + " | ".join(
                f"{md.model_name(n, cfg.kind(n))} ({results[n]['train_loops']}, L={results[n]['n_layers']})"
-               for n in names) + " |", "|---" * (len(names) + 3) + "|"]
+               for n in names) + " |", "|---" * (len(names) + 4) + "|"]
   for s in task.splits():
+    _, counts = np.unique(task.eval_split(s.difficulty)["target"], return_counts=True)
     cells = [selection.text(selection.select(results[n]["accuracy"], s.name))
              + (f"; R = {s.difficulty}: {results[n]['accuracy'][s.name][str(s.difficulty)]:.2f}"
                 if cfg.models[n].rec.schedule == "difficulty" and s.difficulty <= cfg.eval.max_loops else "")
              for n in names]
     lines.append(f"| {s.difficulty} | {'OOD' if s.ood else 'ID'} | {md.examples(sizes.get(s.name))} | "
-                 + " | ".join(cells) + " |")
+                 f"{counts.max() / counts.sum():.2f} | " + " | ".join(cells) + " |")
   lines += md.small_note(sizes) + ["", "## Deviations from the papers' setups", "", cfg.deviations, ""]
   return "\n".join(lines)

@@ -24,12 +24,13 @@ import subprocess
 import sys
 import warnings
 
+import numpy as np
 import pytest
 
 import experiments
 import numerics
 from data_gen import composition
-from looprec import cli, experiment, runs, selection, summary, tables
+from looprec import cli, experiment, runs, selection, summary, tables, tasks
 
 GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 UPDATE = os.environ.get("LOOPREC_UPDATE_GOLDEN") == "1"
@@ -196,9 +197,13 @@ def check_length_gen(run_dir: str, results: dict):
     assert set(m["accuracy"]) == set(tests) | {selection.val_split(s) for s in tests} and m["trained_max_hop"] == 4
     assert all(len(by_r) == 6 for by_r in m["accuracy"].values())
   with open(os.path.join(run_dir, "report.md")) as f:
-    rows = [line.split("|")[1:3] for line in f if line.startswith("| ") and line[2].isdigit()]
-  assert [(int(d), kind.strip()) for d, kind in rows] == [(1, "ID"), (2, "ID"), (3, "ID"), (4, "ID"), (6, "OOD"),
-                                                           (8, "OOD")]
+    rows = [line.split("|")[1:5] for line in f if line.startswith("| ") and line[2].isdigit()]
+  assert [(int(d), kind.strip()) for d, kind, _, _ in rows] == [(1, "ID"), (2, "ID"), (3, "ID"), (4, "ID"),
+                                                                 (6, "OOD"), (8, "OOD")]
+  task = tasks.make_task(experiment.read_run_config(run_dir)[3].data)
+  for (d, _, _, majority), s in zip(rows, task.splits()):  # parity: the larger of the two answers' shares
+    targets = task.eval_split(s.difficulty)["target"]
+    assert float(majority) == round(max(np.mean(targets == t) for t in set(targets)), 2) >= 0.5, d
 
 
 def check_decoding(run_dir: str, results: dict):
