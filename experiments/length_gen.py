@@ -112,7 +112,8 @@ def report(cfg: Config, task, results: dict, sizes: dict) -> str:
                f"{md.model_name(n, cfg.kind(n))} ({results[n]['train_loops']}, L={results[n]['n_layers']})"
                for n in names) + " |", "|---" * (len(names) + 4) + "|"]
   for s in task.splits():
-    _, counts = np.unique(task.eval_split(s.difficulty)["target"], return_counts=True)
+    target_N = task.eval_split(s.difficulty)["target"]
+    _, counts = np.unique(target_N.reshape(len(target_N), -1), axis=0, return_counts=True)  # a sequence: its rows
     cells = [selection.text(selection.select(results[n]["accuracy"], s.name))
              + (f"; R = {s.difficulty}: {results[n]['accuracy'][s.name][str(s.difficulty)]:.2f}"
                 if cfg.models[n].rec.schedule == "difficulty" and s.difficulty <= cfg.eval.max_loops else "")

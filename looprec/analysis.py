@@ -43,7 +43,8 @@ def halt(model, params, splits: dict, policy="kl_entropy", max_loops: int = halt
     got = halt_examples(model, params, examples, pol, max_loops, mesh, batch_size)
     by_r = {r: fixed[name][str(r)] for r in range(1, max_loops + 1)}
     best = min(by_r, key=lambda r: (-by_r[r], r))
-    table[name] = {"policy": str(pol), "examples": len(examples["target"]), "accuracy": float(np.mean(got["answer"] == examples["target"])),
+    correct_N = models.answer_correct(got["answer"], examples["target"])
+    table[name] = {"policy": str(pol), "examples": len(examples["target"]), "accuracy": float(np.mean(correct_N)),
                    "mean_loops": float(got["loops"].mean()), "median_loops": float(np.median(got["loops"])),
                    "max_loops": int(got["loops"].max()), "executed_loops": float(got["executed"].mean()),
                    "best_fixed": {"loops": best, "accuracy": by_r[best]},

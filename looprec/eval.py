@@ -28,12 +28,17 @@ def batches(fn, examples: dict, mesh, batch_size: int, keys=("tokens", "read_pos
 
 
 def logit_margins(logits_RxBxV, target_B):
-  """(margin_RxB: target logit - best other logit, hit_RxB: whether the argmax is the target)."""
+  """(margin_RxB: target logit - best other logit, hit_RxB: whether the argmax is the target). A sequence answer
+  (logits R x B x K x V, target B x K) scores its worst slot (padding slots, target 0, left out) and hits if all do."""
   logits_RxBxV = logits_RxBxV.astype(jnp.float32)
   is_target_1xBxV = jax.nn.one_hot(target_B, logits_RxBxV.shape[-1], dtype=bool)[None]
   target_RxB = jnp.sum(jnp.where(is_target_1xBxV, logits_RxBxV, 0.0), -1)
   other_RxB = jnp.max(jnp.where(is_target_1xBxV, -jnp.inf, logits_RxBxV), -1)
-  return target_RxB - other_RxB, jnp.argmax(logits_RxBxV, -1) == target_B[None]
+  margin_RxB, hit_RxB = target_RxB - other_RxB, jnp.argmax(logits_RxBxV, -1) == target_B[None]
+  if target_B.ndim == 1:
+    return margin_RxB, hit_RxB
+  pad_1xBxK = (target_B == 0)[None]
+  return jnp.where(pad_1xBxK, jnp.inf, margin_RxB).min(-1), (hit_RxB | pad_1xBxK).all(-1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,6 +27,7 @@ import numpy as np
 
 from looprec import eval as evaluation, loop, sharding
 from looprec.config import ConfigError, choices
+from looprec.models.base import last_slot
 
 # Each parameter is one test on one signal; a policy stops an example where all of its tests pass.
 TESTS = {
@@ -125,26 +126,35 @@ def parse_policy(spec: str) -> Policy:
   return policy(name, **params)
 
 
-def init_signals(batch: int, vocab: int, d_model: int) -> dict:
-  """What `observe` carries from one loop to the next, before loop 1."""
-  return {"logp": jnp.zeros((batch, vocab)), "hidden": jnp.zeros((batch, d_model)),
-          "answer": jnp.zeros((batch,), jnp.int32), "streak": jnp.zeros((batch,), jnp.int32),
+def init_signals(answer_shape: tuple, vocab: int, d_model: int) -> dict:
+  """What `observe` carries from one loop to the next, before loop 1 (answer_shape: B, or B x K for a sequence)."""
+  batch = answer_shape[0]
+  slots = math.prod(answer_shape[1:])
+  return {"logp": jnp.zeros((*answer_shape, vocab)), "hidden": jnp.zeros((batch, slots * d_model)),
+          "answer": jnp.zeros(answer_shape, jnp.int32), "streak": jnp.zeros((batch,), jnp.int32),
           "survive": jnp.ones((batch,))}
+
+
+def _worst(x_B):
+  """The largest value over a sequence answer's slots: B x K -> B (B as is)."""
+  return x_B.reshape(x_B.shape[0], -1).max(-1)
 
 
 def observe(prev: dict, t, logits_BxV, hidden_BxD, exit_B) -> dict:
   """The signals after loop t (0-based) from its answer logits, hidden state and exit probability; also the next
-  `prev`."""
+  `prev`. A sequence answer (logits B x K x V, hidden B x K x D) signals its least settled slot: the largest kl and
+  entropy, latent over all slots' hidden vectors, streak the loops in a row no slot's answer changed."""
   logp_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), -1)
   p_BxV = jnp.exp(logp_BxV)
   first = t == 0
-  entropy_B = jnp.maximum(-jnp.sum(jnp.where(p_BxV > 0, p_BxV * logp_BxV, 0.0), -1), 0.0)
-  kl_B = jnp.maximum(jnp.sum(jnp.where(p_BxV > 0, p_BxV * (logp_BxV - prev["logp"]), 0.0), -1), 0.0)
-  hidden_BxD = hidden_BxD.astype(jnp.float32)
+  entropy_B = _worst(jnp.maximum(-jnp.sum(jnp.where(p_BxV > 0, p_BxV * logp_BxV, 0.0), -1), 0.0))
+  kl_B = _worst(jnp.maximum(jnp.sum(jnp.where(p_BxV > 0, p_BxV * (logp_BxV - prev["logp"]), 0.0), -1), 0.0))
+  hidden_BxD = hidden_BxD.astype(jnp.float32).reshape(hidden_BxD.shape[0], -1)
   change_B = jnp.linalg.norm(hidden_BxD - prev["hidden"], axis=-1) / jnp.maximum(
       jnp.linalg.norm(hidden_BxD, axis=-1), 1e-30)
   answer_B = jnp.argmax(logp_BxV, -1).astype(jnp.int32)
-  streak_B = jnp.where(first | (answer_B != prev["answer"]), 0, prev["streak"] + 1)
+  changed_B = (answer_B != prev["answer"]).reshape(answer_B.shape[0], -1).any(-1)
+  streak_B = jnp.where(first | changed_B, 0, prev["streak"] + 1)
   survive_B = prev["survive"] * (1.0 - exit_B.astype(jnp.float32))
   return {"kl": jnp.where(first, jnp.inf, kl_B), "entropy": entropy_B,
           "latent": jnp.where(first, jnp.inf, change_B), "streak": streak_B, "answer": answer_B,
@@ -157,47 +167,48 @@ def _record(thresholds, carry: dict, t, logits_BxV, hidden_BxD, exit_B, cap):
   stop_B = stop(s, *thresholds) | (t + 1 >= cap)
   new_B = stop_B & ~carry["halted"]
   prev = {k: s[k] for k in ("logp", "hidden", "answer", "streak", "survive")}
+  new_answer_B = new_B.reshape(-1, *[1] * (s["answer"].ndim - 1))
   return {"prev": prev, "halted": carry["halted"] | stop_B, "loops": jnp.where(new_B, t + 1, carry["loops"]),
-          "answer": jnp.where(new_B, s["answer"], carry["answer"])}
+          "answer": jnp.where(new_answer_B, s["answer"], carry["answer"])}
 
 
-def _start(batch: int, vocab: int, d_model: int) -> dict:
-  zeros_B = jnp.zeros((batch,), jnp.int32)
-  return {"prev": init_signals(batch, vocab, d_model), "halted": jnp.zeros((batch,), bool), "loops": zeros_B,
-          "answer": zeros_B}
+def _start(answer_shape: tuple, vocab: int, d_model: int) -> dict:
+  zeros_B = jnp.zeros(answer_shape[:1], jnp.int32)
+  return {"prev": init_signals(answer_shape, vocab, d_model), "halted": jnp.zeros(answer_shape[:1], bool),
+          "loops": zeros_B, "answer": jnp.zeros(answer_shape, jnp.int32)}
 
 
 def halt_batch(model, params, tokens_BxT, read_pos_B, thresholds, max_loops):
   """Loops until every example halts by `thresholds` (Policy.thresholds()) or max_loops loops have run (both
-  may be traced). Returns (loops_B: the loop each example halted at, answer_B: its answer there, executed: the
-  loops the batch actually ran)."""
+  may be traced). Returns (loops_B: the loop each example halted at, answer_B: its answer there (B x K for a
+  sequence answer), executed: the loops the batch actually ran). A gate reads a sequence answer's last slot."""
   e_BxTxD, step = model.loop_step(params, tokens_BxT)
 
   def update(state, t, carry):
     hidden_BxD = model.answer_hidden(params, state, read_pos_B)
     carry = _record(thresholds, carry, t, model.head(params, hidden_BxD), hidden_BxD,
-                    model.exit_prob(params, hidden_BxD), max_loops)
+                    model.exit_prob(params, last_slot(hidden_BxD)), max_loops)
     return carry, jnp.all(carry["halted"])
 
-  start = _start(tokens_BxT.shape[0], model.vocab_size, model.cfg.d_model)
+  start = _start(read_pos_B.shape, model.vocab_size, model.cfg.d_model)
   _, carry, executed = loop.while_loops(step, e_BxTxD, max_loops, start, update)
   return carry["loops"], carry["answer"], executed
 
 
 def decide(pol: Policy, logits_RxBxV, hidden_RxBxD=None, exit_RxB=None, answers: int | None = None):
   """The same rule applied to recorded per-loop logits (cap = R): (loops_B, answer_B). For checks and traces."""
-  r, b, v = logits_RxBxV.shape
+  r, answer_shape, v = logits_RxBxV.shape[0], logits_RxBxV.shape[1:-1], logits_RxBxV.shape[-1]
   if hidden_RxBxD is None:
-    hidden_RxBxD = jnp.ones((r, b, 1))
+    hidden_RxBxD = jnp.ones((r, *answer_shape, 1))
   if exit_RxB is None:
-    exit_RxB = jnp.zeros((r, b))
+    exit_RxB = jnp.zeros((r, answer_shape[0]))
 
   def body(carry, xs):
     t, logits_BxV, hidden_BxD, exit_B = xs
     return _record(pol.thresholds(answers), carry, t, logits_BxV, hidden_BxD, exit_B, r), None
 
   xs = (jnp.arange(r), logits_RxBxV, hidden_RxBxD, exit_RxB)
-  carry, _ = jax.lax.scan(body, _start(b, v, hidden_RxBxD.shape[-1]), xs)
+  carry, _ = jax.lax.scan(body, _start(answer_shape, v, hidden_RxBxD.shape[-1]), xs)
   return carry["loops"], carry["answer"]
 
 

@@ -25,6 +25,7 @@ from tensorboardX import SummaryWriter
 
 from looprec import checkpoint, data, eval as evaluation, halting, loop, sharding, throughput
 from looprec.config import ConfigError, Recurrence, TrainConfig
+from looprec.models import answer_correct
 
 HEALTH = ("loss", "grad_norm", "update_norm", "param_norm")  # the quantities checked for NaN / Inf
 HEALTHY = np.array([-1, 0], np.int32)  # TrainState.health before any non-finite step
@@ -673,7 +674,7 @@ class Trainer:
     if self.cfg.gate == "kl_entropy" and self.rec.schedule == "dynamic":
       pol = halting.policy("kl_entropy", eps=0.5, max_entropy=3.0 + 12.0 / examples["tokens"].shape[1])
       got = halting.halt_examples(self.eval_model, self.state.params, examples, pol, loops, self.mesh, 1024)
-      return float(np.mean(got["answer"] == examples["target"]))
+      return float(np.mean(answer_correct(got["answer"], examples["target"])))
     return evaluation.accuracy(self.eval_model, self.state.params, examples, loops, self.mesh, batch_size=1024)
 
   def _stage_passed(self):

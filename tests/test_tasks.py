@@ -1,6 +1,7 @@
-"""The task registry: the paper's graph tasks registered with unchanged data, parity and p-hop induction checked
-against brute-force references, their bad input refused naming the field, and a task added in one file (a
-temporary module) that trains, sweeps and halts through the library as it is."""
+"""The task registry: the paper's graph tasks registered with unchanged data, parity, p-hop induction, copy and
+addition checked against brute-force references, their bad input refused naming the field, a sequence answer read,
+scored and halted slot by slot as the one-token reading does, and a task added in one file (a temporary module)
+that trains, sweeps and halts through the library as it is."""
 import dataclasses
 
 import jax
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import temporary_module
-from looprec import analysis, data, models, sharding, tasks, train
+from looprec import analysis, data, eval as evaluation, halting, models, sharding, tasks, train
 from looprec.config import ChainDataConfig, CompositionDataConfig, ConfigError, ModelConfig, Recurrence, TrainConfig
-from looprec.tasks import TaskConfig, p_hop
+from looprec.tasks import TaskConfig, addition, p_hop
 
 
 def test_the_graph_tasks_are_registered_and_build_as_before():
@@ -24,7 +25,7 @@ def test_the_graph_tasks_are_registered_and_build_as_before():
   assert task.train_width == data.width(chain_cfg.curriculum.last_hop, "last_input")
   comp = CompositionDataConfig(n_entities=20, n_relations=4, out_degree=3, phi=1.0, n_probe=8)
   assert tasks.entry_of(comp)[0] == "composition" and type(tasks.make_task(comp)) is data.CompositionTask
-  assert {"chains", "composition", "parity", "p_hop"} <= set(tasks.TASKS)
+  assert {"chains", "composition", "parity", "p_hop", "copy", "addition"} <= set(tasks.TASKS)
 
 
 def test_parity_answers_the_parity_of_the_bits_and_labels_its_splits():
@@ -78,6 +79,100 @@ def test_p_hop_matches_the_definition():
   answer_only = tasks.make_task(dataclasses.replace(task.cfg, every_position=False)).train_examples(3, np.arange(32))
   assert "targets" not in answer_only and np.array_equal(answer_only["tokens"], batch["tokens"])
   assert task.eval_split(6)["tokens"].shape == (16, 22) and set(task.eval_split(6)["n_answers"]) == {5}
+
+
+def bits_value(tokens) -> int:
+  """The number a row of bit tokens (1 + bit, most significant first) writes."""
+  return int("".join(str(t - 1) for t in tokens) or "0", 2)
+
+
+def check_sequence_rows(batch: dict, answer_length):
+  """Each row's answer slots: consecutive from read_pos[:, 0], padding slots repeating the last with target 0, and
+  `targets` holding exactly the real slots' answers."""
+  for pos, target, targets, d in zip(batch["read_pos"], batch["target"], batch["targets"], batch["hop"]):
+    k = answer_length(d)
+    assert list(pos[:k]) == list(range(pos[0], pos[0] + k)) and set(pos[k:]) <= {pos[k - 1]}
+    assert target[:k].all() and not target[k:].any()
+    assert list(np.nonzero(targets)[0]) == list(pos[:k]) and list(targets[pos[:k]]) == list(target[:k])
+
+
+def test_copy_answers_its_string_from_the_query_on():
+  task = tasks.make_task(TaskConfig(name="copy", train_min=1, train_max=5, ood="8", seq_len=16, n_eval=16))
+  batch = task.train_examples(5, np.arange(64))
+  assert batch["tokens"].shape == (64, 10) and batch["read_pos"].shape == (64, 5)
+  assert set(batch["hop"]) == set(range(1, 6))
+  check_sequence_rows(batch, lambda n: n)
+  for tokens, pos, target, n in zip(batch["tokens"], batch["read_pos"], batch["target"], batch["hop"]):
+    assert set(tokens[:n]) <= {1, 2} and tokens[n] == 3 and list(tokens[n + 1:2 * n]) == [4] * (n - 1)
+    assert not tokens[2 * n:].any() and pos[0] == n and list(target[:n]) == list(tokens[:n])
+  test = task.eval_split(8)
+  assert test["read_pos"].shape == (16, 8) and test["tokens"].shape == (16, 16) and test["target"].all()
+
+
+def test_addition_answers_the_sum_of_its_operands():
+  assert addition.binary_sum(np.array([[1, 1, 1]]), np.array([[0, 0, 1]])).tolist() == [[1, 0, 0, 0]]
+  task = tasks.make_task(TaskConfig(name="addition", train_min=1, train_max=6, ood="9,12", seq_len=38, n_eval=16))
+  batch = task.train_examples(6, np.arange(128))
+  assert batch["tokens"].shape == (128, 20) and batch["read_pos"].shape == (128, 7)
+  check_sequence_rows(batch, lambda n: n + 1)
+  for tokens, pos, target, n in zip(batch["tokens"], batch["read_pos"], batch["target"], batch["hop"]):
+    a, b = tokens[:n], tokens[n + 1:2 * n + 1]
+    assert tokens[n] == 3 and tokens[2 * n + 1] == 4 and list(tokens[2 * n + 2:3 * n + 2]) == [5] * n
+    assert not tokens[3 * n + 2:].any() and pos[0] == 2 * n + 1 and set(a) | set(b) <= {1, 2}
+    assert bits_value(target[:n + 1]) == bits_value(a) + bits_value(b)
+  assert (batch["target"][:, 0] == 2).any() and (batch["target"][:, 0] == 1).any()  # with and without a carry out
+  test = task.eval_split(12)
+  assert test["read_pos"].shape == (16, 13) and test["tokens"].shape == (16, 38)
+
+
+@pytest.fixture(scope="module")
+def copy_model():
+  """An untrained model on copy (lengths 1..3; test split at 5), its params and a mesh."""
+  task = tasks.make_task(TaskConfig(name="copy", train_max=3, ood="5", seq_len=10, n_eval=24))
+  model = models.build(ModelConfig(d_model=16, n_heads=2, n_layers=1), task.vocab.size)
+  return task, model, model.init(jax.random.PRNGKey(0), 10), sharding.make_mesh()
+
+
+def test_a_sequence_answer_is_right_only_if_every_slot_is(copy_model):
+  """Margins, hits and the sweep's accuracy of a sequence answer: the worst slot's margin, all slots' hits, each
+  slot read as a one-token answer would be; the training loss's accuracy is the same (padding slots count right)."""
+  task, model, params, mesh = copy_model
+  split = task.eval_split(5)
+  logits_BxTxV = model.apply(params, split["tokens"], 3)
+  margin_RxB, hit_RxB = evaluation.logit_margins(model.loop_logits(params, split["tokens"], split["read_pos"], 3),
+                                                  split["target"])
+  slots = [evaluation.logit_margins(models.gather_positions(logits_BxTxV, split["read_pos"][:, k])[None],
+                                    split["target"][:, k]) for k in range(5)]
+  np.testing.assert_allclose(margin_RxB[-1], np.min([m[0] for m, _ in slots], 0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(hit_RxB[-1], np.all([h[0] for _, h in slots], 0))
+  right_B = (np.argmax(logits_BxTxV, -1)[np.arange(24)[:, None], split["read_pos"]] == split["target"]).all(1)
+  assert evaluation.sweep(model, params, {"5hop_test": split}, 3, mesh)["5hop_test"]["3"] == right_B.mean()
+  batch = task.train_examples(3, np.arange(24))
+  logits_BxTxV = model.apply(params, batch["tokens"], 3)
+  answer_BxK = np.argmax(logits_BxTxV, -1)[np.arange(24)[:, None], batch["read_pos"]]
+  want = np.mean([(a[t > 0] == t[t > 0]).all() for a, t in zip(answer_BxK, batch["target"])])
+  assert float(model.loss(params, batch, 3)[1]) == pytest.approx(want)
+
+
+def test_a_sequence_answer_halts_where_every_slot_is_settled(copy_model):
+  """entropy and argmax policies on a sequence answer stop at the first loop where every slot passes (brute force
+  over the per-loop logits), and keep all slots' answers there."""
+  task, model, params, mesh = copy_model
+  split = task.eval_split(5)
+  logits_RxBxKxV = np.asarray(model.loop_logits(params, split["tokens"], split["read_pos"], 6), np.float64)
+  p_RxBxKxV = np.exp(logits_RxBxKxV - logits_RxBxKxV.max(-1, keepdims=True))
+  p_RxBxKxV /= p_RxBxKxV.sum(-1, keepdims=True)
+  entropy_RxBxK = -(p_RxBxKxV * np.log(p_RxBxKxV)).sum(-1)
+  answer_RxBxK = logits_RxBxKxV.argmax(-1)
+  bound = float(np.median(entropy_RxBxK.max(2)))
+  same_RxB = np.concatenate([np.zeros((1, 24), bool), (answer_RxBxK[1:] == answer_RxBxK[:-1]).all(2)])
+  settled_RxB = {f"entropy:max_entropy={bound}": (entropy_RxBxK < bound).all(2), "argmax:n=1": same_RxB}
+  for spec, stop_RxB in settled_RxB.items():
+    got = halting.halt_examples(model, params, split, halting.parse_policy(spec), 6, mesh)
+    want_B = np.where(stop_RxB.any(0), stop_RxB.argmax(0) + 1, 6)
+    assert got["answer"].shape == (24, 5) and (spec.startswith("argmax") or 1 < len(set(want_B))), spec
+    np.testing.assert_array_equal(got["loops"], want_B)
+    np.testing.assert_array_equal(got["answer"], answer_RxBxK[want_B - 1, np.arange(24)])
 
 
 @pytest.mark.parametrize("cfg, message", [

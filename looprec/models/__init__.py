@@ -18,7 +18,8 @@ that one module, imported before its config is read; the built-in ones are impor
 from __future__ import annotations
 
 from looprec.config import KINDS, ConfigError, ModelConfig, one_of
-from looprec.models.base import LoopedBase, LoopedModel, count_params, gather_positions, params_checksum
+from looprec.models.base import (LoopedBase, LoopedModel, answer_correct, count_params, gather_positions,
+                                 params_checksum)
 # the built-in kinds, registered on import in this order (KINDS' order; the first is the default kind)
 from looprec.models import looped  # the paper's: embed -> (L layers) x R -> final norm -> tied head
 from looprec.models import prelude_core_coda  # non-looped begin / end layers around the loop
@@ -34,5 +35,5 @@ def build(cfg: ModelConfig, vocab_size: int) -> LoopedModel:
   return KINDS[cfg.kind].model(cfg, vocab_size)
 
 
-__all__ = ["KINDS", "LoopedBase", "LoopedModel", "build", "count_params", "exit_gate", "gather_positions",
-           "hyperloop", "looped", "params_checksum", "prelude_core_coda", "training_free"]
+__all__ = ["KINDS", "LoopedBase", "LoopedModel", "answer_correct", "build", "count_params", "exit_gate",
+           "gather_positions", "hyperloop", "looped", "params_checksum", "prelude_core_coda", "training_free"]

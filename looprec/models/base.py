@@ -52,6 +52,9 @@ class LoopedBase:
   Two optional hooks have defaults here, so a kind overrides them only if it needs to: `loss` (the training
   objective; default the answer token's cross-entropy) and `exit_prob` (a learned per-loop exit probability,
   read by the `gate` halting policy; default none: `has_exit_gate` is False and the probability 0).
+
+  A task whose answer is a sequence reads it at several positions (`read_pos` B x K): every readout at the answer
+  position then has a slot axis K after B (`answer_logits` B x K x V, `loop_logits` R x B x K x V, ...).
   """
 
   has_exit_gate = False
@@ -61,19 +64,20 @@ class LoopedBase:
     """(scalar training loss, accuracy) on a batch ({"tokens", "read_pos", "target"}) after n_loops loops (n_active
     of them in a program compiled for n_loops, when given); scan: see `loop.Scan`. A batch with `targets` (B x T,
     0 = none: a task that supervises every position) is scored by the mean cross-entropy over its supervised
-    positions; the accuracy is the answer token's either way."""
+    positions. A sequence answer (`read_pos` and `target` B x K) needs `targets`. The accuracy is the answer's
+    (all of a sequence answer's slots right: `answer_correct`) either way."""
     if "targets" not in batch:
       logits_BxV = self.answer_logits(params, batch["tokens"], batch["read_pos"], n_loops, rng=rng,
                                       n_active=n_active, scan=scan)
       loss_B = answer_cross_entropy(logits_BxV, batch["target"], label_smoothing)
-      return loss_B.mean(), jnp.mean(jnp.argmax(logits_BxV, -1) == batch["target"])
+      return loss_B.mean(), jnp.mean(answer_correct(jnp.argmax(logits_BxV, -1), batch["target"]))
     state, _ = self.forward(params, batch["tokens"], n_loops, rng=rng, n_active=n_active, scan=scan)
     logits_BxTxV = self.head(params, self.final_hidden(params, state))
     supervised_BxT = batch["targets"] > 0
     loss_BxT = answer_cross_entropy(logits_BxTxV, batch["targets"], label_smoothing)
     loss = jnp.sum(jnp.where(supervised_BxT, loss_BxT, 0.0)) / jnp.maximum(supervised_BxT.sum(), 1)
     answer_B = jnp.argmax(gather_positions(logits_BxTxV, batch["read_pos"]), -1)
-    return loss, jnp.mean(answer_B == batch["target"])
+    return loss, jnp.mean(answer_correct(answer_B, batch["target"]))
 
   def exit_prob(self, params, hidden_BxD):
     """The probability of exiting after this loop given the answer position's hidden state: B (0 without a gate)."""
@@ -103,7 +107,8 @@ class LoopedBase:
     return hidden_BxTxD, {**kv, "core": kv_core, **kv_end}, states
 
   def answer_hidden(self, params, state, read_pos_B):
-    """The hidden vector the head reads at each example's answer position: B x D."""
+    """The hidden vector the head reads at each example's answer position: B x D (B x K x D for a sequence answer,
+    read_pos B x K)."""
     return gather_positions(self.final_hidden(params, state), read_pos_B)
 
   def apply(self, params, tokens_BxT, n_loops: int, *, rng=None):
@@ -147,8 +152,21 @@ def answer_cross_entropy(logits_xBxV, target_B, label_smoothing: float = 0.0):
 
 
 def gather_positions(h_BxTxD, pos_B):
-  """h[b, pos[b]] for each b: B x D."""
-  return jnp.take_along_axis(h_BxTxD, pos_B[:, None, None], axis=1)[:, 0]
+  """h[b, pos[b]] for each b: B x D; for a sequence answer read at several positions (pos B x K), B x K x D."""
+  b, d = h_BxTxD.shape[0], h_BxTxD.shape[-1]
+  return jnp.take_along_axis(h_BxTxD, pos_B.reshape(b, -1, 1), axis=1).reshape(*pos_B.shape, d)
+
+
+def answer_correct(answer_B, target_B):
+  """Whether each example's answer is right: B. A sequence answer (B x K) is right if every slot is; a slot with
+  target 0 is padding (a batch of answers of different lengths) and always counts as right."""
+  hit_B = (answer_B == target_B) | (target_B == 0)
+  return hit_B.reshape(hit_B.shape[0], -1).all(-1)
+
+
+def last_slot(hidden_BxD):
+  """A sequence answer's last slot, B x K x D -> B x D (its padding slots repeat its last position); B x D as is."""
+  return hidden_BxD if hidden_BxD.ndim == 2 else hidden_BxD[:, -1]
 
 
 def count_params(params) -> int:

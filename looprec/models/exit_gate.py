@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from looprec import loop
 from looprec.config import ConfigError, ModelConfig, register_kind
 from looprec.models import prelude_core_coda
-from looprec.models.base import answer_cross_entropy
+from looprec.models.base import answer_correct, answer_cross_entropy, last_slot
 
 
 def exit_distribution(lam_RxB):
@@ -64,20 +64,22 @@ class ExitGate(prelude_core_coda.PreludeCoreCoda):
   def loss(self, params, batch, n_loops: int, *, rng=None, label_smoothing: float = 0.0, n_active=None,
            scan: loop.Scan = loop.PLAIN):
     """(sum_t p(t) L_t - beta H(p), averaged over the batch; accuracy after the last loop). It reads every loop,
-    so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`). It reads the answer token
-    only: a batch's every-position `targets` are not used."""
+    so it needs a static loop count (train.loop_programs=per_r; the config refuses `one`). It reads the answer only
+    (a batch's every-position `targets` are not used); the gate reads a sequence answer's last slot."""
     if n_active is not None:
       raise ValueError("model.kind=exit_gate reads every loop: it needs train.loop_programs=per_r")
 
     def readout(state, _):
       hidden_BxD = self.answer_hidden(params, state, batch["read_pos"])
-      return self.head(params, hidden_BxD), self.exit_prob(params, hidden_BxD)
+      return self.head(params, hidden_BxD), self.exit_prob(params, last_slot(hidden_BxD))
 
     _, (logits_RxBxV, lam_RxB) = self.forward(params, batch["tokens"], n_loops, rng=rng, readout=readout,
                                               scan=scan)
     p_RxB = exit_distribution(lam_RxB)
     loss_RxB = answer_cross_entropy(logits_RxBxV, batch["target"], label_smoothing)
+    if batch["target"].ndim > 1:  # a sequence answer: its negative log-likelihood, padding slots left out
+      loss_RxB = jnp.sum(jnp.where(batch["target"] > 0, loss_RxB, 0.0), -1)
     entropy_B = -jnp.sum(jnp.where(p_RxB > 0, p_RxB * jnp.log(jnp.maximum(p_RxB, 1e-30)), 0.0), axis=0)
     loss = jnp.mean(jnp.sum(p_RxB * loss_RxB, axis=0) - self.cfg.options.exit_beta * entropy_B)
-    return loss, jnp.mean(jnp.argmax(logits_RxBxV[-1], -1) == batch["target"])
+    return loss, jnp.mean(answer_correct(jnp.argmax(logits_RxBxV[-1], -1), batch["target"]))
 

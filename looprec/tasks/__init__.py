@@ -63,16 +63,20 @@ class Entry:
   factory: typing.Callable
   config: type
   difficulty: str  # hops | length | p
-  answer: str  # token: one token at read_pos (the only reading the trainer has)
+  answer: str  # token: one token at read_pos (B); sequence: one per slot at read_pos (B x K), all must be right
 
 
 TASKS: dict[str, Entry] = {}
-BUILT_IN = ("looprec.tasks.graphs", "looprec.tasks.parity", "looprec.tasks.p_hop")
+BUILT_IN = ("looprec.tasks.graphs", "looprec.tasks.parity", "looprec.tasks.p_hop", "looprec.tasks.copy",
+            "looprec.tasks.addition")
 
 
 def register_task(name: str, difficulty: str, config: type | None = None, answer: str = "token"):
   """Decorator: registers factory(cfg) -> Task as task `name` (config: its data config type; default TaskConfig,
   which selects it by data.name)."""
+  if answer not in ("token", "sequence"):
+    raise ValueError(f"task {name!r}: answer={answer!r} is not token or sequence")
+
   def register(factory):
     if name in TASKS and TASKS[name].factory is not factory:
       raise ValueError(f"task {name!r} is already registered (by {TASKS[name].factory.__qualname__})")
@@ -158,7 +162,8 @@ class SimpleVocab:
 class DifficultyTask:
   """The shared part of a TaskConfig task: a one-stage curriculum, the stream and the splits. A subclass sets
   `vocab` and `n_answers`, and defines `capacity(cfg)` (the largest difficulty seq_len holds), `width(d)` (tokens
-  of a difficulty-d example) and `examples(rng, difficulty_B)`."""
+  of a difficulty-d example) and `examples(rng, difficulty_B)`; a task whose answer is a sequence also
+  `answer_length(d)` (its slots at difficulty d)."""
 
   def __init__(self, cfg: TaskConfig):
     cfg.check(self.capacity(cfg))
@@ -179,14 +184,14 @@ class DifficultyTask:
     ids_B = np.asarray(ids_B, np.int64)
     rng = np.random.default_rng([self.cfg.seed, 0, int(ids_B[0]), len(ids_B)])
     d_B = rng.integers(self.cfg.train_min, self.cfg.train_max + 1, len(ids_B))
-    return self.padded(self.examples(rng, d_B), self.train_width)
+    return self.padded(self.examples(rng, d_B), self.cfg.train_max)
 
   def _split(self, difficulty: int, salt: int) -> dict:
     if difficulty > self.capacity(self.cfg):
       raise ConfigError(f"difficulty {difficulty} needs a longer data.seq_len (at most {self.capacity(self.cfg)})")
     rng = np.random.default_rng([self.cfg.seed, salt, difficulty])
     ex = self.examples(rng, np.full(self.cfg.n_eval, difficulty))
-    return {**self.padded(ex, self.width(difficulty)), "n_answers": np.full(self.cfg.n_eval, self.n_answers, np.int32)}
+    return {**self.padded(ex, difficulty), "n_answers": np.full(self.cfg.n_eval, self.n_answers, np.int32)}
 
   def eval_split(self, difficulty: int) -> dict:
     return self._split(difficulty, 1)
@@ -208,12 +213,32 @@ class DifficultyTask:
     out = {s.name: self.eval_split(s.difficulty) for s in self.splits()}
     return {**out, **{val_split(s.name): self.val_split(s.difficulty) for s in self.splits()}}
 
-  @staticmethod
-  def padded(ex: dict, width: int) -> dict:
-    """The examples with `tokens` (and `targets`, where the task supervises every position) right-padded to width."""
-    out = dict(ex)
+  def padded(self, ex: dict, difficulty: int) -> dict:
+    """The examples with `tokens` (and `targets`, where the task supervises every position) right-padded to the
+    width of a difficulty, and a sequence answer's slots (`read_pos`, `target` B x K) to its `answer_length`:
+    padding slots repeat the last position, with target 0 (`models.answer_correct` counts them right)."""
+    out, width = dict(ex), self.width(difficulty)
     for key in ("tokens", "targets"):
       if key in ex:
         out[key] = np.zeros((len(ex["target"]), width), np.int32)
         out[key][:, :ex[key].shape[1]] = ex[key]
+    if ex["read_pos"].ndim == 2:
+      pad = self.answer_length(difficulty) - ex["read_pos"].shape[1]
+      out["read_pos"] = np.pad(ex["read_pos"], ((0, 0), (0, pad)), mode="edge")
+      out["target"] = np.pad(ex["target"], ((0, 0), (0, pad)))
     return out
+
+
+def sequence_answer(tokens_BxT, start_B, answer_BxK, length_B) -> dict:
+  """The examples of a task whose answer is a sequence: row b's first length[b] answer tokens are read at
+  start[b], start[b] + 1, ... (`read_pos`, `target` B x K; slots past a row's length repeat its last position with
+  target 0) and supervised there (`targets` B x T)."""
+  length_Bx1 = np.asarray(length_B)[:, None]
+  k_1xK = np.arange(answer_BxK.shape[1])[None, :]
+  read_pos_BxK = np.asarray(start_B)[:, None] + np.minimum(k_1xK, length_Bx1 - 1)
+  target_BxK = np.where(k_1xK < length_Bx1, answer_BxK, 0)
+  rows, slots = np.nonzero(target_BxK)
+  targets_BxT = np.zeros_like(tokens_BxT)
+  targets_BxT[rows, read_pos_BxK[rows, slots]] = target_BxK[rows, slots]
+  return {"tokens": tokens_BxT.astype(np.int32), "read_pos": read_pos_BxK.astype(np.int32),
+          "target": target_BxK.astype(np.int32), "targets": targets_BxT.astype(np.int32)}
