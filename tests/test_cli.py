@@ -86,7 +86,7 @@ def test_an_unknown_name_lists_the_valid_ones_closest_first(capsys, tmp_path, ar
 
 
 @pytest.mark.parametrize("override, want", [
-    ("data.name=sorting", "data.name='sorting' is not a registered task (p_hop, parity)"),
+    ("data.name=sorting", "data.name='sorting' is not a registered task (addition, copy, p_hop, parity)"),
     ("data.seq_len=7", "data.seq_len=7 holds difficulties up to 6 for data.name=parity, not 8"),
     ("data.ood=3,8", "data.ood='3,8': difficulty 3 is inside the training range (data.train_max=4)"),
     ("models.looped.recurrence=difficulty:0", "models.looped.recurrence 'difficulty:0': loop counts must satisfy"),

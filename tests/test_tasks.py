@@ -242,3 +242,25 @@ def test_a_task_in_one_file_trains_sweeps_and_halts(toy, tmp_path):
                                mesh=mesh, batch_size=8)
   assert set(out["sweep"]) == set(splits) and all(len(by_r) == 4 for by_r in out["sweep"].values())
   assert set(out["margins"]) == set(splits)
+
+
+@pytest.mark.parametrize("kind, recurrence", [("looped", "difficulty:3"), ("exit_gate", "fixed:3")])
+def test_a_sequence_task_trains_sweeps_and_halts(kind, recurrence, tmp_path):
+  """Addition through training (monitor splits scored by exact match), the sweep, every halting policy that applies
+  (the exit gate's too) and the margins."""
+  task = tasks.make_task(TaskConfig(name="addition", train_max=3, ood="5", seq_len=17, n_eval=16))
+  model = models.build(ModelConfig(d_model=16, n_heads=2, kind=kind), task.vocab.size)
+  mesh = sharding.make_mesh()
+  cfg = TrainConfig(batch_size=8, warmup_steps=1, eval_every=3, checkpoint_every=6, log_every=3)
+  result = train.train_model("add", model, Recurrence.parse(recurrence), 6, cfg, task, mesh,
+                             str(tmp_path / "run"), 0, {})
+  assert result.steps == 6 and set(result.curves) == {"atomic", "2hop_test", "3hop_test"}
+  assert all(0 <= acc <= 1 for curve in result.curves.values() for _, acc in curve)
+  splits = task.labelled()
+  out = analysis.analyze_model(model, result.params, splits, 5, halt_loops=5, margin_loops=5, mesh=mesh,
+                               batch_size=8)
+  assert {spec.partition(":")[0] for spec in out["halting"]} == set(halting.applicable(model))
+  assert any(spec.startswith("gate") for spec in out["halting"]) == (kind == "exit_gate")
+  for table in out["halting"].values():
+    assert all(1 <= row["mean_loops"] <= 5 and 0 <= row["accuracy"] <= 1 for row in table.values())
+  assert set(out["margins"]) == set(splits) and all(len(m["margin"]) == 5 for m in out["margins"].values())
