@@ -337,10 +337,12 @@ TABLES = {
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
                             ("systematicity", "cpu_long"), ("variants", "cpu"))},
-    "length_gen/papers": (("length_gen_cpu.json", "length_gen_cpu_per_example.json", "length_gen_cpu_p_hop.json"),
-                          length_gen_papers),
+    "length_gen/papers": (("length_gen_cpu.json", "length_gen_cpu_per_example.json", "length_gen_cpu_p_hop.json",
+                           "length_gen_cpu_copy.json", "length_gen_cpu_addition.json"), length_gen_papers),
     "length_gen_cpu_per_example/accuracy": ("length_gen_cpu_per_example.json", depth_accuracy),
     "length_gen_cpu_p_hop/accuracy": ("length_gen_cpu_p_hop.json", depth_accuracy),
+    "length_gen_cpu_copy/accuracy": ("length_gen_cpu_copy.json", depth_accuracy),
+    "length_gen_cpu_addition/accuracy": ("length_gen_cpu_addition.json", depth_accuracy),
     "run_times": (("depth_extrap_cpu.json", "systematicity_cpu.json", "variants_cpu.json"), run_times),
 }
 

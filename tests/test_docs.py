@@ -74,6 +74,10 @@ COVERED = {
     "looprec experiment length_gen --preset cpu": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment length_gen --preset smoke": By(SMOKE.format("length_gen")),
     "looprec experiment length_gen --preset cpu_p_hop": By(SMOKE.format("length_gen"), "--preset smoke"),
+    "looprec experiment length_gen --preset cpu_copy": By(SMOKE.format("length_gen"), "--preset smoke (parity; copy "
+                                                          "and addition train in tests/test_tasks.py)"),
+    "looprec experiment length_gen --preset cpu_addition": By(SMOKE.format("length_gen"), "--preset smoke (parity; "
+                                                              "addition trains in tests/test_tasks.py)"),
     "looprec experiment decoding --preset cpu": By(SMOKE.format("decoding"), "--preset smoke"),
     "looprec experiment decoding --preset smoke": By(SMOKE.format("decoding")),
     "looprec experiment decoding --preset cpu_implicit": By(SMOKE.format("decoding"), "--preset smoke"),

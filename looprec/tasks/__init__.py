@@ -32,9 +32,9 @@ class Task(typing.Protocol):
 
   def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
     """Training examples with the given ids (a pure function of the ids: the grain stream resumes exactly):
-    `tokens` (B x T int32, 0 = pad), `read_pos` (B, where the one answer token is read), `target` (B), `hop` (B,
-    the difficulty); optionally `targets` (B x T, 0 = none): an answer at every position, which the training loss
-    then reads (`LoopedBase.loss`)."""
+    `tokens` (B x T int32, 0 = pad), `read_pos` (B, where the one answer token is read; B x K for a sequence
+    answer), `target` (B; B x K), `hop` (B, the difficulty); optionally `targets` (B x T, 0 = none): an answer at
+    every position, which the training loss then reads (`LoopedBase.loss`; a sequence answer needs it)."""
 
   def eval_split(self, difficulty: int) -> dict:
     """The held-out test examples at one difficulty, with `n_answers` (the size of the answer set)."""
