@@ -183,6 +183,9 @@ def test_a_sequence_answer_halts_where_every_slot_is_settled(copy_model):
     (TaskConfig(name="p_hop", train_max=4, context=32, seq_len=40), "data.seq_len=40 holds difficulties up to 8"),
     (TaskConfig(ood="x"), "data.ood='x' is not a comma-separated list of integers"),
     (TaskConfig(train_min=5, train_max=4), "data.train_min=5 and data.train_max=4 need 1 <= min <= max"),
+    (TaskConfig(train_min=2, curriculum_from=1), "data.curriculum_from=1 must be 0 (none) or within data.train_min"),
+    (TaskConfig(curriculum_from=9), "data.curriculum_from=9 must be 0 (none) or within data.train_min"),
+    (TaskConfig(curriculum_from=4, curriculum_threshold=1.0), "data.curriculum_threshold=1.0 must be < 1"),
 ])
 def test_bad_task_input_is_one_error_naming_the_field(cfg, message):
   with pytest.raises(ConfigError) as e:
@@ -242,6 +245,26 @@ def test_a_task_in_one_file_trains_sweeps_and_halts(toy, tmp_path):
                                mesh=mesh, batch_size=8)
   assert set(out["sweep"]) == set(splits) and all(len(by_r) == 4 for by_r in out["sweep"].values())
   assert set(out["margins"]) == set(splits)
+
+
+def test_a_length_curriculum_starts_short_and_adds_a_difficulty_at_each_pass(tmp_path):
+  """data.curriculum_from: stage s trains on lengths train_min..s (padded to train_max: one shape), and the trainer
+  moves to s + 1 when length s passes data.curriculum_threshold (-1 here: every check passes)."""
+  cfg = TaskConfig(name="parity", train_max=5, ood="8", seq_len=9, n_eval=16, curriculum_from=2,
+                   curriculum_threshold=-1.0)
+  task = tasks.make_task(cfg)
+  assert (task.curriculum.first, task.curriculum.last) == (2, 5)
+  for stage in (2, 3, 5):
+    batch = task.train_examples(stage, np.arange(256))
+    assert set(batch["hop"]) == set(range(1, stage + 1)) and batch["tokens"].shape == (256, 6)
+  model = models.build(ModelConfig(d_model=16, n_heads=2, pos_emb="none"), task.vocab.size)
+  result = train.train_model("parity", model, Recurrence.parse("difficulty:5"), 12,
+                             TrainConfig(batch_size=8, warmup_steps=1, eval_every=3, checkpoint_every=12,
+                                         log_every=3, restart_optimizer=False),
+                             task, sharding.make_mesh(), str(tmp_path / "run"), 0, {})
+  assert result.stages == [[0, 2], [3, 3], [6, 4], [9, 5]] and result.trained_max_hop == 5
+  without = tasks.make_task(dataclasses.replace(cfg, curriculum_from=0))
+  assert (without.curriculum.first, without.curriculum.last) == (5, 5)
 
 
 @pytest.mark.parametrize("kind, recurrence", [("looped", "difficulty:3"), ("exit_gate", "fixed:3")])

@@ -120,6 +120,8 @@ class TaskConfig:
   n_symbols: int = 4  # p_hop: the alphabet size
   context: int = 32  # p_hop: the length of the sequence hopped through
   every_position: bool = True  # p_hop: supervise hop_p at every symbol in training (False: the answer token only)
+  curriculum_from: int = 0  # > 0: train on train_min..curriculum_from first, one difficulty more at each pass
+  curriculum_threshold: float = 0.95  # a stage passes when its deepest difficulty's accuracy exceeds this
 
   def ood_difficulties(self) -> list[int]:
     try:
@@ -146,6 +148,12 @@ class TaskConfig:
                         f"{self.name}, not {deepest}")
     if self.n_eval < 1:
       raise ConfigError(f"data.n_eval={self.n_eval} must be >= 1")
+    if self.curriculum_from and not self.train_min <= self.curriculum_from <= self.train_max:
+      raise ConfigError(f"data.curriculum_from={self.curriculum_from} must be 0 (none) or within data.train_min.."
+                        f"data.train_max ({self.train_min}..{self.train_max})")
+    if self.curriculum_from and self.curriculum_threshold >= 1.0:
+      raise ConfigError(f"data.curriculum_threshold={self.curriculum_threshold} must be < 1: an accuracy never "
+                        "exceeds it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +168,7 @@ class SimpleVocab:
 
 
 class DifficultyTask:
-  """The shared part of a TaskConfig task: a one-stage curriculum, the stream and the splits. A subclass sets
+  """The shared part of a TaskConfig task: the curriculum, the stream and the splits. A subclass sets
   `vocab` and `n_answers`, and defines `capacity(cfg)` (the largest difficulty seq_len holds), `width(d)` (tokens
   of a difficulty-d example) and `examples(rng, difficulty_B)`; a task whose answer is a sequence also
   `answer_length(d)` (its slots at difficulty d)."""
@@ -168,7 +176,7 @@ class DifficultyTask:
   def __init__(self, cfg: TaskConfig):
     cfg.check(self.capacity(cfg))
     self.cfg = cfg
-    self.curriculum = data.Curriculum(cfg.train_max, cfg.train_max)
+    self.curriculum = data.Curriculum(cfg.curriculum_from or cfg.train_max, cfg.train_max, cfg.curriculum_threshold)
 
   @property
   def train_width(self) -> int:
@@ -179,11 +187,12 @@ class DifficultyTask:
     return self.cfg.ood_difficulties()[-1]
 
   def train_examples(self, stage: int, ids_B, pad_hop: int = 0) -> dict:
-    """Difficulties uniform in train_min..train_max, drawn from a generator seeded by the batch's ids."""
-    del stage, pad_hop  # one stage; padded to train_max
+    """Difficulties uniform in train_min..stage (the curriculum's stage; train_max without one), drawn from a
+    generator seeded by the batch's ids; every stage padded to train_max."""
+    del pad_hop  # always train_max
     ids_B = np.asarray(ids_B, np.int64)
     rng = np.random.default_rng([self.cfg.seed, 0, int(ids_B[0]), len(ids_B)])
-    d_B = rng.integers(self.cfg.train_min, self.cfg.train_max + 1, len(ids_B))
+    d_B = rng.integers(self.cfg.train_min, stage + 1, len(ids_B))
     return self.padded(self.examples(rng, d_B), self.cfg.train_max)
 
   def _split(self, difficulty: int, salt: int) -> dict:
