@@ -52,11 +52,10 @@ class Addition(DifficultyTask):
     a_BxT = np.take_along_axis(a_BxN, np.minimum(left_BxM[:, :n_max], n_max - 1), 1)
     b_BxT = np.take_along_axis(b_BxN, np.minimum(left_BxM[:, :n_max], n_max - 1), 1)
     tokens_BxT = np.zeros((len(n_B), 3 * n_max + 2), np.int64)
+    rows, cols = np.nonzero(np.arange(n_max)[None, :] < n_Bx1)  # bit j of row b, for j < n_b
+    tokens_BxT[rows, cols] = ZERO + a_BxT[rows, cols]
+    tokens_BxT[rows, n_B[rows] + 1 + cols] = ZERO + b_BxT[rows, cols]
     rows_B = np.arange(len(n_B))
-    for j in range(n_max):
-      real_B = j < n_B
-      tokens_BxT[rows_B[real_B], j] = ZERO + a_BxT[real_B, j]
-      tokens_BxT[rows_B[real_B], n_B[real_B] + 1 + j] = ZERO + b_BxT[real_B, j]
     tokens_BxT[rows_B, n_B] = PLUS
     tokens_BxT[rows_B, 2 * n_B + 1] = QUERY
     tokens_BxT = np.where((col_1xT > 2 * n_Bx1 + 1) & (col_1xT <= 3 * n_Bx1 + 1), BLANK, tokens_BxT)
