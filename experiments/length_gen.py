@@ -78,7 +78,7 @@ def cpu_p_hop() -> Config:
 
 def cpu_copy() -> Config:
   """Copy on lengths 1..8, evaluated at 12 and 16: a 2-layer block looped once per bit (R = n, at most 8 in
-  training) beside a 16-layer vanilla model, 1500 steps each (12 minutes in all on the 2-core machine)."""
+  training) beside a 16-layer vanilla model, 1500 steps each (10 to 13 minutes in all on the 2-core machine)."""
   return Config(
       deviations=("Fan et al. train lengths 1..20 (a curriculum) for 100,000 steps with a 2-layer block of d=256 and "
                   "NoPE, also supervising end-of-sequence tokens after the answer; here lengths 1..8, the answer "
@@ -94,7 +94,7 @@ def cpu_copy() -> Config:
 
 def cpu_addition() -> Config:
   """Binary addition on 1..8 bits, evaluated at 12 and 16: a 2-layer block looped once per bit (R = n, at most 8
-  in training) beside a 16-layer vanilla model, 1500 steps each (18 to 21 minutes in all on the 2-core machine)."""
+  in training) beside a 16-layer vanilla model, 1500 steps each (18 to 21 minutes in all on 2 cores)."""
   return dataclasses.replace(
       cpu_copy(),
       deviations=("Fan et al. train 1..20 bits (a curriculum) for 100,000 steps with a 3-layer block of d=256 and "
