@@ -163,8 +163,9 @@ class Checkpointer:
 
     make_iterator(meta) builds the data iterator the step's state is restored into. A damaged step (`damaged`)
     is named with the reason on stderr and the next older one is tried; it is moved aside (to
-    <directory>.corrupt-<step>) so that training can write that step again. Any other failure to read, and a
-    step whose data fingerprint differs from data_fingerprint, is a ConfigError that moves nothing."""
+    <directory>.corrupt-<step>, or .corrupt-<step>.2, ... when that step was set aside before) so that training
+    can write that step again. Any other failure to read, and a step whose data fingerprint differs from
+    data_fingerprint, is a ConfigError that moves nothing."""
     def read_state(step, meta):
       iterator = make_iterator(meta)
       return self.restore(step, abstract_state, iterator), iterator
@@ -184,7 +185,7 @@ class Checkpointer:
     self.wait()
     if jax.process_index() == 0:
       for step, _ in failed:
-        os.replace(os.path.join(self.directory, str(step)), f"{self.directory}.corrupt-{step}")
+        os.replace(os.path.join(self.directory, str(step)), _free_name(f"{self.directory}.corrupt-{step}"))
     _sync("checkpoint-set-aside")
     self.manager.reload()
 
@@ -193,6 +194,15 @@ class Checkpointer:
 
   def close(self):
     self.manager.close()
+
+
+def _free_name(path: str) -> str:
+  """path, or path.2, path.3, ... : the first that does not exist."""
+  n, found = 1, path
+  while os.path.exists(found):
+    n += 1
+    found = f"{path}.{n}"
+  return found
 
 
 def _sync(name: str):

@@ -4,6 +4,7 @@ and (where training goes on) end bitwise equal to an uninterrupted run. docs/rel
 Quick tests (checkpoint corruption, NaN flag, config and run-folder errors) run by default; the end-to-end ones
 (kill -9 at random moments, corrupt newest step on resume, NaN through the CLI, two processes) are slow.
 """
+import contextlib
 import glob
 import json
 import os
@@ -92,6 +93,24 @@ def test_restore_falls_back_to_an_older_step(tmp_path, capsys, how):
   assert "step 2 is unreadable" in err and "using step 1" in err, err
   assert os.path.isdir(directory + ".corrupt-2") and sorted(os.listdir(directory)) == ["1"]
   record(fault=f"newest checkpoint {how} (unit)", injected=1, survived=1, lost=0)
+
+
+def test_a_step_damaged_twice_is_set_aside_twice(tmp_path, capsys):
+  """Step 2 damaged, set aside, written again and damaged again: the second copy goes beside the first."""
+  import grain
+  import jax
+  import jax.numpy as jnp
+  from looprec import checkpoint
+  directory = str(tmp_path / "ck")
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}}
+  for attempt in (1, 2):
+    _save_steps(directory, steps=(1, 2) if attempt == 1 else (2,))
+    corrupt(os.path.join(directory, "2"), "truncated")
+    ckpt = checkpoint.Checkpointer(directory, 5)
+    step, *_ = ckpt.restore_latest(abstract, lambda meta: iter(grain.MapDataset.range(0, 100).to_iter_dataset()))
+    ckpt.close()
+    assert step == 1 and "step 2 is unreadable" in capsys.readouterr().err
+  assert sorted(os.listdir(tmp_path)) == ["ck", "ck.corrupt-2", "ck.corrupt-2.2"] and os.listdir(directory) == ["1"]
 
 
 def test_analysis_restore_falls_back_too(tmp_path, capsys):
@@ -326,8 +345,9 @@ def straight(tmp_path_factory):
 
 
 def _start(args):
-  return subprocess.Popen([sys.executable, "-m", "looprec", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  """A CLI run in the background; faulthandler on, so that a run that hangs can be made to show its stacks."""
+  return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "looprec", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _ckpt_dirs(run_dir):
@@ -339,6 +359,16 @@ def _saving(run_dir) -> bool:
   return any("tmp" in e for d in _ckpt_dirs(run_dir) if os.path.isdir(d) for e in os.listdir(d))
 
 
+def _steps_mtime(ckpt_dir) -> list[float]:
+  """When each finished step folder in ckpt_dir was last modified (seconds since the epoch)."""
+  times = []
+  for s in os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []:
+    if s.isdigit():
+      with contextlib.suppress(FileNotFoundError):  # a step the run deletes (keep_checkpoints) while listed
+        times.append(os.stat(os.path.join(ckpt_dir, s)).st_mtime)
+  return times
+
+
 def _wait(cond, proc, timeout=600, poll=0.005):
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -347,7 +377,8 @@ def _wait(cond, proc, timeout=600, poll=0.005):
     if proc.poll() is not None:
       return False
     time.sleep(poll)
-  raise AssertionError("timed out")
+  proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack on stderr
+  raise AssertionError(f"timed out after {timeout} s; where the run was:\n{proc.communicate(timeout=60)[1][-8000:]}")
 
 
 @pytest.mark.slow
@@ -427,15 +458,16 @@ def test_corrupt_newest_checkpoint_on_resume_falls_back_and_finishes_equal(tmp_p
       assert proc.returncode == 0, err[-2000:]
       models_equal(results_of(proc)[1], straight[1])
     else:
+      started = time.time()
       proc = _start(resume if run_dir else BASE + ["--runs-dir", runs_dir])
       if run_dir is None:
         link = os.path.join(runs_dir, "depth_extrap", "latest")
         assert _wait(lambda: os.path.isfile(os.path.join(link, "config.json")), proc, poll=0.05)
         run_dir = os.path.realpath(link)
       looped = os.path.join(run_dir, "checkpoints", "looped")
-      before = set(os.listdir(looped)) if os.path.isdir(looped) else set()
-      digits = lambda: {s for s in os.listdir(looped) if s.isdigit()} if os.path.isdir(looped) else set()
-      assert _wait(lambda: digits() - before and len(digits()) >= 2, proc, poll=0.05), proc.communicate()
+      # steps this run wrote: by time, not by name (it writes the step set aside as unreadable again)
+      written = lambda: [s for s in _steps_mtime(looped) if s >= started]
+      assert _wait(lambda: written() and len(_steps_mtime(looped)) >= 2, proc, poll=0.05), proc.communicate()
       proc.send_signal(signal.SIGTERM)
       _, err = proc.communicate(timeout=600)
       assert proc.returncode == 143, err[-2000:]
