@@ -65,7 +65,7 @@ def smoke() -> Config:
 
 def cpu() -> Config:
   """16 entities, 4 relations, paths of 1..4 hops written by a one-layer block looped 3 times (d = 64) in 4,500
-  steps, MELT from it in 4,000; evaluated on hops 1..6 at R = 1..8; 3 to 4 minutes on a quiet 2-core CPU."""
+  steps, MELT from it in 8,000; evaluated on hops 1..6 at R = 1..8; 3 to 4 minutes on a quiet 2-core CPU."""
   return Config(
       data=ChainDataConfig(n_entities=16, n_relations=4, seq_len=8, n_eval=128,
                            curriculum=CurriculumConfig(first_hop=1, last_hop=4)),
@@ -73,7 +73,7 @@ def cpu() -> Config:
       train=TrainConfig(steps=4500, batch_size=64, lr=3e-3),
       eval=EvalConfig(max_hop=6, max_loops=8, batch_size=128),
       models={"per_loop": ModelRun(n_layers=1, recurrence="fixed:3"),
-              "melt": ModelRun(n_layers=1, recurrence="fixed:3", steps=4000)},
+              "melt": ModelRun(n_layers=1, recurrence="fixed:3", steps=8000)},
       speed_new=12)
 
 
@@ -89,7 +89,7 @@ def cpu_implicit() -> Config:
       model=dataclasses.replace(base.model, pos_emb="none", attn_window=2, injection="add"),
       eval=dataclasses.replace(base.eval, max_hop=8, max_loops=12),
       models={"per_loop": ModelRun(n_layers=1, recurrence="fixed:4"),
-              "melt": ModelRun(n_layers=1, recurrence="fixed:4", steps=4000)})
+              "melt": ModelRun(n_layers=1, recurrence="fixed:4", steps=8000)})
 
 
 PRESETS = {"smoke": smoke, "cpu": cpu, "cpu_implicit": cpu_implicit}
