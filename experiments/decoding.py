@@ -81,7 +81,7 @@ def cpu_implicit() -> Config:
   """The implicit variant (written=final: only the final entity after the prompt) with the depth task's recipe
   (20 entities, NoPE, a 2-token attention window, input injection; experiments/depth_extrap.py), trained with
   R = 4 on hops 1..4 so that the teacher extrapolates in depth when it loops more; evaluated on hops 1..8 at
-  R = 1..12 and with halting; about 4 minutes on a quiet 2-core CPU."""
+  R = 1..12 and with halting; 6 to 7 minutes on a 2-core CPU."""
   base = cpu()
   return dataclasses.replace(
       base, written="final",
