@@ -465,9 +465,9 @@ def test_corrupt_newest_checkpoint_on_resume_falls_back_and_finishes_equal(tmp_p
         assert _wait(lambda: os.path.isfile(os.path.join(link, "config.json")), proc, poll=0.05)
         run_dir = os.path.realpath(link)
       looped = os.path.join(run_dir, "checkpoints", "looped")
-      # steps this run wrote: by time, not by name (it writes the step set aside as unreadable again)
-      written = lambda: [s for s in _steps_mtime(looped) if s >= started]
-      assert _wait(lambda: written() and len(_steps_mtime(looped)) >= 2, proc, poll=0.05), proc.communicate()
+      # two steps, the newest written by this run: by time, not by name (it writes a set-aside step's number again)
+      ready = lambda times: len(times) >= 2 and max(times) >= started
+      assert _wait(lambda: ready(_steps_mtime(looped)), proc, poll=0.05), proc.communicate()
       proc.send_signal(signal.SIGTERM)
       _, err = proc.communicate(timeout=600)
       assert proc.returncode == 143, err[-2000:]
