@@ -321,8 +321,9 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
   overrides may change only step budgets and evaluation settings); writes config.json and results.json and
   returns the run folder. ConfigError on bad input, before the folder is created (InputError: a checkpoint found
   later that does not fit); Bug for any other ConfigError once the experiment runs; train.Interrupted (with the
-  run folder to resume) on SIGTERM/SIGINT, after a checkpoint; StoppedAtOnce on a second SIGINT. Prints a `note:`
-  on stderr for each override that leaves a model as it was (override_notes)."""
+  run folder to resume) on SIGTERM/SIGINT, after a checkpoint; StoppedAtOnce on a second SIGINT (whatever
+  exception then unwinds the run). Prints a `note:` on stderr for each override that leaves a model as it was
+  (override_notes)."""
   from looprec import sharding, train  # pylint: disable=import-outside-toplevel  (jax is slow to import)
   sharding.maybe_initialize_distributed()
   import jax  # pylint: disable=import-outside-toplevel
@@ -347,11 +348,14 @@ def run(name: str, preset: str | None = None, overrides: typing.Sequence[str] = 
     runs.write_json(os.path.join(run_dir, "config.json"), {"experiment": name, "preset": preset,
                                                            "config": C.to_dict(cfg)})
   start = time.time()
-  try:
-    with train.stop_on_signals(), inputs_checked():
-      body = module.run(cfg, run_dir)
-  except KeyboardInterrupt:
-    raise StoppedAtOnce(run_dir) from None
+  with train.stop_on_signals() as stop:
+    try:
+      with inputs_checked():
+        body = module.run(cfg, run_dir)
+    except BaseException as e:  # after a second SIGINT, e.g. the interrupted checkpoint writer's RuntimeError
+      if isinstance(e, KeyboardInterrupt) or stop.at_once:
+        raise StoppedAtOnce(run_dir) from None
+      raise
   if main_process:
     runs.write_json(os.path.join(run_dir, "results.json"),
                     {"experiment": name, "preset": preset, "wall_seconds": time.time() - start,

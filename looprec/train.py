@@ -369,6 +369,7 @@ class Stop:
 
   requested: bool = False
   signum: int = 0  # the signal that asked for the stop (on any process)
+  at_once: bool = False  # a second SIGINT came: whatever unwinds the run now is its consequence
 
   def agree(self, timed_out: bool) -> tuple[bool, bool]:
     """(process 0's time-budget verdict, whether any process was signalled), the same on every process."""
@@ -408,11 +409,13 @@ def _hooks_set(hooks: Hooks):
 def stop_on_signals():
   """While active, SIGTERM / SIGINT request a stop (the `Stop` it yields, which the runs started inside obey)
   instead of killing the process: the training loop then checkpoints and raises Interrupted, and a model not yet
-  started is not started. A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once, without a checkpoint."""
+  started is not started. A second SIGINT (Ctrl-C twice) sets stop.at_once and raises KeyboardInterrupt at once,
+  without a checkpoint."""
   stop, quiet = Stop(), []
 
   def handle(signum, _):
     if stop.requested and signum == signal.SIGINT:
+      stop.at_once = True
       quiet.append(logging.root.manager.disable)  # stopping at once: an interrupted checkpoint writer logs tracebacks
       logging.disable(logging.CRITICAL)
       raise KeyboardInterrupt

@@ -175,6 +175,37 @@ def test_second_ctrl_c_is_one_line_naming_the_run_folder(monkeypatch, capsys):
                                  "depth_extrap --resume /runs/x"]
 
 
+def test_an_error_unwinding_after_a_second_ctrl_c_is_the_same_one_line(tmp_path, monkeypatch, capsys):
+  """After the second SIGINT, an exception other than KeyboardInterrupt (orbax's interrupted commit thread raises
+  `RuntimeError: cannot schedule new futures after shutdown` through future.result()) stops the run the same
+  way: exit 130, one line, no traceback. An error before the second SIGINT stays an error."""
+  def interrupted_twice_then_broken(cfg, run_dir):
+    os.kill(os.getpid(), signal.SIGINT)
+    try:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(30)  # not reached: the second SIGINT raises KeyboardInterrupt here
+    finally:
+      raise RuntimeError("cannot schedule new futures after shutdown")
+
+  def broken_after_one_sigint(cfg, run_dir):
+    os.kill(os.getpid(), signal.SIGINT)
+    raise RuntimeError("a real bug")
+
+  def exit_now(code):
+    raise SystemExit(code)
+  monkeypatch.setattr(os, "_exit", exit_now)
+  monkeypatch.setattr(cli.compile_cache, "enable", lambda: None)
+  monkeypatch.setattr(depth_extrap, "run", interrupted_twice_then_broken)
+  code, _, err = run_main(capsys, "experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path))
+  run_dir = os.path.realpath(tmp_path / "depth_extrap" / "latest")
+  assert code == 130 and len(err) == 1 and err[0].startswith("interrupted: a second Ctrl-C"), err
+  assert err[0].endswith(f"--resume {run_dir}")
+  monkeypatch.setattr(depth_extrap, "run", broken_after_one_sigint)
+  with pytest.raises(RuntimeError, match="a real bug"):
+    cli.main(["experiment", "depth_extrap", "--preset", "smoke", "--runs-dir", str(tmp_path)])
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 def test_second_ctrl_c_while_a_checkpoint_is_written_prints_no_traceback(tmp_path):
   """A real run, two SIGINTs 50 ms apart while orbax writes a checkpoint: exit 130 and, beside the progress bars
