@@ -48,6 +48,17 @@ def test_parity_answers_the_parity_of_the_bits_and_labels_its_splits():
   assert set(task.labelled()) == {s.name for s in task.splits()} | {f"{d}hop_val" for d in (2, 3, 4, 5, 8, 10)}
 
 
+def test_running_parity_supervises_the_parity_so_far_at_every_bit_and_leaves_the_rest_as_it_was():
+  cfg = TaskConfig(name="parity", train_min=2, train_max=5, ood="8", seq_len=9, n_eval=16)
+  plain = tasks.make_task(cfg).train_examples(5, np.arange(64))
+  running = tasks.make_task(dataclasses.replace(cfg, running_parity=True)).train_examples(5, np.arange(64))
+  assert "targets" not in plain and all(np.array_equal(plain[k], running[k]) for k in plain)
+  for tokens, targets, target, d in zip(running["tokens"], running["targets"], running["target"], running["hop"]):
+    ones = np.cumsum(tokens[:d] == 2)
+    assert targets[:d].tolist() == (1 + ones % 2).tolist() and targets[d] == target == 1 + ones[-1] % 2
+    assert not targets[d + 1:].any()  # pads unsupervised
+
+
 def reference_hop(v: list, p: int, none: int) -> int:
   """hop_p by its definition: p times, i <- 1 + the last j < i with v[j] == v[i]."""
   i = len(v) - 1

@@ -120,6 +120,7 @@ class TaskConfig:
   n_symbols: int = 4  # p_hop: the alphabet size
   context: int = 32  # p_hop: the length of the sequence hopped through
   every_position: bool = True  # p_hop: supervise hop_p at every symbol in training (False: the answer token only)
+  running_parity: bool = False  # parity: also supervise the parity of the bits so far at every bit in training
   curriculum_from: int = 0  # > 0: train on train_min..curriculum_from first, one difficulty more at each pass
   curriculum_threshold: float = 0.95  # a stage passes when its deepest difficulty's accuracy exceeds this
 

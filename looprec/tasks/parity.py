@@ -22,13 +22,20 @@ class Parity(DifficultyTask):
   def width(difficulty: int) -> int:
     return difficulty + 1
 
-  @staticmethod
-  def examples(rng: np.random.Generator, d_B) -> dict:
-    """Bits uniform, positions past each row's length padded; the answer read at its `=`."""
+  def examples(self, rng: np.random.Generator, d_B) -> dict:
+    """Bits uniform, positions past each row's length padded; the answer read at its `=`; with
+    data.running_parity, `targets` the parity of the bits so far at every bit and the answer at `=`."""
     d_B = np.asarray(d_B)
-    bits_BxT = rng.integers(0, 2, (len(d_B), int(d_B.max()))) * (np.arange(d_B.max())[None, :] < d_B[:, None])
-    tokens_BxT = np.where(np.arange(d_B.max())[None, :] < d_B[:, None], ZERO + bits_BxT, 0)
-    tokens_BxT = np.concatenate([tokens_BxT, np.zeros((len(d_B), 1), int)], axis=1)
-    tokens_BxT[np.arange(len(d_B)), d_B] = QUERY
-    return {"tokens": tokens_BxT.astype(np.int32), "read_pos": d_B.astype(np.int32),
-            "target": (ZERO + bits_BxT.sum(1) % 2).astype(np.int32), "hop": d_B.astype(np.int32)}
+    rows_B, inside_BxT = np.arange(len(d_B)), np.arange(d_B.max())[None, :] < d_B[:, None]
+    bits_BxT = rng.integers(0, 2, (len(d_B), int(d_B.max()))) * inside_BxT
+    tokens_BxT = np.concatenate([np.where(inside_BxT, ZERO + bits_BxT, 0), np.zeros((len(d_B), 1), int)], axis=1)
+    tokens_BxT[rows_B, d_B] = QUERY
+    answer_B = ZERO + bits_BxT.sum(1) % 2
+    out = {"tokens": tokens_BxT.astype(np.int32), "read_pos": d_B.astype(np.int32),
+           "target": answer_B.astype(np.int32), "hop": d_B.astype(np.int32)}
+    if not self.cfg.running_parity:
+      return out
+    targets_BxT = np.concatenate([np.where(inside_BxT, ZERO + np.cumsum(bits_BxT, 1) % 2, 0),
+                                  np.zeros((len(d_B), 1), int)], axis=1)
+    targets_BxT[rows_B, d_B] = answer_B
+    return {**out, "targets": targets_BxT.astype(np.int32)}
