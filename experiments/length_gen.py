@@ -58,7 +58,7 @@ def cpu() -> Config:
 
 def cpu_running() -> Config:
   """Parity as `cpu`, with R = the string's length per example in training (Fan et al.'s T(n) = n) and the parity
-  of the bits so far supervised at every bit (both models), on a 2-core CPU in 4 to 6 minutes."""
+  of the bits so far supervised at every bit (both models), on a 2-core CPU in about 5 minutes."""
   base = cpu()
   return dataclasses.replace(
       base,

@@ -306,7 +306,8 @@ def length_gen_papers(summaries: list) -> str:
     acc = {n: " / ".join(chosen(get(n, "hops", h, "test"), get(n, "hops", h, "r")) for h in (str(d), ood))
            for n in names}
     paper, setup, figure = PAPERS[task]
-    lines.append(f"| {task} (`{where}`) | d_model {cfg.model.d_model}, {models}; {budget} | {cfg.data.train_min}.."
+    label = task + (", the parity so far supervised at every bit" if cfg.data.running_parity else "")
+    lines.append(f"| {label} (`{where}`) | d_model {cfg.model.d_model}, {models}; {budget} | {cfg.data.train_min}.."
                  f"{d} | {acc['looped']} | {acc['vanilla']} | {paper}: {setup} | {figure} |")
   return "\n".join(lines + ["", "Accuracy: the test accuracy at the R chosen on the validation split (mean (min–max) "
                             "over seeds, with that R). The papers' models are larger and trained far longer; their "
@@ -337,9 +338,11 @@ TABLES = {
     **{f"deviations/{name}_{preset}": (None, functools.partial(preset_deviations, name, preset))
        for name, preset in (("depth_extrap", "cpu"), ("depth_extrap", "cpu_faithful"), ("systematicity", "cpu"),
                             ("systematicity", "cpu_long"), ("variants", "cpu"))},
-    "length_gen/papers": (("length_gen_cpu.json", "length_gen_cpu_per_example.json", "length_gen_cpu_p_hop.json",
-                           "length_gen_cpu_copy.json", "length_gen_cpu_addition.json"), length_gen_papers),
+    "length_gen/papers": (("length_gen_cpu.json", "length_gen_cpu_per_example.json", "length_gen_cpu_running.json",
+                           "length_gen_cpu_p_hop.json", "length_gen_cpu_copy.json", "length_gen_cpu_addition.json"),
+                          length_gen_papers),
     "length_gen_cpu_per_example/accuracy": ("length_gen_cpu_per_example.json", depth_accuracy),
+    "length_gen_cpu_running/accuracy": ("length_gen_cpu_running.json", depth_accuracy),
     "length_gen_cpu_p_hop/accuracy": ("length_gen_cpu_p_hop.json", depth_accuracy),
     "length_gen_cpu_copy/accuracy": ("length_gen_cpu_copy.json", depth_accuracy),
     "length_gen_cpu_addition/accuracy": ("length_gen_cpu_addition.json", depth_accuracy),

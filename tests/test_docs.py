@@ -73,6 +73,8 @@ COVERED = {
         By(SMOKE.format("variants"), "--preset smoke, without the override"),
     "looprec experiment length_gen --preset cpu": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment length_gen --preset smoke": By(SMOKE.format("length_gen")),
+    "looprec experiment length_gen --preset cpu_running": By(SMOKE.format("length_gen"), "--preset smoke (the "
+                                                             "running parity's targets: tests/test_tasks.py)"),
     "looprec experiment length_gen --preset cpu_p_hop": By(SMOKE.format("length_gen"), "--preset smoke"),
     "looprec experiment length_gen --preset cpu_copy": By(SMOKE.format("length_gen"), "--preset smoke (parity; copy "
                                                           "and addition train in tests/test_tasks.py)"),
