@@ -197,6 +197,8 @@ def test_a_sequence_answer_halts_where_every_slot_is_settled(copy_model):
     (TaskConfig(train_min=2, curriculum_from=1), "data.curriculum_from=1 must be 0 (none) or within data.train_min"),
     (TaskConfig(curriculum_from=9), "data.curriculum_from=9 must be 0 (none) or within data.train_min"),
     (TaskConfig(curriculum_from=4, curriculum_threshold=1.0), "data.curriculum_threshold=1.0 must be < 1"),
+    (TaskConfig(name="copy", running_parity=True, seq_len=40), "data.running_parity=true is read by data.name=parity "
+                                                               "only, not copy"),
 ])
 def test_bad_task_input_is_one_error_naming_the_field(cfg, message):
   with pytest.raises(ConfigError) as e:

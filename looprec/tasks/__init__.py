@@ -137,6 +137,8 @@ class TaskConfig:
 
   def check(self, capacity: int):
     """Checks against capacity, the largest difficulty seq_len holds (the task's)."""
+    if self.running_parity and self.name != "parity":
+      raise ConfigError(f"data.running_parity=true is read by data.name=parity only, not {self.name}")
     if not 1 <= self.train_min <= self.train_max:
       raise ConfigError(f"data.train_min={self.train_min} and data.train_max={self.train_max} need 1 <= min <= max")
     inside = [d for d in self.ood_difficulties() if d <= self.train_max]
