@@ -33,7 +33,7 @@ analyze: $(VENV)/.stamp-run
 test: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -n 2 --dist loadfile $(TESTS)
 
-# The science tier (tests/test_science.py: one test per headline phenomenon at the smallest scale that shows it)
+# The science tier (tests/test_science*.py: one test per headline phenomenon at the smallest scale that shows it)
 # and the end-to-end fault, layout and variants tests; test files spread over 2 workers.
 test-slow: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --durations=0
