@@ -166,16 +166,21 @@ def by_hop(splits: dict) -> dict:
 
 
 def sweep(model, params, policy: str, splits: dict, max_loops: int, written: str) -> dict:
-  """{"accuracy", "path_accuracy"}: split -> {str(R): final-entity / whole-path accuracy} for R = 1..max_loops.
-  The splits of one hop decode as one batch (one compiled program per hop and R)."""
-  out = {"accuracy": {}, "path_accuracy": {}}
+  """{"accuracy", "path_accuracy"}: split -> {str(R): final-entity / whole-path accuracy} for R = 1..max_loops;
+  "correct": test split -> {str(R): a "0"/"1" per chain, its final entity right} (what `summary` pairs with the
+  per-loop teacher's). The splits of one hop decode as one batch (one compiled program per hop and R)."""
+  out = {"accuracy": {}, "path_accuracy": {}, "correct": {}}
   for hop, (prompt, group) in by_hop(splits).items():
     for r in range(1, max_loops + 1):
       generated = np.asarray(decode.generate(model, params, prompt, generation.n_written(hop, written), r, policy))
       for split, ex, start in group:
-        got = generation.path_accuracy(generated[start:start + len(ex["path"])], ex["path"])
+        rows_BxK = generated[start:start + len(ex["path"])]
+        got = generation.path_accuracy(rows_BxK, ex["path"])
         out["accuracy"].setdefault(split, {})[str(r)] = got["final"]
         out["path_accuracy"].setdefault(split, {})[str(r)] = got["path"]
+        if not selection.is_val(split):
+          right_B = rows_BxK[:, -1] == ex["path"][:, -1]
+          out["correct"].setdefault(split, {})[str(r)] = "".join("1" if x else "0" for x in right_B)
   return out
 
 
@@ -208,7 +213,7 @@ def evaluate(cfg: Config, model, params: dict, splits: dict) -> dict:
       got = sweep(model, p, policy, splits, cfg.eval.max_loops, cfg.written)
       kl = {str(hop_of(s)): decode.kl_to_teacher(model, params["per_loop"], p, policy, ex["prompt"], ex["path"], r)
             for s, ex in splits.items() if not selection.is_val(s)}
-      out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "kl": kl,
+      out[policy] = {"sweep": got["accuracy"], "path_sweep": got["path_accuracy"], "correct": got["correct"], "kl": kl,
                      "halting": halt(model, p, policy, splits, cfg)}
     # Each compiled (hop, R) program maps its machine code: a few hundred of them per policy, kept for the whole
     # run, exhaust the process's memory maps (vm.max_map_count, 65,530 by default; LLVM "Cannot allocate memory").

@@ -19,7 +19,9 @@ must be the same experiment, preset and overrides but for `seed` and `data.seed`
 
 Metrics per model. Depth tasks (depth_extrap, variants): "train_loops", "n_layers", "trained_max_hop", "steps",
 "train_seconds", "hops": {hop: selection.select (r, test, val, oracle_r, oracle)}, "halting": {policy: {hop:
-{"accuracy", "mean_loops"}}}, and for decoding "kl": {hop: mean KL(per-loop teacher || policy) per written token}.
+{"accuracy", "mean_loops"}}}, and for decoding "kl": {hop: mean KL(per-loop teacher || policy) per written token}
+and "paired": {hop: {"n", "only_teacher", "only_model"}} (test chains only the per-loop teacher / only this policy
+decodes right, each at its validation-chosen R; from analysis.json's "correct", where the run's analysis has it).
 A decoding run also keeps "policies": {policy: {"bytes_per_token": {R: bytes}, "tokens_per_s": {batch: tokens/s}}}
 (per run and aggregated). Systematicity: "train_loops", "n_layers", "steps", "train_seconds", "final":
 {split: accuracy at the training R}, "stage_steps": {split: first step >= 0.9 or null} (from training's
@@ -42,6 +44,7 @@ from looprec.data import hop_of
 SCHEMA = 1
 SEEDS = ("seed", "data.seed")  # what may differ between the runs of one summary
 LENS_SPLITS = ("test_inferred_iid", "test_inferred_ood")  # the logit lens kept in a systematicity summary
+TEACHER = "per_loop"  # a decoding run's model the others are paired with, chain by chain
 
 
 def _read(run_dir: str, name: str) -> dict:
@@ -118,6 +121,24 @@ def run_metrics(run_dir: str, results: dict, analysis: dict, max_loops: int) -> 
                    else _composition_metrics(result, a, results.get("stages", {}).get(name, {}), max_loops))
     except KeyError as e:
       raise ConfigError(f"{where}: models.{name}: no field {e}") from None
+  if TEACHER in models and "correct" in models[TEACHER]:
+    for name, metrics in out.items():
+      metrics["paired"] = _paired(models[TEACHER]["correct"], out[TEACHER]["hops"], models[name]["correct"],
+                                  metrics["hops"])
+  return out
+
+
+def _paired(teacher_correct: dict, teacher_hops: dict, correct: dict, hops: dict) -> dict:
+  """hop -> {"n", "only_teacher", "only_model"}: the test chains only the per-loop teacher / only this model gets
+  right, each at its own validation-chosen R (hops without a validation split left out)."""
+  out = {}
+  for split, by_r in correct.items():
+    hop = str(hop_of(split))
+    if hops[hop]["r"] is None or teacher_hops[hop]["r"] is None:
+      continue
+    mine, theirs = by_r[str(hops[hop]["r"])], teacher_correct[split][str(teacher_hops[hop]["r"])]
+    out[hop] = {"n": len(mine), "only_teacher": sum(a > b for a, b in zip(theirs, mine)),
+                "only_model": sum(a > b for a, b in zip(mine, theirs))}
   return out
 
 

@@ -8,7 +8,9 @@ A table is the text between `<!-- table: ID -->` and `<!-- /table -->` in a doc;
 file in results/, renderer). Adding a table: a summary file, one line in TABLES, and the two markers in a doc.
 Renderers: depth_accuracy (hop x model, val-chosen R beside the oracle), depth_by_model (model x hop, for many
 models), depth_halting ((model, policy) x hop), systematicity (split x model), systematicity_lens ((model, reading)
-x layer), depth_study ((cell, model) x hop of a grid study), decoding_costs (cache policy x memory, speed, KL); functools.partial picks models, hops or the split.
+x layer), depth_study ((cell, model) x hop of a grid study), decoding_costs (cache policy x memory, speed, KL),
+decoding_paired (cache policy x hop against the per-loop teacher, chain by chain); functools.partial picks models,
+hops or the split.
 A table of several summaries (a tuple of files: run_times, the measured wall time of each preset; length_gen_papers,
 each task beside its paper) gets a list of (summary, file). A table with no summary file (None) is rendered from
 the code: `deviations/<experiment>_<preset>`, a preset's computed deviations from the paper preset.
@@ -18,12 +20,13 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 
 from looprec.files import write_text_atomic
 from looprec.config import ConfigError, choices
-from looprec.summary import aggregate
+from looprec.summary import TEACHER, aggregate
 
 DOCS = ("README.md", "docs/reproducing.md")
 RESULTS = "results"
@@ -248,6 +251,37 @@ def decoding_costs(summary: dict, where: str) -> str:
                             "cached layer, keys and values (`decode.bytes_per_token`); tokens/s: greedy decoding at "
                             "the training R on this machine, comparable within a run only; KL: the mean over the "
                             "trained hops of KL(per_loop teacher || policy) per written token at the training R."])
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+  """Exact two-sided McNemar p-value: the chance of a split of the discordant pairs at least this uneven when
+  either model is as likely to be the one right (a binomial test at 1/2)."""
+  n, k = only_a + only_b, min(only_a, only_b)
+  return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
+def decoding_paired(summary: dict, where: str) -> str:
+  """policy x trained hop: each policy against the per-loop teacher on the same test chains, pooled over seeds
+  (`summary._paired`): the accuracy difference with a 95% interval, the chains only one of them gets right, and
+  McNemar's exact p."""
+  names, _ = _models(summary, where)
+  runs = need(summary, where, "runs")
+  trained = min(int(need(r, where, "models", TEACHER, "trained_max_hop")) for r in runs)
+  hops = [str(h) for h in range(1, trained + 1)]
+  lines = ["| policy | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (1 + len(hops)) + "|"]
+  for n in (n for n in names if n != TEACHER):
+    cells = []
+    for h in hops:
+      pairs = [need(r, where, "models", n, "paired", h) for r in runs]
+      total, a, b = (sum(p[k] for p in pairs) for k in ("n", "only_teacher", "only_model"))
+      diff, half = (b - a) / total, 1.96 * math.sqrt(max(a + b - (b - a) ** 2 / total, 0)) / total
+      cells.append(f"{diff:+.2f} ({diff - half:+.2f} to {diff + half:+.2f}), {a} / {b}, p = {mcnemar_p(a, b):.2g}")
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return "\n".join(lines + ["", provenance(summary, where) + " Each cell, over the test chains of every seed "
+                            f"pooled: the policy's final-entity accuracy minus the {TEACHER} teacher's on the same "
+                            "chains, each at its own R chosen on validation, with a 95% interval (normal "
+                            "approximation of the paired difference); the chains only the teacher / only the policy "
+                            "gets right; McNemar's exact two-sided p (could the split of those chains be chance?)."])
 
 
 def preset_deviations(name: str, preset: str) -> str:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from looprec import cli, decode, experiment, generation, melt, models, tasks
+from looprec import cli, decode, experiment, generation, melt, models, selection, summary, tables, tasks
 from looprec.config import ChainDataConfig, ConfigError, ModelConfig
 
 V = 13
@@ -221,7 +221,30 @@ def test_the_decoding_experiment_writes_only_the_final_entity_end_to_end(tmp_pat
   with open(os.path.join(run_dir, "analysis.json")) as f:
     analyses = json.load(f)["models"]
   assert {p: a["sweep"] for p, a in analyses.items()} == {p: m["accuracy"] for p, m in results.items()}
+  for a in analyses.values():  # each chain's right / wrong, what the paired table counts, agrees with the accuracy
+    assert {s: {r: sum(c == "1" for c in bits) / len(bits) for r, bits in by_r.items()}
+            for s, by_r in a["correct"].items()} == {s: v for s, v in a["sweep"].items() if not selection.is_val(s)}
+  out = os.path.join(tmp_path, "decoding_smoke.json")
+  assert cli.main(["summarize", "--out", out, run_dir]) == 0
+  with open(out) as f:
+    got = json.load(f)
+  paired = got["runs"][0]["models"]
+  assert all(p == {**p, "only_teacher": 0, "only_model": 0} for p in paired["per_loop"]["paired"].values())
+  assert set(paired["melt"]["paired"]) == {"1", "2", "3"}  # the smoke preset's test hops with a validation split
+  assert tables.decoding_paired(got, "x.json").splitlines()[0] == "| policy | hop 1 | hop 2 |"
   capsys.readouterr()
+
+
+def test_the_paired_counts_and_mcnemars_p():
+  """Chains only the teacher / only the model gets right, each at its own validation-chosen R; the exact
+  two-sided McNemar p (a binomial test of the discordant chains at 1/2)."""
+  hops = lambda r2: {"2": {"r": r2}, "3": {"r": None}}
+  teacher = {"2hop_test": {"1": "1100", "2": "1110"}, "3hop_test": {"1": "0000"}}
+  model = {"2hop_test": {"1": "0011", "2": "0111"}, "3hop_test": {"1": "1111"}}
+  assert summary._paired(teacher, hops(2), model, hops(1)) == {"2": {"n": 4, "only_teacher": 2, "only_model": 1}}
+  assert summary._paired(teacher, hops(1), model, hops(2)) == {"2": {"n": 4, "only_teacher": 1, "only_model": 2}}
+  assert tables.mcnemar_p(6, 1) == pytest.approx(0.125) and tables.mcnemar_p(0, 0) == 1.0
+  assert tables.mcnemar_p(10, 0) == pytest.approx(2 / 1024) and tables.mcnemar_p(3, 3) == 1.0
 
 
 def test_the_evaluation_does_not_keep_its_compiled_programs():
