@@ -365,6 +365,7 @@ TABLES = {
     "depth_extrap_full_attention": ("depth_extrap_full_attention.json", depth_study),
     "decoding_cpu/accuracy": ("decoding_cpu.json", depth_by_model),
     "decoding_cpu/costs": ("decoding_cpu.json", decoding_costs),
+    "decoding_cpu/paired": ("decoding_cpu.json", decoding_paired),
     "decoding_cpu_implicit/accuracy": ("decoding_cpu_implicit.json", depth_by_model),
     "decoding_cpu_implicit/halting": ("decoding_cpu_implicit.json",
                                       functools.partial(depth_halting, models=("per_loop", "melt"))),
