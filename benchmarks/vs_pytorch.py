@@ -65,7 +65,7 @@ VARIANTS = {
 
 
 def looprec_step(shape, train_cfg: TrainConfig, batch: dict, variant: str):
-  """(run(n), the step's FLOPs) for a looprec VARIANTS row."""
+  """(run(n), the step's FLOPs) for a looprec VARIANTS row; run(n) returns the params after its n steps."""
   d, h, n_layers, n_loops, _, seq_len, vocab = shape
   attention, scan = VARIANTS[variant]
   cfg = ModelConfig(d_model=d, n_heads=h, n_layers=n_layers, pos_emb="none", injection="none", attn_window=0,
@@ -83,6 +83,7 @@ def looprec_step(shape, train_cfg: TrainConfig, batch: dict, variant: str):
     for _ in range(n):
       holder["state"], metrics = steps.step(holder["state"], device_batch, n_loops)
     jax.block_until_ready(metrics)
+    return holder["state"].params
   return run, flops
 
 
