@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import vs_pytorch
-from looprec import loop
 from looprec.config import TrainConfig
 
 
