@@ -65,7 +65,7 @@ def smoke() -> Config:
 
 def cpu() -> Config:
   """16 entities, 4 relations, paths of 1..4 hops written by a one-layer block looped 3 times (d = 64) in 4,500
-  steps, MELT from it in 8,000; evaluated on hops 1..6 at R = 1..8; 8 to 10 minutes on a 2-core CPU."""
+  steps, MELT from it in 8,000; evaluated on hops 1..6 at R = 1..8; 6 to 10 minutes on a 2-core CPU."""
   return Config(
       data=ChainDataConfig(n_entities=16, n_relations=4, seq_len=8, n_eval=128,
                            curriculum=CurriculumConfig(first_hop=1, last_hop=4)),

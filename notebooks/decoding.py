@@ -63,7 +63,7 @@ else:
 # %% [markdown]
 # ## Parameters
 # Give `RUN_DIR` (a decoding run folder) to use its models; otherwise they are trained here: the tiny `smoke`
-# preset under `SMOKE` (a minute on a CPU; it barely learns), else `cpu` (8 to 10 minutes on 2 CPU cores).
+# preset under `SMOKE` (a minute on a CPU; it barely learns), else `cpu` (6 to 10 minutes on 2 CPU cores).
 
 # %% tags=["parameters"]
 SMOKE = None
