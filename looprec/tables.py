@@ -260,14 +260,15 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
   return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
 
 
-def decoding_paired(summary: dict, where: str) -> str:
-  """policy x trained hop: each policy against the per-loop teacher on the same test chains, pooled over seeds
-  (`summary._paired`): the accuracy difference with a 95% interval, the chains only one of them gets right, and
-  McNemar's exact p."""
+def decoding_paired(summary: dict, where: str, beyond: bool = False) -> str:
+  """policy x trained hop (beyond: every hop paired in every run): each policy against the per-loop teacher on the
+  same test chains, pooled over seeds (`summary._paired`): the accuracy difference with a 95% interval, the chains
+  only one of them gets right, and McNemar's exact p."""
   names, _ = _models(summary, where)
   runs = need(summary, where, "runs")
   trained = min(int(need(r, where, "models", TEACHER, "trained_max_hop")) for r in runs)
-  hops = [str(h) for h in range(1, trained + 1)]
+  paired = [set(need(r, where, "models", n, "paired")) for r in runs for n in names if n != TEACHER]
+  hops = sorted(set.intersection(*paired), key=int) if beyond else [str(h) for h in range(1, trained + 1)]
   lines = ["| policy | " + " | ".join(f"hop {h}" for h in hops) + " |", "|---" * (1 + len(hops)) + "|"]
   for n in (n for n in names if n != TEACHER):
     cells = []
@@ -367,6 +368,7 @@ TABLES = {
     "decoding_cpu/costs": ("decoding_cpu.json", decoding_costs),
     "decoding_cpu/paired": ("decoding_cpu.json", decoding_paired),
     "decoding_cpu_implicit/accuracy": ("decoding_cpu_implicit.json", depth_by_model),
+    "decoding_cpu_implicit/paired": ("decoding_cpu_implicit.json", functools.partial(decoding_paired, beyond=True)),
     "decoding_cpu_implicit/halting": ("decoding_cpu_implicit.json",
                                       functools.partial(depth_halting, models=("per_loop", "melt"))),
     "variants_cpu/halting": ("variants_cpu.json", functools.partial(depth_halting, models=("exit_gate", "looped"))),

@@ -232,6 +232,7 @@ def test_the_decoding_experiment_writes_only_the_final_entity_end_to_end(tmp_pat
   assert all(p == {**p, "only_teacher": 0, "only_model": 0} for p in paired["per_loop"]["paired"].values())
   assert set(paired["melt"]["paired"]) == {"1", "2", "3"}  # the smoke preset's test hops with a validation split
   assert tables.decoding_paired(got, "x.json").splitlines()[0] == "| policy | hop 1 | hop 2 |"
+  assert tables.decoding_paired(got, "x.json", beyond=True).splitlines()[0] == "| policy | hop 1 | hop 2 | hop 3 |"
   capsys.readouterr()
 
 
