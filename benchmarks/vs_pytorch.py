@@ -81,9 +81,8 @@ def looprec_step(shape, train_cfg: TrainConfig, batch: dict, variant: str):
 
   def run(n: int):
     for _ in range(n):
-      holder["state"], metrics = steps.step(holder["state"], device_batch, n_loops)
-    jax.block_until_ready(metrics)
-    return holder["state"].params
+      holder["state"], _ = steps.step(holder["state"], device_batch, n_loops)
+    return jax.block_until_ready(holder["state"]).params
   return run, flops
 
 
