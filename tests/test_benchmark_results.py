@@ -1,0 +1,83 @@
+"""The speed figures docs/decisions.md quotes are those of the benchmark outputs committed in benchmarks/results/
+(each run's stdout as .txt, its --out JSON where the benchmark has one)."""
+import json
+import pathlib
+import re
+import statistics
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DECISIONS = (ROOT / "docs" / "decisions.md").read_text(encoding="utf-8")
+PROSE = " ".join(DECISIONS.split())  # line breaks of the wrapped prose as spaces
+
+
+def table_row(section: str, first_cell: str) -> str:
+  """The row of the first table after the line that starts with `section` whose first cell starts with first_cell."""
+  after = DECISIONS[DECISIONS.index(section):].splitlines()
+  start = next(i for i, line in enumerate(after) if line.startswith("|"))
+  table = after[start:next(i for i in range(start, len(after)) if not after[i].startswith("|"))]
+  rows = [line for line in table if line.startswith(f"| {first_cell}")]
+  assert len(rows) == 1, f"{len(rows)} rows of the table after {section!r} start with {first_cell!r}"
+  return rows[0]
+
+
+def test_every_output_is_cited():
+  for path in sorted(RESULTS.iterdir()):
+    assert f"benchmarks/results/{path.stem}" in PROSE, f"decisions.md does not cite {path.name}"
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*-preset_time-*.json")), ids=lambda p: p.stem)
+def test_preset_times(path):
+  """End to end and each model's training time against the other tree, as "X s against Y s" / "X against Y s"."""
+  runs = json.loads(path.read_text(encoding="utf-8"))["rounds"]
+  here, other = runs["this checkout"], next(r for t, r in runs.items() if t != "this checkout")
+  median = lambda rounds, get: statistics.median(get(r) for r in rounds)
+  wall = [median(rounds, lambda r: r["wall"]) for rounds in (here, other)]
+  assert f"{wall[0]:.1f} s against {wall[1]:.1f} s" in PROSE
+  for name in here[0]["models"]:
+    train = [median(rounds, lambda r, n=name: r["models"][n]["train_seconds"]) for rounds in (here, other)]
+    assert f"{train[0]:.1f} against {train[1]:.1f} s" in PROSE, name
+    for key in ("steps", "params_sum", "accuracy"):  # decisions.md says both trees trained the same models
+      assert all(r["models"][name][key] == here[0]["models"][name][key] for r in here + other), (name, key)
+
+
+def test_xla_flags_table():
+  """Each flag set's ms/step and speed at both shapes and its parameter difference, as the run printed them (the
+  printed medians are those of the rounds in the JSON)."""
+  out = json.loads((RESULTS / "2026-12-07-xla_flags.json").read_text(encoding="utf-8"))
+  text = (RESULTS / "2026-12-07-xla_flags.txt").read_text(encoding="utf-8")
+  printed = {}  # flag set -> [(ms, speed, params difference) per shape]
+  for shape, block in re.findall(r"^(\w+) \(median ms/step.*\n((?:  .*\n)+)", text, re.M):
+    for name, step_ms, speed, diff in re.findall(r"^  (\S+) +([\d.]+) ms +([\d.]+)x .* differ by (\S+)$", block, re.M):
+      rounds = out["rounds"][shape][name]
+      assert f"{statistics.median(m for r in rounds for m in r['ms']):.2f}" == step_ms, (shape, name)
+      printed.setdefault(name, []).append((float(step_ms), speed, float(diff)))
+  assert set(printed) == set(out["flags"]) and all(len(cells) == 2 for cells in printed.values())
+  for name, cells in printed.items():
+    flag = out["flags"][name]
+    row = table_row("## XLA CPU flags", f"`{flag}`" if flag else "(XLA's defaults)")
+    for step_ms, speed, _ in cells:
+      cell = f"{step_ms:.2f}" if step_ms < 100 else f"{step_ms:.1f}"
+      assert f"| {cell}{'' if not flag else f' ({speed}×)'} |" in row, (name, cell, row)
+    diffs = [d for _, _, d in cells]
+    expected = "—" if not flag else "bitwise" if not any(diffs) else " / ".join(f"{d:.1e}".replace("e-0", "e-")
+                                                                                  for d in diffs)
+    assert row.endswith(f"| {expected} |"), (name, expected, row)
+
+
+def test_vs_pytorch_table():
+  text = (RESULTS / "2026-12-07-vs_pytorch.txt").read_text(encoding="utf-8")
+  for block in text.split("\n\n")[1:]:
+    dims = dict(re.findall(r"\b(d|L|R|B|T)=(\d+)", block.splitlines()[0]))
+    row = table_row("**All three shapes in one run", ", ".join(dims[k] for k in "dLRBT"))
+    rows = re.findall(r"^ *(.+?): +([\d.]+) ms/step(.*)$", block, re.M)
+    assert len(rows) == 6, block  # looprec's three rows, PyTorch's three
+    for name, step_ms, rest in rows:
+      cell = f"{float(step_ms):,.0f}" if float(step_ms) >= 10_000 else step_ms
+      ratios = re.search(r"looprec speed-up ([\d.]+)x, fastest looprec row ([\d.]+)x", rest)
+      if ratios:
+        cell += f" ({ratios[1]}× / {ratios[2]}×)"
+      assert f"| {cell} " in row, (name, cell, row)
+
