@@ -1,6 +1,6 @@
 """Systematic generalization (RECIPE task A): compose atomic facts never composed in training.
 
-    make experiment NAME=systematicity                   # cpu preset (default; 16–18 min per seed on 2 cores)
+    make experiment NAME=systematicity                   # cpu preset (default; 16–22 min per seed on 2 cores)
     make experiment NAME=systematicity PRESET=cpu_long   # hours, for the OOD stage; resumable with RESUME=
     make experiment NAME=systematicity PRESET=paper      # the official recipe (GPU/TPU)
 
