@@ -90,3 +90,15 @@ def test_systematicity_step_speed():
   preset = json.loads((RESULTS / "2026-12-07-preset_time-systematicity-cpu.json").read_text(encoding="utf-8"))
   loop = {n: m["steps"] / m["train_seconds"] for n, m in preset["rounds"]["this checkout"][0]["models"].items()}
   assert f"training loop at {loop['looped']:.1f} and {loop['vanilla']:.1f}" in PROSE
+
+
+def test_scan_bits():
+  """How many gradient leaves remat=dots and unroll=R move, and the largest difference, as decisions.md says."""
+  text = (RESULTS / "2026-12-07-scan_bits-tiny.txt").read_text(encoding="utf-8")
+  assert "remat=all: bitwise" in text and "are not bitwise the default step" in PROSE
+  moved = {row: re.search(rf"^{re.escape(row)}: (\d+ of \d+) leaves differ\n((?:  .*\n)+)", text, re.M)
+           for row in ("remat=dots", "unroll=R")}
+  assert moved["remat=dots"][0].split(":")[1] == moved["unroll=R"][0].split(":")[1]  # the same leaves, amounts
+  largest = max(float(d) for d in re.findall(r"differs by (\S+)", moved["remat=dots"][2]))
+  assert f"the same {moved['remat=dots'][1]} gradient leaves" in PROSE
+  assert f"up to {largest:.1e}".replace("e-0", "e-") in PROSE
