@@ -102,3 +102,20 @@ def test_scan_bits():
   largest = max(float(d) for d in re.findall(r"differs by (\S+)", moved["remat=dots"][2]))
   assert f"the same {moved['remat=dots'][1]} gradient leaves" in PROSE
   assert f"up to {largest:.1e}".replace("e-0", "e-") in PROSE
+
+
+def test_weight_layout():
+  """The three matmuls' times and the 2-D dense layers' speed and parameter difference, as decisions.md says."""
+  text = (RESULTS / "2026-12-07-weight_layout.txt").read_text(encoding="utf-8")
+  matmuls = re.findall(r"x \. W ([\d.]+) ms, .*operand\) ([\d.]+) ms, .*made once\) ([\d.]+) ms", text)
+  forward, transposed, made_once = (" / ".join(times) for times in zip(*matmuls))
+  assert f"takes {transposed} ms against {forward} ms for the forward" in PROSE
+  assert f"{made_once} ms with W^T made once" in PROSE
+  blocks = re.findall(r"^(\w+) \(.*\n((?:  .*\n?)+)", text, re.M)
+  steps = {(shape, dense, scan): (ratio, diff) for shape, block in blocks
+           for dense, scan, ratio, diff in re.findall(r"dense (\S+) +(\S+) .* ([\d.]+)x .* by (\S+)", block)}
+  assert f"train step is {steps['cpu', '2-D', 'looprec'][0]}x faster there" in PROSE
+  assert f"{steps['cpu', '2-D', 'remat=dots'][0]}x together with `remat=dots`" in PROSE
+  assert f"at the tiny shape it is {steps['tiny', '2-D', 'looprec'][0]}x" in PROSE
+  diffs = [f"{float(steps[shape, '2-D', 'looprec'][1]):.1e}".replace("e-0", "e-") for shape in ("tiny", "cpu")]
+  assert f"parameters differ by {diffs[0]} and {diffs[1]} after 10 steps" in PROSE
