@@ -13,6 +13,16 @@ DECISIONS = (ROOT / "docs" / "decisions.md").read_text(encoding="utf-8")
 PROSE = " ".join(DECISIONS.split())  # line breaks of the wrapped prose as spaces
 
 
+def output(name: str) -> str:
+  """A committed benchmark output's text."""
+  return (RESULTS / name).read_text(encoding="utf-8")
+
+
+def sci(x: float) -> str:
+  """x as decisions.md writes small differences: 7.5e-8."""
+  return f"{x:.1e}".replace("e-0", "e-")
+
+
 def table_row(section: str, first_cell: str) -> str:
   """The row of the first table after the line that starts with `section` whose first cell starts with first_cell."""
   after = DECISIONS[DECISIONS.index(section):].splitlines()
@@ -46,8 +56,8 @@ def test_preset_times(path):
 def test_xla_flags_table():
   """Each flag set's ms/step and speed at both shapes and its parameter difference, as the run printed them (the
   printed medians are those of the rounds in the JSON)."""
-  out = json.loads((RESULTS / "2026-12-07-xla_flags.json").read_text(encoding="utf-8"))
-  text = (RESULTS / "2026-12-07-xla_flags.txt").read_text(encoding="utf-8")
+  out = json.loads(output("2026-12-07-xla_flags.json"))
+  text = output("2026-12-07-xla_flags.txt")
   printed = {}  # flag set -> [(ms, speed, params difference) per shape]
   for shape, block in re.findall(r"^(\w+) \(median ms/step.*\n((?:  .*\n)+)", text, re.M):
     for name, step_ms, speed, diff in re.findall(r"^  (\S+) +([\d.]+) ms +([\d.]+)x .* differ by (\S+)$", block, re.M):
@@ -62,13 +72,12 @@ def test_xla_flags_table():
       cell = f"{step_ms:.2f}" if step_ms < 100 else f"{step_ms:.1f}"
       assert f"| {cell}{'' if not flag else f' ({speed}×)'} |" in row, (name, cell, row)
     diffs = [d for _, _, d in cells]
-    expected = "—" if not flag else "bitwise" if not any(diffs) else " / ".join(f"{d:.1e}".replace("e-0", "e-")
-                                                                                  for d in diffs)
+    expected = "—" if not flag else "bitwise" if not any(diffs) else " / ".join(map(sci, diffs))
     assert row.endswith(f"| {expected} |"), (name, expected, row)
 
 
 def test_vs_pytorch_table():
-  text = (RESULTS / "2026-12-07-vs_pytorch.txt").read_text(encoding="utf-8")
+  text = output("2026-12-07-vs_pytorch.txt")
   for block in text.split("\n\n")[1:]:
     dims = dict(re.findall(r"\b(d|L|R|B|T)=(\d+)", block.splitlines()[0]))
     row = table_row("**All three shapes in one run", ", ".join(dims[k] for k in "dLRBT"))
@@ -83,30 +92,30 @@ def test_vs_pytorch_table():
 
 
 def test_systematicity_step_speed():
-  text = (RESULTS / "2026-12-07-systematicity_step_speed.txt").read_text(encoding="utf-8")
+  text = output("2026-12-07-systematicity_step_speed.txt")
   rates = dict(re.findall(r"^(L=\d+ R=\d+ B=\s*\d+): +([\d.]+) steps/s", text, re.M))
   looped, vanilla = rates["L=1 R=4 B=256"], rates["L=4 R=1 B=256"]  # the preset's two models
   assert f"runs at {looped} steps/s for the looped model and {vanilla} for the vanilla one" in PROSE
-  preset = json.loads((RESULTS / "2026-12-07-preset_time-systematicity-cpu.json").read_text(encoding="utf-8"))
+  preset = json.loads(output("2026-12-07-preset_time-systematicity-cpu.json"))
   loop = {n: m["steps"] / m["train_seconds"] for n, m in preset["rounds"]["this checkout"][0]["models"].items()}
   assert f"training loop at {loop['looped']:.1f} and {loop['vanilla']:.1f}" in PROSE
 
 
 def test_scan_bits():
   """How many gradient leaves remat=dots and unroll=R move, and the largest difference, as decisions.md says."""
-  text = (RESULTS / "2026-12-07-scan_bits-tiny.txt").read_text(encoding="utf-8")
+  text = output("2026-12-07-scan_bits-tiny.txt")
   assert "remat=all: bitwise" in text and "are not bitwise the default step" in PROSE
   moved = {row: re.search(rf"^{re.escape(row)}: (\d+ of \d+) leaves differ\n((?:  .*\n)+)", text, re.M)
            for row in ("remat=dots", "unroll=R")}
   assert moved["remat=dots"][0].split(":")[1] == moved["unroll=R"][0].split(":")[1]  # the same leaves, amounts
   largest = max(float(d) for d in re.findall(r"differs by (\S+)", moved["remat=dots"][2]))
   assert f"the same {moved['remat=dots'][1]} gradient leaves" in PROSE
-  assert f"up to {largest:.1e}".replace("e-0", "e-") in PROSE
+  assert f"up to {sci(largest)}" in PROSE
 
 
 def test_weight_layout():
   """The three matmuls' times and the 2-D dense layers' speed and parameter difference, as decisions.md says."""
-  text = (RESULTS / "2026-12-07-weight_layout.txt").read_text(encoding="utf-8")
+  text = output("2026-12-07-weight_layout.txt")
   matmuls = re.findall(r"x \. W ([\d.]+) ms, .*operand\) ([\d.]+) ms, .*made once\) ([\d.]+) ms", text)
   forward, transposed, made_once = (" / ".join(times) for times in zip(*matmuls))
   assert f"takes {transposed} ms against {forward} ms for the forward" in PROSE
@@ -117,5 +126,5 @@ def test_weight_layout():
   assert f"train step is {steps['cpu', '2-D', 'looprec'][0]}x faster there" in PROSE
   assert f"{steps['cpu', '2-D', 'remat=dots'][0]}x together with `remat=dots`" in PROSE
   assert f"at the tiny shape it is {steps['tiny', '2-D', 'looprec'][0]}x" in PROSE
-  diffs = [f"{float(steps[shape, '2-D', 'looprec'][1]):.1e}".replace("e-0", "e-") for shape in ("tiny", "cpu")]
+  diffs = [sci(float(steps[shape, "2-D", "looprec"][1])) for shape in ("tiny", "cpu")]
   assert f"parameters differ by {diffs[0]} and {diffs[1]} after 10 steps" in PROSE
