@@ -128,3 +128,13 @@ def test_weight_layout():
   assert f"at the tiny shape it is {steps['tiny', '2-D', 'looprec'][0]}x" in PROSE
   diffs = [sci(float(steps[shape, "2-D", "looprec"][1])) for shape in ("tiny", "cpu")]
   assert f"parameters differ by {diffs[0]} and {diffs[1]} after 10 steps" in PROSE
+
+
+def test_reruns():
+  """The fresh-clone reruns decisions.md quotes beside the first runs."""
+  rates = dict(re.findall(r"^(L=1 R=4|L=4 R=1) B=256: +([\d.]+) steps/s", output(
+      "2026-12-07-systematicity_step_speed-rerun.txt"), re.M))
+  assert f"measured {rates['L=1 R=4']} and {rates['L=4 R=1']} steps/s" in PROSE
+  ratios = dict(re.findall(r"^(\w+) \((?:.*\n)+?  dense 2-D   looprec .* ([\d.]+)x", output(
+      "2026-12-07-weight_layout-rerun.txt"), re.M))
+  assert f"the 2-D dense step {ratios['cpu']}× at the cpu shape and {ratios['tiny']}× at the tiny one" in PROSE
